@@ -1,0 +1,73 @@
+"""`emotivetalk` command line: parse, call the package, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emotivetalk", description="EmotiveTalk in JAX: convert, check, generate.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert PyTorch checkpoints to emotivetalk_jax (orbax) and back")
+    csub = conv.add_subparsers(dest="what", required=True)
+    c = csub.add_parser("svd", help="diffusers SVD folder (repo root with unet/ vae/, or one component) -> orbax")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="cast parameters (default: keep)")
+    e = csub.add_parser("export", help="orbax checkpoint -> diffusers safetensors folder")
+    e.add_argument("ckpt")
+    e.add_argument("out")
+
+    r = sub.add_parser("random-svd", help="write a random-weight SVD in diffusers format (for trying the tools)")
+    r.add_argument("out")
+    r.add_argument("--variant", default="tiny")
+    r.add_argument("--seed", type=int, default=0)
+
+    f = sub.add_parser("forward", help="one UNet forward + VAE decode on a converted SVD checkpoint")
+    f.add_argument("ckpt")
+    f.add_argument("--frames", type=int, default=None)
+    f.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _run(args: argparse.Namespace) -> object:
+    if args.command == "convert":
+        from emotivetalk_jax import convert
+
+        if args.what == "svd":
+            import jax.numpy as jnp
+
+            dtype = getattr(jnp, args.dtype) if args.dtype else None
+            return {k: str(v) for k, v in convert.convert_svd(args.src, args.out, dtype=dtype).items()}
+        return {k: str(v) for k, v in convert.export_native(args.ckpt, args.out).items()}
+    if args.command == "random-svd":
+        from emotivetalk_jax.smoke import write_random_svd
+
+        return str(write_random_svd(args.out, args.variant, args.seed))
+    if args.command == "forward":
+        from emotivetalk_jax.smoke import forward_once
+
+        return forward_once(args.ckpt, frames=args.frames, seed=args.seed)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from emotivetalk_jax.convert.engine import ConversionError
+
+    try:
+        result = _run(args)
+    except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"emotivetalk: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

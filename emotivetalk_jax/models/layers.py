@@ -1,0 +1,122 @@
+"""Small layers shared by the SVD UNet, the temporal VAE and the EmotiveTalk additions.
+
+Shape legend: B batch, F frames, H, W spatial, C channels, T tokens, D width, N heads.
+All tensors are channels-last. Attribute names follow diffusers so that checkpoint keys
+map to NNX paths by splitting on dots.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def group_norm(num_channels: int, *, eps: float, rngs: nnx.Rngs, groups: int = 32, dtype=None) -> nnx.GroupNorm:
+    """torch.nn.GroupNorm(groups, num_channels, eps) over channels-last input.
+
+    Statistics run over every axis but batch and channels, so a (B, F, H, W, C) input is
+    normalised over frames and space jointly, as torch does for (B, C, F, H, W).
+    """
+    return nnx.GroupNorm(
+        num_channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
+    )
+
+
+def layer_norm(dim: int, *, eps: float = 1e-5, rngs: nnx.Rngs, dtype=None) -> nnx.LayerNorm:
+    """torch.nn.LayerNorm(dim, eps) (two-pass variance, like torch)."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+def conv(
+    cin: int,
+    cout: int,
+    kernel: int | tuple[int, ...],
+    *,
+    rngs: nnx.Rngs,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    bias: bool = True,
+    ndim: int = 2,
+    dtype=None,
+) -> nnx.Conv:
+    """torch.nn.Conv{1,2,3}d with symmetric integer padding, channels-last."""
+    kernel = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
+    stride = (stride,) * ndim if isinstance(stride, int) else tuple(stride)
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * ndim
+    elif isinstance(padding, tuple):
+        padding = tuple((p, p) for p in padding)
+    return nnx.Conv(
+        cin, cout, kernel, strides=stride, padding=padding, use_bias=bias, dtype=dtype, rngs=rngs
+    )
+
+
+def linear(din: int, dout: int, *, rngs: nnx.Rngs, bias: bool = True, dtype=None) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """diffusers `Attention` for token inputs: (B, T, D) queries, optional (B, S, Dc) context.
+
+    Keys: `to_q`, `to_k`, `to_v`, `to_out.0`. Computed by `jax.nn.dot_product_attention`.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        rngs: nnx.Rngs,
+        cross_attention_dim: int | None = None,
+        bias: bool = False,
+        out_bias: bool = True,
+        dtype=None,
+    ):
+        inner = heads * dim_head
+        kv_dim = cross_attention_dim or query_dim
+        self.heads = heads
+        self.to_q = linear(query_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
+        self.to_k = linear(kv_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
+        self.to_v = linear(kv_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
+        self.to_out = nnx.List([linear(inner, query_dim, bias=out_bias, rngs=rngs, dtype=dtype)])
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        split = lambda t: t.reshape(*t.shape[:-1], self.heads, t.shape[-1] // self.heads)
+        q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return self.to_out[0](out.reshape(*out.shape[:-2], -1))
+
+
+def timestep_embedding(
+    timesteps: jax.Array,
+    dim: int,
+    *,
+    flip_sin_to_cos: bool = False,
+    downscale_freq_shift: float = 1.0,
+    scale: float = 1.0,
+    max_period: int = 10000,
+) -> jax.Array:
+    """diffusers `get_timestep_embedding`: (N,) -> (N, dim) sinusoids, in float32."""
+    half = dim // 2
+    exponent = -jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+    emb = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :] * scale
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    """diffusers `TimestepEmbedding`: linear_1 -> SiLU -> linear_2."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, *, rngs: nnx.Rngs, out_dim: int | None = None, dtype=None):
+        self.linear_1 = linear(in_channels, time_embed_dim, rngs=rngs, dtype=dtype)
+        self.linear_2 = linear(time_embed_dim, out_dim or time_embed_dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_2(jax.nn.silu(self.linear_1(x)))
