@@ -18,8 +18,12 @@ def _parser() -> argparse.ArgumentParser:
     c = csub.add_parser("svd", help="diffusers SVD folder (repo root with unet/ vae/, or one component) -> orbax")
     c.add_argument("src")
     c.add_argument("out")
-    c.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="cast parameters (default: keep)")
-    e = csub.add_parser("export", help="orbax checkpoint -> diffusers safetensors folder")
+    c.add_argument("--dtype", choices=_DTYPES, default=None, help="cast parameters (default: keep)")
+    a = csub.add_parser("audio", help="Hugging Face Wav2Vec2 / WavLM folder -> orbax")
+    a.add_argument("src")
+    a.add_argument("out")
+    a.add_argument("--dtype", choices=_DTYPES, default=None, help="cast parameters (default: keep)")
+    e = csub.add_parser("export", help="orbax checkpoint -> diffusers / Hugging Face safetensors folder")
     e.add_argument("ckpt")
     e.add_argument("out")
 
@@ -39,11 +43,13 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "convert":
         from emotivetalk_jax import convert
 
-        if args.what == "svd":
-            import jax.numpy as jnp
+        import jax.numpy as jnp
 
-            dtype = getattr(jnp, args.dtype) if args.dtype else None
+        dtype = getattr(jnp, args.dtype) if getattr(args, "dtype", None) else None
+        if args.what == "svd":
             return {k: str(v) for k, v in convert.convert_svd(args.src, args.out, dtype=dtype).items()}
+        if args.what == "audio":
+            return {"audio": str(convert.convert_audio(args.src, args.out, dtype=dtype))}
         return {k: str(v) for k, v in convert.export_native(args.ckpt, args.out).items()}
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd

@@ -2,6 +2,8 @@
 
 - SVD (diffusers): `load_diffusers_unet`, `load_diffusers_vae`, `export_diffusers_unet`,
   `export_diffusers_vae`.
+- Audio encoders (Hugging Face transformers): `load_hf_audio_encoder`,
+  `export_hf_audio_encoder` for Wav2Vec2 and WavLM directories.
 - The project's own orbax checkpoints: `convert_svd` (diffusers -> orbax) and
   `export_native` (orbax -> diffusers); `load_model` / `save_model` for one component.
 All of them go through one strict engine (`engine.py`) and one rule table per component.
@@ -15,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from emotivetalk_jax.convert import io, native, svd
+from emotivetalk_jax.convert.audio import export_hf_audio_encoder, load_hf_audio_encoder
 from emotivetalk_jax.convert.engine import ConversionError
 from emotivetalk_jax.convert.native import load_model, save_model
 from emotivetalk_jax.convert.svd import (
@@ -63,20 +66,26 @@ def convert_svd(src: str | os.PathLike, out: str | os.PathLike, *, dtype=None, p
     return written
 
 
+def convert_audio(src: str | os.PathLike, out: str | os.PathLike, *, dtype=None) -> Path:
+    """Convert a Hugging Face Wav2Vec2 / WavLM directory to an orbax checkpoint folder."""
+    return save_model(load_hf_audio_encoder(src, dtype), out, "audio")
+
+
 def export_native(ckpt: str | os.PathLike, out: str | os.PathLike) -> dict[str, Path]:
     """Write an orbax checkpoint (one component folder, or a folder of them) in diffusers format."""
     ckpt, out = Path(ckpt), Path(out)
     if (ckpt / "config.json").exists():
         parts = {native.read_meta(ckpt)["component"]: (ckpt, out)}
     else:
-        parts = {k: (ckpt / k, out / k) for k in ("unet", "vae") if (ckpt / k / "config.json").exists()}
+        parts = {k: (ckpt / k, out / k) for k in ("unet", "vae", "audio") if (ckpt / k / "config.json").exists()}
     if not parts:
         raise ConversionError(f"{ckpt} holds no emotivetalk_jax checkpoint; run `emotivetalk convert svd` first")
     written = {}
     for kind, (src, dst) in parts.items():
-        if kind not in _SVD_EXPORTERS:
-            raise ConversionError(f"{src}: component {kind!r} has no diffusers format")
-        written[kind] = _SVD_EXPORTERS[kind](load_model(src), dst)
+        exporters = {**_SVD_EXPORTERS, "audio": export_hf_audio_encoder}
+        if kind not in exporters:
+            raise ConversionError(f"{src}: component {kind!r} has no PyTorch-ecosystem format")
+        written[kind] = exporters[kind](load_model(src), dst)
     return written
 
 
@@ -86,6 +95,9 @@ __all__ = [
     "export_native",
     "export_diffusers_unet",
     "export_diffusers_vae",
+    "export_hf_audio_encoder",
+    "load_hf_audio_encoder",
+    "convert_audio",
     "load_diffusers_unet",
     "load_diffusers_vae",
     "load_model",

@@ -24,10 +24,12 @@ FORMAT = "emotivetalk_jax"
 
 def _builders() -> dict[str, Callable[..., nnx.Module]]:
     from emotivetalk_jax.convert import svd
+    from emotivetalk_jax.convert.audio import build_audio_encoder
 
     return {
         "unet": lambda cfg, rngs: svd.build("unet", cfg, rngs=rngs),
         "vae": lambda cfg, rngs: svd.build("vae", cfg, rngs=rngs),
+        "audio": lambda cfg, rngs: build_audio_encoder(cfg, rngs=rngs),
     }
 
 
