@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("ckpt")
     f.add_argument("--frames", type=int, default=None)
     f.add_argument("--seed", type=int, default=0)
+
+    from emotivetalk_jax.data.commands import add_data_commands
+
+    add_data_commands(sub)
     return p
 
 
@@ -51,6 +55,10 @@ def _run(args: argparse.Namespace) -> object:
         if args.what == "audio":
             return {"audio": str(convert.convert_audio(args.src, args.out, dtype=dtype))}
         return {k: str(v) for k, v in convert.export_native(args.ckpt, args.out).items()}
+    from emotivetalk_jax.data.commands import DATA_COMMANDS, run_data_command
+
+    if args.command in DATA_COMMANDS:
+        return run_data_command(args)
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd
 
