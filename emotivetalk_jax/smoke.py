@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from emotivetalk_jax.convert import load_model, svd
+from emotivetalk_jax.convert.engine import abstract_model, random_params
 from emotivetalk_jax.models.variants import get_svd_variant
 
 
@@ -28,9 +29,11 @@ def write_random_svd(out: str | os.PathLike, variant: str = "tiny", seed: int = 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
     v = get_svd_variant(variant)
-    rngs = nnx.Rngs(seed)
-    svd.export_diffusers_unet(svd.build("unet", dict(v.unet), rngs=rngs), out / "unet")
-    svd.export_diffusers_vae(svd.build("vae", dict(v.vae), rngs=rngs), out / "vae")
+    for i, (kind, cfg, export) in enumerate(
+        [("unet", v.unet, svd.export_diffusers_unet), ("vae", v.vae, svd.export_diffusers_vae)]
+    ):
+        shape = abstract_model(lambda: svd.build(kind, dict(cfg), rngs=nnx.Rngs(0)))
+        export(random_params(shape, seed + i), out / kind)
     index = {
         "_class_name": "StableVideoDiffusionPipeline",
         "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],

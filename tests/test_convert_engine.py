@@ -174,3 +174,15 @@ def test_write_component_round_trip(tmp_path):
     got = io.read_weights(tmp_path / "out", "model")
     assert all(np.array_equal(got[k], sd[k]) for k in sd)
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_random_params_fills_every_parameter():
+    from emotivetalk_jax.convert.engine import abstract_params, random_params
+
+    model = random_params(toy(), seed=1)
+    shapes = abstract_params(toy())
+    got = {k: v for k, v in abstract_params(model).items()}
+    assert got == shapes
+    k = np.asarray(model.blocks[1].kernel.value)
+    assert np.isfinite(k).all() and 0.05 < k.std() * np.sqrt(36) < 2  # ~N(0, 1/fan_in)
+    assert not np.array_equal(k, np.asarray(random_params(toy(), seed=2).blocks[1].kernel.value))

@@ -245,3 +245,27 @@ def abstract_model(factory: Callable[[], nnx.Module]) -> nnx.Module:
 def count_params(model: nnx.Module) -> int:
     """Number of scalar parameters in a concrete or abstract model."""
     return int(sum(int(np.prod(s.shape)) for s in abstract_params(model).values()))
+
+
+def random_params(model: nnx.Module, seed: int = 0, *, scale: float = 1.0) -> nnx.Module:
+    """A concrete copy of a (usually abstract) model with random parameters drawn on the host.
+
+    Kernels ~ N(0, scale^2 / fan_in) (fan_in = product of all but the last axis); norm
+    scales ~ 1 + N(0, 0.1^2); everything else ~ N(0, 0.1^2). Not the models' training
+    initialisation: this is for tools and tests that need a random-weight model quickly
+    (an eager NNX build compiles every initialiser, tens of seconds on a small CPU).
+    """
+    rng = np.random.default_rng(seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    flat = []
+    for path, var in nnx.to_flat_state(params):
+        shape, leaf = tuple(var.shape), str(path[-1])
+        if leaf == "kernel":
+            std = scale / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+            value = rng.standard_normal(shape) * std
+        elif leaf == "scale":
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            value = 0.1 * rng.standard_normal(shape)
+        flat.append((path, var.replace(jnp.asarray(value, dtype=var.dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)

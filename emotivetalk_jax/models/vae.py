@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.models.layers import Attention, conv, group_norm
+from emotivetalk_jax.models.layers import Attention, cast_params, conv, group_norm, trace_safe_rngs
 from emotivetalk_jax.models.resnet import Downsample2D, ResnetBlock2D, SpatioTemporalResBlock, Upsample2D
 
 # diffusers `AutoencoderKLTemporalDecoder.__init__` defaults.
@@ -305,14 +305,11 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
             block_out_channels=c["block_out_channels"],
             layers_per_block=c["layers_per_block"],
             latent_channels=c["latent_channels"],
-            rngs=rngs,
+            rngs=trace_safe_rngs(rngs),
             dtype=dtype,
         )
         model.config = c
-        if jnp.dtype(param_dtype) != jnp.float32:
-            params = nnx.state(model, nnx.Param)
-            nnx.update(model, jax.tree.map(lambda p: p.astype(param_dtype), params))
-        return model
+        return cast_params(model, param_dtype)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x: (N, H, W, Cin) -> (mean, logvar), each (N, h, w, L); logvar clipped to [-30, 20]."""

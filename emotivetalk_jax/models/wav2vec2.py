@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from emotivetalk_jax.models.layers import group_norm, layer_norm, linear
+from emotivetalk_jax.models.layers import group_norm, layer_norm, linear, trace_safe_rngs
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -327,7 +327,7 @@ class Wav2Vec2Model(nnx.Module):
 
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any], *, rngs: nnx.Rngs, dtype=None):
-        return cls(resolve_config(cfg, cls.defaults), rngs=rngs, dtype=dtype)
+        return cls(resolve_config(cfg, cls.defaults), rngs=trace_safe_rngs(rngs), dtype=dtype)
 
     def feature_lengths(self, num_samples):
         return feature_lengths(self.config, num_samples)
