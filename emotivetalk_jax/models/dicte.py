@@ -1,0 +1,219 @@
+"""Di-CTE: diffusion-based co-speech temporal expansion of the expression latent (3.2, 6.4).
+
+Shape legend: B batch, F frames (prefix included), P prefix frames, N new frames,
+W audio window length, Da audio feature width, E expression latent width, D width,
+H, W_img portrait size.
+
+`S(e_t, t, x_ref, A_w, e_cond)` predicts the clean expression sequence (x0-prediction,
+eq. 7). The transformer runs self-attention over
+  [time token, e_cond token, identity token, frame tokens],
+with each frame token = embed(e_t[f]) + audio window token(A_w[f]) + sinusoidal frame
+position + time embedding (+ a learned "clean" embedding on prefix frames).
+The identity token comes from a small conv encoder of the portrait x_ref.
+
+Schedule (our choice; the paper says DDPM): the continuous cosine schedule
+alpha_bar(t) = cos(pi t / 2)^2, t in [0, 1]; e_t = sqrt(ab) e_0 + sqrt(1 - ab) eps; t = 1 is
+pure noise. Sampling is deterministic DDIM on a uniform t grid from 1 to 0 in a `lax.scan`.
+Prefix-guided continuation: P clean frames are concatenated before the noise, marked
+clean, and held fixed at every step; training gives the first `prefix_frames` frames of a
+window clean with probability `prefix_ratio` (see `losses.dicte_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from emotivetalk_jax.models.layers import (
+    Attention, TimestepEmbedding, conv, group_norm, layer_norm, linear, timestep_embedding,
+)
+from emotivetalk_jax.models.vaid_variants import DiCTEConfig
+
+
+class DiCTECond(NamedTuple):
+    """Conditions of one Di-CTE call. `audio` covers every frame, prefix frames included."""
+
+    audio: jax.Array  # (B, F, W, Da) audio windows A_w
+    portrait: jax.Array  # (B, H, W_img, 3) x_ref in [-1, 1]
+    e_cond: jax.Array  # (B, E) expression condition (first GT frame in training)
+
+
+# A denoiser: (e_t (B, F, E), t (B,), cond, clean (B, F) bool) -> predicted e_0 (B, F, E).
+Denoiser = Callable[[jax.Array, jax.Array, DiCTECond, jax.Array], jax.Array]
+
+
+def alpha_bar(t: jax.Array) -> jax.Array:
+    """Cosine schedule: 1 at t = 0 (clean), 0 at t = 1 (pure noise)."""
+    return jnp.cos(0.5 * jnp.pi * t) ** 2
+
+
+def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
+    """e_t for per-sample t (B,) and x0, eps (B, F, E)."""
+    ab = alpha_bar(t)[:, None, None]
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
+
+
+def ddim_step(x: jax.Array, x0: jax.Array, t: jax.Array, s: jax.Array) -> jax.Array:
+    """Deterministic DDIM from time t to s < t given the predicted clean x0 (scalars t, s)."""
+    ab_t, ab_s = alpha_bar(t), alpha_bar(s)
+    eps = (x - jnp.sqrt(ab_t) * x0) / jnp.sqrt(jnp.maximum(1.0 - ab_t, 1e-12))
+    return jnp.sqrt(ab_s) * x0 + jnp.sqrt(1.0 - ab_s) * eps
+
+
+def sinusoidal_positions(num: int, dim: int) -> jax.Array:
+    """(num, dim) transformer position encoding of frame indices 0..num-1."""
+    return timestep_embedding(jnp.arange(num), dim, flip_sin_to_cos=True, downscale_freq_shift=0.0)
+
+
+class IdentityEncoder(nnx.Module):
+    """Portrait (B, H, W_img, 3) -> identity token (B, D): strided convs, global mean, linear."""
+
+    def __init__(self, channels: tuple[int, ...], dim: int, res: int, *, rngs: nnx.Rngs):
+        self.res = res
+        self.conv_in = conv(3, channels[0], 3, padding=1, rngs=rngs)
+        self.downs = nnx.List(
+            [conv(c_in, c_out, 3, stride=2, padding=1, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])]
+        )
+        self.norm = group_norm(channels[-1], eps=1e-6, groups=math.gcd(32, channels[-1]), rngs=rngs)
+        self.proj = linear(channels[-1], dim, rngs=rngs)
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        if image.shape[1:3] != (self.res, self.res):
+            image = jax.image.resize(image, (image.shape[0], self.res, self.res, image.shape[-1]), "bilinear")
+        h = jax.nn.silu(self.conv_in(image))
+        for down in self.downs:
+            h = jax.nn.silu(down(h))
+        h = jax.nn.silu(self.norm(h))
+        return self.proj(h.mean(axis=(1, 2)))
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-norm self-attention + GELU MLP over (B, T, D)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, rngs=rngs)
+        self.attn = Attention(dim, heads=heads, dim_head=dim // heads, rngs=rngs)
+        self.norm2 = layer_norm(dim, rngs=rngs)
+        self.fc1 = linear(dim, dim * mlp_ratio, rngs=rngs)
+        self.fc2 = linear(dim * mlp_ratio, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x))))
+
+
+class DiCTE(nnx.Module):
+    """x0-predicting denoiser over expression sequences (see module docstring)."""
+
+    def __init__(self, cfg: DiCTEConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, w = cfg.dim, 2 * cfg.window_half_width + 1
+        self.proj_in = linear(cfg.expr_dim, d, rngs=rngs)
+        self.audio_proj = TimestepEmbedding(w * cfg.audio_dim, d, rngs=rngs)  # linear -> SiLU -> linear
+        self.time_embedding = TimestepEmbedding(d, d, rngs=rngs)
+        self.cond_proj = linear(cfg.expr_dim, d, rngs=rngs)
+        self.identity_encoder = IdentityEncoder(cfg.identity_channels, d, cfg.identity_res, rngs=rngs)
+        self.clean_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d,)))
+        self.blocks = nnx.List([TransformerBlock(d, cfg.heads, cfg.mlp_ratio, rngs=rngs) for _ in range(cfg.depth)])
+        self.norm_out = layer_norm(d, rngs=rngs)
+        self.proj_out = linear(d, cfg.expr_dim, rngs=rngs)
+
+    @classmethod
+    def from_config(cls, cfg: DiCTEConfig, *, rngs: nnx.Rngs) -> "DiCTE":
+        return cls(cfg, rngs=rngs)
+
+    def __call__(self, e_t: jax.Array, t: jax.Array, cond: DiCTECond, clean: jax.Array | None = None) -> jax.Array:
+        b, f, _ = e_t.shape
+        if cond.audio.shape[:2] != (b, f):
+            raise ValueError(f"audio windows {cond.audio.shape} do not cover the {f} frames of e_t {e_t.shape}")
+        d = self.cfg.dim
+        temb = self.time_embedding(timestep_embedding(1000.0 * t, d, flip_sin_to_cos=True, downscale_freq_shift=0.0))
+        frames = self.proj_in(e_t) + self.audio_proj(cond.audio.reshape(b, f, -1))
+        frames = frames + sinusoidal_positions(f, d)[None] + temb[:, None]
+        if clean is not None:
+            frames = frames + clean[..., None].astype(frames.dtype) * self.clean_embed[...]
+        tokens = jnp.stack([temb, self.cond_proj(cond.e_cond), self.identity_encoder(cond.portrait)], axis=1)
+        h = jnp.concatenate([tokens, frames], axis=1)
+        for block in self.blocks:
+            h = block(h)
+        return self.proj_out(self.norm_out(h[:, tokens.shape[1]:]))
+
+
+def _bind(model: Denoiser) -> tuple[Callable[[], Denoiser], object]:
+    """Split an NNX model so a `lax.scan` body can rebuild it from carried-in state."""
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        return (lambda st: nnx.merge(graphdef, st)), state
+    return (lambda st: model), None
+
+
+def sample_dicte(
+    model: Denoiser,
+    cond: DiCTECond,
+    num_frames: int,
+    key: jax.Array,
+    steps: int = 25,
+    prefix: jax.Array | None = None,
+) -> jax.Array:
+    """Deterministic DDIM from pure noise: -> (B, N, E) new expression frames.
+
+    `prefix` (B, P, E) clean frames (the end of the previous chunk) are concatenated before
+    the noise and held fixed; `cond.audio` then covers P + N frames.
+    """
+    b = cond.e_cond.shape[0]
+    e = cond.e_cond.shape[-1]
+    p = 0 if prefix is None else prefix.shape[1]
+    total = p + num_frames
+    if cond.audio.shape[1] != total:
+        raise ValueError(f"cond.audio covers {cond.audio.shape[1]} frames; need prefix {p} + new {num_frames}")
+    clean = jnp.broadcast_to(jnp.arange(total) < p, (b, total))
+    known = jnp.zeros((b, total, e), cond.e_cond.dtype)
+    if prefix is not None:
+        known = known.at[:, :p].set(prefix.astype(known.dtype))
+    x = jax.random.normal(key, (b, total, e), known.dtype)
+    x = jnp.where(clean[..., None], known, x)
+    ts = jnp.linspace(1.0, 0.0, steps + 1)
+    rebuild, state = _bind(model)
+
+    def body(x, ts_pair):
+        t, s = ts_pair
+        x0 = rebuild(state)(x, jnp.full((b,), t), cond, clean)
+        x0 = jnp.where(clean[..., None], known, x0)
+        return jnp.where(clean[..., None], known, ddim_step(x, x0, t, s)), None
+
+    x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:]))
+    return x[:, p:]
+
+
+def generate_expression(
+    model: Denoiser,
+    cond: DiCTECond,
+    key: jax.Array,
+    *,
+    steps: int = 25,
+    chunk: int = 220,
+    prefix_frames: int = 20,
+) -> jax.Array:
+    """Any-length e_a (B, F_total, E) for `cond.audio` (B, F_total, W, Da), chunk by chunk.
+
+    The first chunk has `chunk` frames from noise; each later chunk generates
+    `chunk - prefix_frames` frames after the last `prefix_frames` generated ones, which it
+    sees as a clean prefix together with their own audio windows (6.4).
+    """
+    if not 0 <= prefix_frames < chunk:
+        raise ValueError(f"prefix_frames {prefix_frames} must be in [0, chunk {chunk})")
+    total = cond.audio.shape[1]
+    outs, done, prefix = [], 0, None
+    while done < total:
+        keep = 0 if prefix is None else prefix.shape[1]
+        n = min(chunk - keep, total - done)
+        key, k = jax.random.split(key)
+        sub = cond._replace(audio=cond.audio[:, done - keep:done + n])
+        outs.append(sample_dicte(model, sub, n, k, steps, prefix))
+        done += n
+        prefix = jnp.concatenate(outs, axis=1)[:, -prefix_frames:] if prefix_frames else None
+    return jnp.concatenate(outs, axis=1)
