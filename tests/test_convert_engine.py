@@ -105,6 +105,8 @@ def test_strictness_names_every_problem():
     assert "\n" not in msg
     for needle in ["blocks.0.kernel_typo", "extra.weight -> extra.kernel", "blocks.1.weight (5, 3, 3, 3)", "conv3d.bias", "blocks.0.kernel", "toy.safetensors"]:
         assert needle in msg, needle
+    assert "missing from the checkpoint: blocks.0.bias" not in msg  # present, and
+    assert msg.count("blocks.1.kernel") == 1  # a resized tensor is reported once, not also as missing
 
 
 def test_export_needs_a_rule():

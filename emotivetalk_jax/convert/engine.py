@@ -154,6 +154,7 @@ def plan_conversion(
     target = abstract_params(model)
     plan: dict[str, tuple[str, Transform]] = {}
     unmapped, unexpected, shape_errors, duplicates = [], [], [], []
+    mismatched: set[str] = set()
     for key in sorted(shapes):
         hit = _apply(rules, key, reverse=False)
         if hit is None:
@@ -175,9 +176,10 @@ def plan_conversion(
             got = f"untransformable ({e})"
         if got != tuple(target[path].shape):
             shape_errors.append(f"{key} {tuple(shapes[key])} -> {path} needs {tuple(target[path].shape)}")
+            mismatched.add(path)
             continue
         plan[path] = (key, rule.transform)
-    missing = sorted(set(target) - set(plan) - {p.split(" -> ")[-1] for p in shape_errors})
+    missing = sorted(set(target) - set(plan) - mismatched)
     problems = []
     if unmapped:
         problems.append(_summarise("checkpoint keys match no rule", unmapped))
