@@ -29,9 +29,9 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 import traceback
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -211,11 +211,32 @@ def process_clip(path: Path, root: Path, cfg: PrepareConfig) -> dict:
     return out
 
 
+def _save_record(path: Path, rec: dict) -> None:
+    """One prepared clip as .npz (no pickle: the cache folder may be shared or moved)."""
+    arrays = {}
+    for k, v in rec.items():
+        if k == "frames":  # JPEG byte strings of different lengths: one buffer + offsets
+            arrays["frames.offsets"] = np.cumsum([0] + [len(b) for b in v]).astype(np.int64)
+            arrays["frames.data"] = np.frombuffer(b"".join(v), np.uint8)
+        else:
+            arrays[k] = np.asarray(v)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_record(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        rec = {k: z[k] for k in z.files if not k.startswith("frames.")}
+        data, offsets = z["frames.data"].tobytes(), z["frames.offsets"]
+    rec["frames"] = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in rec.items()}
+
+
 def _work(args) -> tuple[str, str | None]:
     """Worker: process one file into the cache. Returns (id, skip reason or None)."""
     path, root, cfg, work = args
     cid = clip_id(path, root)
-    dst = work / f"{cid}.pkl"
+    dst = work / f"{cid}.npz"
     try:
         rec = process_clip(path, root, cfg)
     except SkipClip as e:
@@ -224,8 +245,7 @@ def _work(args) -> tuple[str, str | None]:
         last = traceback.format_exception_only(type(e), e)[-1].strip()
         return cid, f"error: {last[:200]}"
     tmp = work / f".{cid}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+    _save_record(tmp, rec)
     tmp.replace(dst)
     return cid, None
 
@@ -281,8 +301,7 @@ def _build_tfds(out: Path, work: Path, splits: dict[str, list[str]], cfg: Prepar
 
         def _generate_examples(self, ids):
             for cid in ids:
-                with open(work / f"{cid}.pkl", "rb") as f:
-                    yield cid, pickle.load(f)
+                yield cid, _load_record(work / f"{cid}.npz")
 
     tfds.disable_progress_bar()
     from absl import logging as absl_logging
@@ -325,7 +344,7 @@ def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, confi
     ids = [clip_id(p, root) for p in videos]
     if len(set(ids)) != len(ids):
         raise ValueError("two videos map to the same clip id (same path without extension)")
-    done = {i for i, p in zip(ids, videos) if (work / f"{i}.pkl").exists()}
+    done = {i for i, p in zip(ids, videos) if (work / f"{i}.npz").exists()}
     todo = [(p, root, cfg, work) for i, p in zip(ids, videos) if i not in done]
     skipped: dict[str, str] = {}
     bar = tqdm(total=len(videos), initial=len(done), desc="prepare", unit="clip", disable=not progress)
@@ -333,7 +352,8 @@ def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, confi
         if workers <= 1:
             results = map(_work, todo)
         else:
-            ex = ProcessPoolExecutor(min(workers, len(todo)))
+            # spawn, not fork: a forked child of a process running JAX threads can deadlock.
+            ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
             futs = {ex.submit(_work, t): t for t in todo}
             results = (_result(f, futs[f], root) for f in as_completed(futs))
         for cid, reason in results:
@@ -344,7 +364,7 @@ def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, confi
         if workers > 1:
             ex.shutdown()
     bar.close()
-    finished = sorted(i for i in ids if (work / f"{i}.pkl").exists())
+    finished = sorted(i for i in ids if (work / f"{i}.npz").exists())
     if not finished:
         raise ValueError(f"no clip could be prepared ({len(skipped)} skipped); see the reasons above")
     speakers = {}

@@ -248,7 +248,10 @@ def synth_main(out_dir: str | Path, clips: int, seed: int = 0, size: int = 64, s
             names.append(_write_one(j))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as ex:
+        import multiprocessing
+
+        # spawn, not fork: a forked child of a process running JAX threads can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             for name in ex.map(_write_one, jobs):
                 names.append(name)
                 bar.update()
