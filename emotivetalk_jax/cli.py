@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--frames", type=int, default=None)
     f.add_argument("--seed", type=int, default=0)
 
+    i = sub.add_parser("info", help="parameter counts per component of a variant (abstract, nothing allocated)")
+    i.add_argument("--variant", default="emotivetalk_512")
+
     from emotivetalk_jax.data.commands import add_data_commands
 
     add_data_commands(sub)
@@ -63,6 +66,10 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.smoke import write_random_svd
 
         return str(write_random_svd(args.out, args.variant, args.seed))
+    if args.command == "info":
+        from emotivetalk_jax.info import info_main
+
+        return info_main(args.variant)
     if args.command == "forward":
         from emotivetalk_jax.smoke import forward_once
 

@@ -1,0 +1,77 @@
+"""`emotivetalk info`: parameter counts of every component of a variant, from abstract
+models (`nnx.eval_shape`: shapes only, nothing allocated, seconds on a CPU)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+
+# ETHD additions by kind: count key -> NNX path names that select them.
+_ADDITIONS = {
+    "ethd_lip_proj": ("lip_proj",),
+    "ethd_expr_proj": ("expr_proj",),
+    "ethd_edi": ("edi",),
+    "ethd_temporal_expr": ("temporal_expr_norm", "temporal_expr_attn"),
+}
+
+
+# `tiny` pairs with V-AID tiny (audio width 32): REFERENCE.md's tiny wav2vec2.
+_TINY_AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+def _audio_config(variant: str) -> dict:
+    from transformers import Wav2Vec2Config
+
+    base = Wav2Vec2Config().to_dict()  # wav2vec2-base
+    return {**base, **_TINY_AUDIO} if variant == "tiny" else base
+
+
+def param_counts(variant: str) -> dict[str, int]:
+    """Parameters per component: SVD UNet part, ETHD additions by kind, VAE, audio encoder, V-AID."""
+    from emotivetalk_jax.convert.audio import build_audio_encoder
+    from emotivetalk_jax.convert.svd import build
+    from emotivetalk_jax.models.ethd import ETHD, NEW_PARAMS, SVD_PARAMS, param_count
+    from emotivetalk_jax.models.vaid import vaid_param_counts
+
+    v = get_ethd_variant(variant)
+    ethd = nnx.eval_shape(lambda: ETHD.from_svd_config(dict(v.svd.unet), v.ethd, rngs=nnx.Rngs(0)))
+    counts = {"unet_svd": param_count(ethd, SVD_PARAMS)}
+    for name, keys in _ADDITIONS.items():
+        counts[name] = param_count(ethd, nnx.Any(*(nnx.PathContains(k) for k in keys)))
+    counts["ethd_additions"] = param_count(ethd, NEW_PARAMS)
+    counts["ethd_backbone"] = param_count(ethd)
+    vae = nnx.eval_shape(lambda: build("vae", dict(v.svd.vae), rngs=nnx.Rngs(0)))
+    decoder = param_count(vae.decoder)  # the encoder side includes quant_conv
+    counts.update(vae=param_count(vae), vae_encoder=param_count(vae) - decoder, vae_decoder=decoder)
+    counts["audio_encoder"] = param_count(build_audio_encoder(_audio_config(variant), abstract=True))
+    counts.update({f"vaid_{k}": n for k, n in vaid_param_counts(variant).items()})
+    return counts
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3f}{unit}"
+    return str(n)
+
+
+def info_main(variant: str) -> dict[str, Any]:
+    """Everything `emotivetalk info --variant NAME` prints."""
+    v = get_ethd_variant(variant)
+    counts = param_counts(variant)
+    return {
+        "variant": v.name,
+        "resolution": v.resolution,
+        "latent_size": v.latent_size,
+        "train_frames": v.train.frames,
+        "window": v.inference.window,
+        "overlap": v.inference.overlap,
+        "steps": v.inference.steps,
+        "params": counts,
+        "params_human": {k: _human(n) for k, n in counts.items()},
+    }

@@ -1,0 +1,120 @@
+"""Typed configs of the ETHD backbone (3.3) and its variants `tiny`, `emotivetalk_512`,
+`emotivetalk_1024`.
+
+An ETHD variant is an SVD variant (the UNet and VAE in diffusers' config vocabulary,
+`models.variants`) plus the EmotiveTalk additions (`ETHDConfig`), the training recipe
+(6.4) and the inference windows (3.4, 6.4). The paper fixes: resolution and frames per
+training clip (512 x 120, 1024 x 32), window / overlap at inference (120 / 24, 32 / 12),
+25 DDIM steps, P(e_dri = e_v) = 0.6, Adam8bit lr 1e-5 batch 1. It gives no widths of the
+additions. Where it is silent we took (and say so):
+- lip tokens: V-AID's l_a, one 512-wide token per frame (`vaid_variants.PerceiverConfig`),
+  projected by one learned linear into `lip_context_tokens` = 4 tokens of the UNet's
+  context width (1024) and fed to SVD's attn2 (spatial: the frame's own tokens; temporal:
+  the mean over the clip's frames). More than one token, because attention to a single
+  key ignores its query (SVD's one CLIP token leaves attn2's to_q / to_k / norm2 untrained);
+- expression latents e (30 wide, PD-FGC's emo_embed) are expanded by one shared linear +
+  LayerNorm into `expr_tokens` = 4 tokens of width `expr_context_dim` = 128, so the
+  EDI cross-attention has more than one key (with one key softmax is 1 and the attention
+  is a spatially constant linear map); the temporal branch attends to the tokens of all
+  frames, each with a sinusoidal frame position added;
+- every spatial / temporal transformer block gets EDI / temporal expression attention.
+  With these widths the backbone counts 1.583G parameters (`emotivetalk info`), matching
+  the paper's 1.58G;
+- noise levels for training: log sigma ~ N(0.7, 1.6^2) (`p_mean`, `p_std`), the shifted
+  log-normal that SVD fine-tuning uses at high resolution (SVD paper, App. D; SVD-Xtend),
+  with EDM's weight (s^2 + 1) / s^2 on the x0 error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Mapping
+
+from emotivetalk_jax.models.variants import SVD, SVDVariant
+from emotivetalk_jax.models.variants import TINY as SVD_TINY
+
+
+@dataclasses.dataclass(frozen=True)
+class ETHDConfig:
+    """The EmotiveTalk additions to the SVD UNet (3.3)."""
+
+    lip_dim: int = 512  # Dl: width of V-AID's l_a (= PerceiverConfig.out_dim)
+    lip_tokens: int = 1  # L: lip tokens per frame (PerceiverConfig.num_queries)
+    lip_context_tokens: int = 4  # Nl: context tokens each lip token expands into (lip_proj)
+    expr_dim: int = 30  # De: width of e_v / e_a / e_ref (= FaceEncoderConfig.expr_dim)
+    expr_tokens: int = 4  # Nt: context tokens each expression latent expands into
+    expr_context_dim: int = 128  # Dx: their width (keys / values of EDI and temporal expr attn)
+    edi: bool = True  # spatial blocks get EDI (eq. 9-10)
+    temporal_expr: bool = True  # temporal blocks get cross-attention to e_dri
+    temporal_expr_positions: bool = True  # add a sinusoidal frame position to the temporal context
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Stage-2 recipe (3.4, 6.4)."""
+
+    frames: int = 120  # frames per training clip
+    p_video_expr: float = 0.6  # P(e_dri = e_v); else e_a
+    p_mean: float = 0.7  # log sigma ~ N(p_mean, p_std^2)
+    p_std: float = 1.6
+    lr: float = 1e-5
+    batch_size: int = 1
+    optimizer: str = "adam8bit"
+    train_backbone: bool = True  # the paper fine-tunes SVD's weights together with the additions
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """Windowed DDIM sampling (3.4, 6.4)."""
+
+    window: int = 120
+    overlap: int = 24
+    steps: int = 25
+    fps: int = 25
+    motion_bucket_id: int = 127
+    noise_aug: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class ETHDVariant:
+    name: str
+    resolution: int  # pixels; the latent is resolution / 8
+    svd: SVDVariant  # UNet + VAE in diffusers config vocabulary
+    ethd: ETHDConfig
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    def override(self, name: str, *, resolution: int | None = None, unet: Mapping = {}, **parts: Mapping) -> "ETHDVariant":
+        """A new variant: `unet` changes UNet config keys; `parts` maps ethd / train / inference to changed fields."""
+        new = {k: dataclasses.replace(getattr(self, k), **v) for k, v in parts.items()}
+        return dataclasses.replace(
+            self, name=name, resolution=resolution or self.resolution, svd=self.svd.override(name, unet=unet), **new
+        )
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 8
+
+
+EMOTIVETALK_512 = ETHDVariant(
+    "emotivetalk_512", 512, SVD.override("emotivetalk_512", unet=dict(sample_size=64, num_frames=120)), ETHDConfig()
+)
+EMOTIVETALK_1024 = EMOTIVETALK_512.override(
+    "emotivetalk_1024", resolution=1024, unet=dict(sample_size=128, num_frames=32),
+    train=dict(frames=32), inference=dict(window=32, overlap=12),
+)
+# The tiny SVD UNet (2 levels, 32/64 channels) with V-AID tiny's widths (lip 16, expression 8).
+TINY = ETHDVariant(
+    "tiny", 64, SVD_TINY.override("tiny", unet=dict(sample_size=8, num_frames=4)),
+    ETHDConfig(lip_dim=16, lip_context_tokens=2, expr_dim=8, expr_tokens=2, expr_context_dim=16),
+    TrainConfig(frames=4), InferenceConfig(window=4, overlap=2, steps=4),
+)
+
+ETHD_VARIANTS: Mapping[str, ETHDVariant] = MappingProxyType({v.name: v for v in (TINY, EMOTIVETALK_512, EMOTIVETALK_1024)})
+
+
+def get_ethd_variant(name: str) -> ETHDVariant:
+    if name not in ETHD_VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(ETHD_VARIANTS)}")
+    return ETHD_VARIANTS[name]
