@@ -9,8 +9,8 @@ forward, all under `nnx.jit`. Export must give back the exact state dict.
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+import diffusers
+import torch
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

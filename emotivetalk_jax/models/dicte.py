@@ -202,18 +202,10 @@ def generate_expression(
 
     The first chunk has `chunk` frames from noise; each later chunk generates
     `chunk - prefix_frames` frames after the last `prefix_frames` generated ones, which it
-    sees as a clean prefix together with their own audio windows (6.4).
+    sees as a clean prefix together with their own audio windows (6.4). The chunk loop is
+    `diffusion.long_dicte.sample_long`.
     """
-    if not 0 <= prefix_frames < chunk:
-        raise ValueError(f"prefix_frames {prefix_frames} must be in [0, chunk {chunk})")
-    total = cond.audio.shape[1]
-    outs, done, prefix = [], 0, None
-    while done < total:
-        keep = 0 if prefix is None else prefix.shape[1]
-        n = min(chunk - keep, total - done)
-        key, k = jax.random.split(key)
-        sub = cond._replace(audio=cond.audio[:, done - keep:done + n])
-        outs.append(sample_dicte(model, sub, n, k, steps, prefix))
-        done += n
-        prefix = jnp.concatenate(outs, axis=1)[:, -prefix_frames:] if prefix_frames else None
-    return jnp.concatenate(outs, axis=1)
+    from emotivetalk_jax.diffusion.long_dicte import dicte_chunk_fn, sample_long
+
+    return sample_long(dicte_chunk_fn(model, cond, steps), cond.audio.shape[1], key, chunk=chunk,
+                       prefix_frames=prefix_frames)

@@ -1,0 +1,380 @@
+"""Whole-length video sampling: DDIM in sigma space as one jitted `lax.scan` with window fusion.
+
+Shape legend: B batch, N real frames, Np padded frames (the length bucket), T window,
+K windows per step (bucketed), c windows per backbone call, R guidance branches,
+H, W latent size, C latent channels (4), Cr reference channels.
+
+Every step (3.4, 6.4; REFERENCE.md §3): the whole noisy latent (B, Np, H, W, C) is cut into
+windows of T frames with overlap O that lie inside the N real frames; each window is
+denoised by D(x; sigma) with its own slice of the per-frame conditions, the per-video
+conditions and the reference latent; window predictions are guided, weighted by
+`fusion_weights(T)`, summed and divided by the summed weights, and ONE DDIM step is taken
+on the whole sequence. Nothing autoregressive: any length, no error accumulation.
+
+Compilation: one program per (config, window, overlap, length bucket, shapes of the
+conditions). The real length and the window starts are data; frames beyond N are padding
+that no window covers, so they never influence a real frame. Lengths N <= T run as one
+exact window of N frames (a program per such N; padding a window would leak through the
+backbone's temporal layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from emotivetalk_jax.diffusion.ddim import ddim_step
+from emotivetalk_jax.diffusion.edm import RHO, SIGMA_MAX, SIGMA_MIN, denoise, karras_sigmas
+from emotivetalk_jax.diffusion.guidance import (
+    Branches,
+    Conditions,
+    branch_list,
+    combine,
+    frame_scale,
+    guidance_mode,
+    ramp_profile,
+)
+from emotivetalk_jax.diffusion.windows import bucket_length, fusion_weights, traced_window_starts
+
+Backbone = Callable[..., jax.Array]  # (sample (B, T, H, W, C + Cr), c_noise (B,), **conditions) -> (B, T, H, W, C)
+
+# Incremented each time the core is traced (= compiled): tests and benchmarks read it.
+TRACE_COUNT = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Sampler settings. Paper (6.4): 25 DDIM steps; 512: window 120 / overlap 24; 1024: 32 / 12.
+
+    lip_scale / expr_scale: CFG scales of the audio-lip and expression conditions (1: off;
+    the paper's cost figures imply no CFG, so off by default). guidance: "auto" picks the
+    fewest branches for the scales; "none" / "joint" / "dual" force a branch set.
+    ramp: optional (r_start, r_end) linear per-frame guidance profile, s_f = 1 + r_f (s - 1),
+    over each window's frames (ramp_over "window", SVD's style) or over the video ("video").
+    batch_windows: windows per backbone call (1: scan over windows, least memory; 0: all
+    windows of a step in one batched call). Guidance branches are always batched.
+    length_buckets: explicit padded lengths (frames); beyond them, window counts are
+    rounded up a geometric ladder with `bucket_per_octave` rungs per doubling.
+    """
+
+    steps: int = 25
+    window: int = 120
+    overlap: int = 24
+    eta: float = 0.0
+    lip_scale: float = 1.0
+    expr_scale: float = 1.0
+    guidance: str = "auto"
+    ramp: tuple[float, float] | None = None
+    ramp_over: str = "window"
+    batch_windows: int = 1
+    length_buckets: tuple[int, ...] = ()
+    bucket_per_octave: int = 4
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+
+    def __post_init__(self):
+        if self.ramp_over not in ("window", "video"):
+            raise ValueError(f"ramp_over must be 'window' or 'video', got {self.ramp_over!r}")
+        if self.steps < 1 or self.batch_windows < 0 or self.eta < 0:
+            raise ValueError(f"bad sampler config {self}")
+        guidance_mode(self.lip_scale, self.expr_scale, self.guidance)  # validates
+
+    def sigmas(self) -> jax.Array:
+        return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything static about one compiled program."""
+
+    window: int
+    overlap: int
+    max_windows: int
+    chunk: int
+    mode: str
+    stochastic: bool
+    trajectory: bool
+    latent_shape: tuple[int, ...]  # (B, Np, H, W, C)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static shapes chosen for a real length: window used, padded frames, window slots, windows per call."""
+
+    num_frames: int
+    window: int
+    padded: int
+    max_windows: int
+    chunk: int
+
+
+def plan(num_frames: int, config: SamplerConfig) -> Plan:
+    """The length bucket of `num_frames` frames under `config`."""
+    t, _, k = bucket_length(num_frames, config.window, config.overlap, length_buckets=config.length_buckets,
+                            per_octave=config.bucket_per_octave)
+    c = k if config.batch_windows == 0 else min(config.batch_windows, k)
+    k = -(-k // c) * c
+    padded = num_frames if t == num_frames else t + (k - 1) * (t - config.overlap)
+    return Plan(num_frames, t, padded, k, c)
+
+
+class _FunctionBackbone(nnx.Module):
+    """A plain function as a (parameter-free) NNX module, so every backbone goes through `nnx.jit`."""
+
+    def __init__(self, fn: Backbone):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def _frame_noise(key: jax.Array, frames: int, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal (B, frames, ...) with frame f drawn from fold_in(key, f): independent of padding."""
+    per = jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(jnp.arange(frames))
+    return jnp.moveaxis(per, 0, 1)
+
+
+def _gather(a: jax.Array, starts: jax.Array, t: int) -> jax.Array:
+    """Windows of a per-frame leaf (B, Np, ...) -> (c, B, T, ...)."""
+    return jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(a, s, t, axis=1))(starts)
+
+
+def _window_conditions(cond: Conditions, starts: jax.Array, t: int) -> Conditions:
+    """One branch's conditions for c windows, each leaf (c, B, ...) (reference: (c, B, T, H, W, Cr))."""
+    c = starts.shape[0]
+    tile = lambda v: jnp.broadcast_to(v[None], (c,) + v.shape)
+    ref = cond.reference
+    if ref is not None:
+        ref = jnp.broadcast_to(ref[None, :, None], (c, ref.shape[0], t) + ref.shape[1:])
+    return Conditions(
+        ref,
+        {k: _gather(v, starts, t) for k, v in cond.frame.items()},
+        {k: tile(v) for k, v in cond.video.items()},
+    )
+
+
+def _with_reference(backbone: Backbone) -> Backbone:
+    """F(c_in x, c_noise, reference, **kw) = backbone(concat(c_in x, reference), c_noise, **kw)."""
+
+    def f(xs, c_noise, reference, **kw):
+        if reference is not None:
+            xs = jnp.concatenate([xs, reference.astype(xs.dtype)], axis=-1)
+        return backbone(xs, c_noise, **kw)
+
+    return f
+
+
+def _denoise_windows(
+    backbone: Backbone,
+    x: jax.Array,
+    sigma: jax.Array,
+    branches: tuple[Conditions, ...],
+    starts: jax.Array,
+    t: int,
+    mode: str,
+    lip: jax.Array,
+    expr: jax.Array,
+) -> jax.Array:
+    """Guided x0 of c windows: x (B, Np, H, W, C), starts (c,), lip/expr scales (c, T) -> (c, B, T, H, W, C)."""
+    xs = _gather(x, starts, t)  # (c, B, T, H, W, C)
+    r = len(branches)
+    conds = jax.tree.map(lambda *v: jnp.stack(v), *[_window_conditions(b, starts, t) for b in branches])
+    flat = lambda v: v.reshape((-1,) + v.shape[3:])  # (R, c, B, ...) -> (R*c*B, ...)
+    x_in = flat(jnp.broadcast_to(xs[None], (r,) + xs.shape))
+    conds = jax.tree.map(flat, conds)
+    x0 = denoise(_with_reference(backbone), x_in, sigma, conds.reference, **conds.frame, **conds.video)
+    x0 = x0.reshape((r,) + xs.shape)
+    per_frame = lambda s: s[:, None, :, None, None, None].astype(x0.dtype)  # (c, T) -> (c, 1, T, 1, 1, 1)
+    return combine(x0, mode, per_frame(lip), per_frame(expr))
+
+
+def _sample_core(
+    static: _Static,
+    model: nnx.Module,
+    noise: jax.Array | None,
+    branches: tuple[Conditions, ...],
+    num_frames: jax.Array,
+    sigmas: jax.Array,
+    scales: jax.Array,
+    profile_video: jax.Array,
+    profile_window: jax.Array,
+    eta: jax.Array,
+    key: jax.Array,
+):
+    """The jitted loop. noise (B, Np, H, W, C) standard normal, or None to draw it from `key`;
+    sigmas (S + 1,); scales (2,) = (lip, expr)."""
+    global TRACE_COUNT
+    TRACE_COUNT += 1
+    t, k, c = static.window, static.max_windows, static.chunk
+    b, n_pad = static.latent_shape[:2]
+    key_noise, key = jax.random.split(key)
+    if noise is None:
+        noise = _frame_noise(key_noise, n_pad, (b,) + static.latent_shape[2:])
+    x = noise.astype(jnp.float32) * jnp.sqrt(sigmas[0] ** 2 + 1.0)  # SVD's init_noise_sigma
+    single = k == 1 and t == n_pad  # one exact window: plain DDIM on the whole sequence, no fusion
+    if single:
+        starts, valid = jnp.zeros((1,), jnp.int32), jnp.ones((1,), bool)
+    else:
+        starts, valid = traced_window_starts(num_frames, t, static.overlap, k)
+    w = fusion_weights(t)
+    frame_valid = (jnp.arange(n_pad) < num_frames)[None, :, None, None, None]
+
+    def window_scales(s):  # (c,) starts -> per-window-frame (lip, expr) scales (c, T)
+        r = _gather(profile_video[None], s, t)[:, 0] * profile_window[None]
+        return frame_scale(scales[0], r), frame_scale(scales[1], r)
+
+    def add_window(acc, s, contrib):
+        cur = jax.lax.dynamic_slice_in_dim(acc, s, t, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(acc, cur + contrib, s, axis=1)
+
+    # Summed fusion weight per frame; 0 on padding (no window there).
+    wcol = w[None, :, None, None, None]
+    wsum = jax.lax.fori_loop(0, k, lambda j, a: add_window(a, starts[j], jnp.where(valid[j], wcol, 0.0)),
+                             jnp.zeros((1, n_pad, 1, 1, 1), jnp.float32))
+    wsum = jnp.where(wsum > 0, wsum, 1.0)
+
+    def fused_x0(x, sigma):
+        if single:
+            lip, expr = window_scales(starts)
+            return _denoise_windows(model, x, sigma, branches, starts, t,
+                                    static.mode, lip, expr)[0]
+
+        def chunk_body(acc, inp):
+            s, v = inp
+            lip, expr = window_scales(s)
+            pred = _denoise_windows(model, x, sigma, branches, s, t,
+                                    static.mode, lip, expr)
+            wp = wcol.astype(pred.dtype)
+            acc = jax.lax.fori_loop(0, c, lambda j, a: add_window(a, s[j], jnp.where(v[j], pred[j] * wp, 0.0)), acc)
+            return acc, None
+
+        acc, _ = jax.lax.scan(chunk_body, jnp.zeros_like(x), (starts.reshape(-1, c), valid.reshape(-1, c)))
+        return acc / wsum.astype(acc.dtype)
+
+    def step(x, inp):
+        i, sigma, sigma_next = inp
+        x0 = fused_x0(x, sigma)
+        if static.stochastic:
+            z = _frame_noise(jax.random.fold_in(key, i), n_pad, (b,) + x.shape[2:]).astype(x.dtype)
+            x_next = ddim_step(x, x0, sigma, sigma_next, eta, z)
+        else:
+            x_next = ddim_step(x, x0, sigma, sigma_next)
+        x_next = jnp.where(frame_valid, x_next, x)
+        return x_next, (x_next if static.trajectory else None)
+
+    steps = sigmas.shape[0] - 1
+    x, traj = jax.lax.scan(step, x, (jnp.arange(steps), sigmas[:-1], sigmas[1:]))
+    return x, traj
+
+
+_sample_jit = nnx.jit(_sample_core, static_argnames=("static",))
+
+
+def cache_size() -> int:
+    """Number of programs compiled so far by the sampler's jitted core."""
+    return _sample_jit.jitted_fn._cache_size()
+
+
+def _num_frames(cond: Conditions) -> int | None:
+    lens = {v.shape[1] for v in cond.frame.values()}
+    if len(lens) > 1:
+        raise ValueError(f"per-frame conditions disagree on the number of frames: {sorted(lens)}")
+    return lens.pop() if lens else None
+
+
+def _pad_frames(cond: Conditions, n_pad: int) -> Conditions:
+    pad = lambda v: jnp.pad(v, [(0, 0), (0, n_pad - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
+    return cond._replace(frame={k: pad(v) for k, v in cond.frame.items()})
+
+
+def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas, return_trajectory):
+    """Validate, pick the bucket and pad: -> (real length, the jitted core's arguments)."""
+    branches = conditions if isinstance(conditions, Branches) else Branches(conditions)
+    mode = guidance_mode(config.lip_scale, config.expr_scale, config.guidance)
+    conds = branch_list(branches, mode)
+    cond = conds[0]
+    have = _num_frames(cond)
+    n = num_frames if num_frames is not None else have if have is not None else (
+        noise.shape[1] if noise is not None else None)
+    if n is None:
+        raise ValueError("cannot tell the number of frames: pass num_frames, per-frame conditions or noise")
+    if have is not None and have != n:
+        raise ValueError(f"per-frame conditions cover {have} frames, sampling {n}")
+    if noise is not None and noise.shape[1] != n:
+        raise ValueError(f"noise covers {noise.shape[1]} frames, sampling {n}")
+    if latent_shape is None:
+        if noise is not None:
+            latent_shape = tuple(noise.shape[2:])
+        elif cond.reference is not None:
+            latent_shape = tuple(cond.reference.shape[1:])
+        else:
+            raise ValueError("cannot tell the latent shape: pass latent_shape, a reference latent or noise")
+    leaves = [noise, cond.reference, *cond.frame.values(), *cond.video.values()]
+    batch = next(v for v in leaves if v is not None).shape[0]
+
+    p = plan(n, config)
+    if noise is not None:
+        noise = jnp.pad(jnp.asarray(noise, jnp.float32), [(0, 0), (0, p.padded - n)] + [(0, 0)] * 3)
+    sig = config.sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
+    ramp_v = config.ramp if config.ramp_over == "video" else None
+    ramp_w = config.ramp if config.ramp_over == "window" else None
+    profile_video = np.pad(ramp_profile(ramp_v, n), (0, p.padded - n), constant_values=1.0)
+    static = _Static(p.window, config.overlap, p.max_windows, p.chunk, mode, config.eta > 0, return_trajectory,
+                     (batch, p.padded) + tuple(latent_shape))
+    model = backbone if isinstance(backbone, nnx.Module) else _FunctionBackbone(backbone)
+    args = (
+        static, model, noise, tuple(_pad_frames(c, p.padded) for c in conds),
+        jnp.asarray(n, jnp.int32), sig, jnp.asarray([config.lip_scale, config.expr_scale], jnp.float32),
+        jnp.asarray(profile_video), jnp.asarray(ramp_profile(ramp_w, p.window)),
+        jnp.asarray(config.eta, jnp.float32), key,
+    )
+    return n, args
+
+
+def sample(
+    backbone: Backbone,
+    conditions: Conditions | Branches,
+    key: jax.Array,
+    config: SamplerConfig = SamplerConfig(),
+    *,
+    num_frames: int | None = None,
+    latent_shape: tuple[int, int, int] | None = None,
+    noise: jax.Array | None = None,
+    sigmas: jax.Array | None = None,
+    return_trajectory: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Sample video latents (B, N, H, W, C) for `conditions`.
+
+    backbone: `backbone(sample (B', T, H, W, C + Cr), c_noise (B',), **frame, **video)` -> raw
+      v-prediction (B', T, H, W, C); an NNX module or any function.
+    conditions: `Conditions`, or `Branches` for guidance (see `guidance`).
+    num_frames: N; by default the frame axis of the per-frame conditions.
+    latent_shape: (H, W, C); by default the reference latent's (H, W) and C = Cr (SVD: 4).
+    noise: standard-normal starting noise (B, N, H, W, C); by default drawn from `key` per frame
+      (frame f from fold_in(key', f), so the same seed gives the same noise in any bucket).
+    sigmas: (S + 1,) decreasing, ending in 0; by default `config.sigmas()`.
+    return_trajectory: also return the latent after every step, (S, B, N, H, W, C).
+    """
+    n, args = _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas,
+                       return_trajectory)
+    out, traj = _sample_jit(*args)
+    out = out[:, :n]
+    return (out, traj[:, :, :n]) if return_trajectory else out
+
+
+def lower(backbone: Backbone, conditions: Conditions | Branches, key: jax.Array,
+          config: SamplerConfig = SamplerConfig(), **kwargs) -> jax.stages.Lowered:
+    """The lowered (not yet compiled) sampling program for these inputs: ahead-of-time compilation,
+    cost and memory analysis (`lower(...).compile().memory_analysis()`). Keywords as `sample`."""
+    names = ("num_frames", "latent_shape", "noise", "sigmas", "return_trajectory")
+    if set(kwargs) - set(names):
+        raise TypeError(f"unexpected keywords {sorted(set(kwargs) - set(names))}")
+    _, args = _prepare(backbone, conditions, key, config, *(kwargs.get(k) for k in names[:-1]),
+                       bool(kwargs.get("return_trajectory", False)))
+    return _sample_jit.lower(*args)
