@@ -41,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--variant", default="emotivetalk_512")
 
     from emotivetalk_jax.data.commands import add_data_commands
+    from emotivetalk_jax.emotion.commands import add_emotion_commands
 
     add_data_commands(sub)
+    add_emotion_commands(sub)
     return p
 
 
@@ -59,9 +61,12 @@ def _run(args: argparse.Namespace) -> object:
             return {"audio": str(convert.convert_audio(args.src, args.out, dtype=dtype))}
         return {k: str(v) for k, v in convert.export_native(args.ckpt, args.out).items()}
     from emotivetalk_jax.data.commands import DATA_COMMANDS, run_data_command
+    from emotivetalk_jax.emotion.commands import EMOTION_COMMANDS, run_emotion_command
 
     if args.command in DATA_COMMANDS:
         return run_data_command(args)
+    if args.command in EMOTION_COMMANDS:
+        return run_emotion_command(args)
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd
 

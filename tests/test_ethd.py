@@ -297,3 +297,19 @@ def test_load_ethd_from_svd_checkpoint(models, tmp_path, fmt):
     got, want = _flat(ethd), _flat(unet)
     assert all(np.array_equal(np.asarray(got[k]), np.asarray(v)) for k, v in want.items())
     assert set(got) - set(want) == set(_flat(ethd, NEW_PARAMS))
+
+
+def test_ethd_native_checkpoint_round_trip(tmp_path):
+    from emotivetalk_jax.convert.engine import abstract_model, export_tensors, random_params
+    from emotivetalk_jax.convert.native import load_model, save_model
+    from emotivetalk_jax.convert.svd import SVD_RULES
+    from emotivetalk_jax.models.ethd import ETHD
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+
+    v = get_ethd_variant("tiny")
+    model = random_params(abstract_model(lambda: ETHD.from_svd_config(dict(v.svd.unet), v.ethd, rngs=nnx.Rngs(0))), 5)
+    save_model(model, tmp_path / "ethd", "ethd")
+    back = load_model(tmp_path / "ethd")
+    assert isinstance(back, ETHD) and back.ethd_config == model.ethd_config
+    a, b = export_tensors(model, SVD_RULES), export_tensors(back, SVD_RULES)
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,13 +1,14 @@
 """The project's own model checkpoints: an orbax state tree + the config that builds the model.
 
 Layout of one component folder:
-    config.json   {"format": "emotivetalk_jax", "component": "unet" | "vae" | ..., "config": {...}}
+    config.json   {"format": "emotivetalk_jax", "component": "unet" | "vae" | "audio" | "ethd", "config": {...}}
     state/        orbax checkpoint of the model's `nnx.Param` state (float32 or as saved)
 A converted SVD repository is a folder with `unet/` and `vae/` component folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -25,12 +26,24 @@ FORMAT = "emotivetalk_jax"
 def _builders() -> dict[str, Callable[..., nnx.Module]]:
     from emotivetalk_jax.convert import svd
     from emotivetalk_jax.convert.audio import build_audio_encoder
+    from emotivetalk_jax.models.ethd import ETHD
+    from emotivetalk_jax.models.ethd_variants import ETHDConfig
 
     return {
         "unet": lambda cfg, rngs: svd.build("unet", cfg, rngs=rngs),
         "vae": lambda cfg, rngs: svd.build("vae", cfg, rngs=rngs),
         "audio": lambda cfg, rngs: build_audio_encoder(cfg, rngs=rngs),
+        "ethd": lambda cfg, rngs: ETHD.from_svd_config(cfg["unet"], ETHDConfig(**cfg["ethd"]), rngs=rngs),
     }
+
+
+def model_config(model: nnx.Module) -> dict:
+    """The JSON config that rebuilds `model` through `_builders`."""
+    from emotivetalk_jax.models.ethd import ETHD
+
+    if isinstance(model, ETHD):
+        return {"unet": model.config, "ethd": dataclasses.asdict(model.ethd_config)}
+    return model.config
 
 
 def save_model(model: nnx.Module, folder: str | os.PathLike, component: str) -> Path:
@@ -43,7 +56,7 @@ def save_model(model: nnx.Module, folder: str | os.PathLike, component: str) -> 
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(folder / "state", state)
         ckptr.wait_until_finished()
-    meta = {"format": FORMAT, "component": component, "config": model.config}
+    meta = {"format": FORMAT, "component": component, "config": model_config(model)}
     (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 

@@ -1,0 +1,202 @@
+"""Emotion sources (3.5, 6.3) and the conditions they become.
+
+Shape legend: F frames of the generated video (one per 40 ms of the driving audio at 25
+fps), Fv frames of a driving video, E expression latent width.
+
+- temporal source, a driving video: per-frame expression latents e_v (Fv, E) from the
+  expression encoder, time-stretched to the audio's F frames by linear interpolation
+  (frame i of F samples the video at (i / (F - 1)) (Fv - 1)), so the whole driving video
+  spans the whole generated clip; they bypass Di-CTE;
+- utterance sources: an image -> its expression latent; a keyword / free text / speech
+  audio -> one of the eight keywords -> the codebook's mean latent. Either way one
+  e_cond (E,) that Di-CTE expands over time.
+
+Faces in images and videos are cropped as in `codebook.prepare_face` (dlib face box x
+1.8, else a centre square). A video is cropped once, around the face of its first frame.
+The expression encoder checkpoint is a folder: `config.json` ({"format": "emotivetalk_jax",
+"component": "face_encoders", "config": FaceEncoderConfig fields}) + `state/` (orbax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from emotivetalk_jax.emotion.codebook import CROP_SCALE, encoder_image_size, expression_fn, prepare_face, read_image
+from emotivetalk_jax.emotion.keywords import EmotionError
+
+SOURCE_KINDS = ("text", "image", "audio", "video")
+ENCODER_COMPONENT = "face_encoders"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmotionSource:
+    """What the user gave: `kind` one of SOURCE_KINDS, `value` the text or the file path."""
+
+    kind: str
+    value: str
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise EmotionError(f"unknown emotion source {self.kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+
+    @classmethod
+    def text(cls, text: str) -> "EmotionSource":
+        return cls("text", text)
+
+    @classmethod
+    def image(cls, path: str | os.PathLike) -> "EmotionSource":
+        return cls("image", str(path))
+
+    @classmethod
+    def audio(cls, path: str | os.PathLike) -> "EmotionSource":
+        return cls("audio", str(path))
+
+    @classmethod
+    def video(cls, path: str | os.PathLike) -> "EmotionSource":
+        return cls("video", str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmotionCondition:
+    """Either per-frame `e_v` (F, E) (temporal: skip Di-CTE) or one `e_cond` (E,) (through Di-CTE).
+
+    `keyword` names the emotion when one was chosen (text / audio sources); `detail`
+    records how (match method, scores, crop, frame counts) for logs and reports.
+    """
+
+    source: str
+    e_v: np.ndarray | None = None
+    e_cond: np.ndarray | None = None
+    keyword: str | None = None
+    detail: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.e_v is None) == (self.e_cond is None):
+            raise ValueError("an EmotionCondition holds exactly one of e_v (temporal) and e_cond (utterance)")
+
+    @property
+    def temporal(self) -> bool:
+        return self.e_v is not None
+
+
+# ----------------------------------------------------------------------------- encoder checkpoints
+
+
+def save_expression_encoder(encoder, folder: str | os.PathLike) -> Path:
+    """Write a `FaceEncoders` as config.json + orbax `state/` (the layout `load_expression_encoder` reads)."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from emotivetalk_jax.convert.native import FORMAT
+
+    folder = Path(folder).absolute()
+    if (folder / "state").exists():
+        raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
+    folder.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(folder / "state", nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
+        ckptr.wait_until_finished()
+    meta = {"format": FORMAT, "component": ENCODER_COMPONENT, "config": dataclasses.asdict(encoder.cfg)}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def load_expression_encoder(folder: str | os.PathLike):
+    """The `FaceEncoders` saved by `save_expression_encoder` (EmotionError if it is not one)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from emotivetalk_jax.convert.native import FORMAT
+    from emotivetalk_jax.models.face_encoders import FaceEncoders
+    from emotivetalk_jax.models.vaid_variants import FaceEncoderConfig
+
+    folder = Path(folder).absolute()
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file() or not (folder / "state").is_dir():
+        raise EmotionError(f"{folder} is not an expression-encoder checkpoint (config.json + state/); "
+                           "pass the folder of the trained face encoders")
+    meta = json.loads(cfg_file.read_text())
+    if meta.get("format") != FORMAT or meta.get("component") != ENCODER_COMPONENT:
+        raise EmotionError(f"{cfg_file} describes {meta.get('component')!r}, not the face encoders ({ENCODER_COMPONENT})")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    cfg = FaceEncoderConfig(**fields)
+    model = nnx.eval_shape(lambda: FaceEncoders(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(folder / "state", target)
+    nnx.replace_by_pure_dict(params, restored)
+    return nnx.merge(graphdef, params, rest)
+
+
+# ----------------------------------------------------------------------------- image and video
+
+
+def image_condition(path: str | os.PathLike, encoder, *, detect: bool = True) -> EmotionCondition:
+    """A face image -> e_cond (E,) from the expression encoder."""
+    x, method = prepare_face(read_image(path), encoder_image_size(encoder), detect)
+    e = expression_fn(encoder)(x[None])[0]
+    return EmotionCondition("image", e_cond=e, detail={"crop": method})
+
+
+def resample_frames(e: np.ndarray, num_frames: int) -> np.ndarray:
+    """(Fv, E) -> (num_frames, E) by linear interpolation over normalised time (ends kept)."""
+    e = np.asarray(e, np.float32)
+    if num_frames < 1:
+        raise EmotionError(f"need at least one output frame, got {num_frames}")
+    if len(e) == 1:
+        return np.repeat(e, num_frames, 0)
+    pos = np.linspace(0.0, len(e) - 1, num_frames)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(e) - 1)
+    w = (pos - lo)[:, None].astype(np.float32)
+    return (1 - w) * e[lo] + w * e[hi]
+
+
+def video_expressions(path: str | os.PathLike, encoder, *, fps: float = 25.0, detect: bool = True,
+                      batch_size: int = 16, max_frames: int | None = None) -> tuple[np.ndarray, dict]:
+    """A driving video -> per-frame expression latents (Fv, E) at `fps`, and how it was cropped."""
+    from emotivetalk_jax.data import face as facelib
+    from emotivetalk_jax.data import video as vid
+
+    try:
+        info = vid.probe(path)
+        first = vid.read_frames(path, fps=fps, max_frames=1, info=info)
+        if len(first) == 0:
+            raise vid.VideoError(f"{Path(path).name}: no frames")
+        crop, method = None, "center"
+        if detect:
+            try:
+                crop = facelib.crop_box(facelib.analyze_face(first[0]).box, (info.width, info.height), CROP_SCALE)
+                method = "face"
+            except (facelib.NoFaceError, ValueError):
+                crop = None
+        if crop is None:
+            side = min(info.width, info.height) // 2 * 2
+            crop = ((info.width - side) // 2, (info.height - side) // 2, side, side)
+        size = encoder_image_size(encoder)
+        frames = vid.read_frames(path, fps=fps, crop=crop, size=size, max_frames=max_frames, info=info)
+    except vid.VideoError as e:
+        raise EmotionError(f"emotion video: {e}") from None
+    if len(frames) == 0:
+        raise EmotionError(f"emotion video {path} has no frames")
+    run = expression_fn(encoder)
+    out = []
+    for a in range(0, len(frames), batch_size):
+        chunk = frames[a : a + batch_size].astype(np.float32) / 127.5 - 1.0
+        pad = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)]) if len(chunk) < batch_size else chunk
+        out.append(run(pad)[: len(chunk)])
+    return np.concatenate(out), {"crop": method, "video_frames": int(len(frames))}
+
+
+def video_condition(path: str | os.PathLike, encoder, num_frames: int, *, fps: float = 25.0,
+                    detect: bool = True) -> EmotionCondition:
+    """A driving video -> e_v (num_frames, E), the video's expression track stretched to the audio."""
+    e, detail = video_expressions(path, encoder, fps=fps, detect=detect)
+    return EmotionCondition("video", e_v=resample_frames(e, num_frames), detail={**detail, "frames": int(num_frames)})
