@@ -313,3 +313,23 @@ def test_ethd_native_checkpoint_round_trip(tmp_path):
     assert isinstance(back, ETHD) and back.ethd_config == model.ethd_config
     a, b = export_tensors(model, SVD_RULES), export_tensors(back, SVD_RULES)
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_condition_dropout_known_answers():
+    from emotivetalk_jax.diffusion.ethd_loss import drop_conditions
+
+    r = np.random.default_rng(0)
+    lip = jnp.asarray(r.normal(size=(64, 3, 2, 5)), jnp.float32)
+    e_dri = jnp.asarray(r.normal(size=(64, 3, 4)), jnp.float32)
+    e_ref = jnp.asarray(r.normal(size=(64, 4)), jnp.float32)
+    key = jax.random.key(1)
+    same = drop_conditions(key, lip, e_dri, e_ref, 0.0, 0.0)
+    assert np.array_equal(same[0], lip) and np.array_equal(same[1], e_dri)
+    gone = drop_conditions(key, lip, e_dri, e_ref, 1.0, 1.0)
+    assert not np.asarray(gone[0]).any()
+    np.testing.assert_array_equal(gone[1], np.broadcast_to(np.asarray(e_ref)[:, None], e_dri.shape))
+    half_lip, half_expr = drop_conditions(key, lip, e_dri, e_ref, 0.5, 0.5)
+    dropped = ~np.asarray(half_lip).reshape(64, -1).any(axis=1)
+    assert 16 < dropped.sum() < 48  # per clip, about half
+    kept = ~dropped
+    np.testing.assert_array_equal(np.asarray(half_lip)[kept], np.asarray(lip)[kept])

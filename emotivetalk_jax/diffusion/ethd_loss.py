@@ -8,7 +8,9 @@ Shape legend: B batch, F frames, H, W latent size, L lip tokens, Dl lip width, D
 lambda is EDM's weight (unit-variance x0 error for sigma_data = 1); the paper writes the
 unweighted x0 error, which is the same objective per noise level. p_mean = 0.7, p_std = 1.6
 (`ethd_variants.TrainConfig`): SVD's high-resolution shift towards more noise.
-e_dri = e_v with probability 0.6 per clip, else e_a (6.4).
+e_dri = e_v with probability 0.6 per clip, else e_a (6.4). For classifier-free guidance the
+lip tokens are dropped (zeroed) with p 0.05 and the expression condition (e_dri := e_ref)
+with p 0.05, per clip (`drop_conditions`).
 
 What trains in stage 2 (decision): V-AID, the audio encoder, the face encoders and the VAE
 are frozen; their outputs enter as data, and the loss stops gradients at every condition
@@ -30,6 +32,7 @@ from emotivetalk_jax.diffusion.edm import denoise, edm_loss_weight
 from emotivetalk_jax.models.ethd import NEW_PARAMS
 
 P_MEAN, P_STD, P_VIDEO_EXPR = 0.7, 1.6, 0.6
+P_DROP_LIP, P_DROP_EXPR = 0.05, 0.05  # condition dropout, so the sampler's guidance has branches to contrast
 
 
 def stage2_trainable(train_backbone: bool = True) -> nnx.filterlib.Filter:
@@ -58,6 +61,25 @@ def choose_e_dri(key: jax.Array, e_v: jax.Array, e_a: jax.Array, p_video: float 
     """Per clip: e_v with probability p_video, else e_a (both (B, F, ...))."""
     pick = jax.random.uniform(key, (e_v.shape[0],)) < p_video
     return jnp.where(pick.reshape((-1,) + (1,) * (e_v.ndim - 1)), e_v, e_a)
+
+
+def drop_conditions(
+    key: jax.Array, lip_tokens: jax.Array, e_dri: jax.Array, e_ref: jax.Array, p_lip: float, p_expr: float
+) -> tuple[jax.Array, jax.Array]:
+    """Per clip, zero the lip tokens with probability p_lip and replace e_dri by e_ref with p_expr.
+
+    These are the guidance branches' "unconditional" inputs (the pipeline builds the same):
+    no lip condition = zero lip tokens; no expression condition = e_dri = e_ref, which makes
+    EDI exactly zero.
+    """
+    k_lip, k_expr = jax.random.split(key)
+    b = lip_tokens.shape[0]
+    keep_lip = jax.random.uniform(k_lip, (b,)) >= p_lip
+    lip_tokens = lip_tokens * keep_lip.reshape((-1,) + (1,) * (lip_tokens.ndim - 1)).astype(lip_tokens.dtype)
+    drop_expr = jax.random.uniform(k_expr, (b,)) < p_expr
+    ref = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
+    e_dri = jnp.where(drop_expr.reshape((-1,) + (1,) * (e_dri.ndim - 1)), ref, e_dri)
+    return lip_tokens, e_dri
 
 
 def x0_loss(denoised: jax.Array, x0: jax.Array, sigma: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -94,18 +116,20 @@ def ethd_denoise(
 def ethd_loss(
     backbone: Callable[..., jax.Array], batch: ETHDBatch, key: jax.Array, *,
     p_mean: float = P_MEAN, p_std: float = P_STD, p_video: float = P_VIDEO_EXPR,
+    p_drop_lip: float = P_DROP_LIP, p_drop_expr: float = P_DROP_EXPR,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 11 on one batch. `backbone`: an `ETHD` (or any callable with its signature).
 
     Returns (loss, aux) with aux = sigma (B,), used_e_v (B,) and the denoised clip.
     """
     batch = ETHDBatch(*(jax.lax.stop_gradient(x) for x in batch))  # conditions are data (frozen models)
-    k_sigma, k_noise, k_expr = jax.random.split(key, 3)
+    k_sigma, k_noise, k_expr, k_drop = jax.random.split(key, 4)
     x0 = batch.latents
     sigma = sample_sigma(k_sigma, x0.shape[0], p_mean, p_std)
     x_t = x0 + sigma.reshape(-1, *(1,) * (x0.ndim - 1)).astype(x0.dtype) * jax.random.normal(k_noise, x0.shape, x0.dtype)
     e_dri = choose_e_dri(k_expr, batch.e_v, batch.e_a, p_video)
-    d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, batch.lip_tokens, batch.added_time_ids, e_dri,
-                     batch.e_ref, batch.lip_mask, batch.face_mask)
     used_e_v = jnp.all(e_dri == batch.e_v, axis=tuple(range(1, e_dri.ndim)))
+    lip_tokens, e_dri = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip, p_drop_expr)
+    d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
+                     batch.e_ref, batch.lip_mask, batch.face_mask)
     return x0_loss(d, x0, sigma), dict(sigma=sigma, used_e_v=used_e_v, denoised=d)
