@@ -127,13 +127,11 @@ class ETHDSpatialBlock(BasicTransformerBlock):
             if ethd.edi else None
         )
 
-    def __call__(self, x: jax.Array, context: jax.Array | None, *, edi_dri: jax.Array, edi_ref: jax.Array,
-                 spatial_gate: jax.Array, **_) -> jax.Array:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+    def after_cross_attention(self, x: jax.Array, *, edi_dri: jax.Array, edi_ref: jax.Array,
+                              spatial_gate: jax.Array, **_) -> jax.Array:
         if self.edi is not None:
             x = x + self.edi(x, edi_dri, edi_ref) * spatial_gate
-        return x + self.ff(self.norm3(x))
+        return x
 
 
 class ETHDTemporalBlock(TemporalBasicTransformerBlock):
@@ -156,25 +154,14 @@ class ETHDTemporalBlock(TemporalBasicTransformerBlock):
         else:
             self.temporal_expr_norm = self.temporal_expr_attn = None
 
-    def __call__(self, x: jax.Array, num_frames: int, context: jax.Array | None, *,
-                 temporal_expr_context: jax.Array, temporal_gate: jax.Array, **_) -> jax.Array:
-        bf, s, c = x.shape
-        b = bf // num_frames
-        x = x.reshape(b, num_frames, s, c).transpose(0, 2, 1, 3).reshape(b * s, num_frames, c)
-        h = self.ff_in(self.norm_in(x))
-        x = h + x if self.is_res else h
-        x = x + self.attn1(self.norm1(x))
-        if self.attn2 is not None:
-            x = x + self.attn2(self.norm2(x), context)
-        if self.temporal_expr_attn is not None:
-            # Every (position, frame) query of a video attends to the same F*T tokens.
-            q = self.temporal_expr_norm(x).reshape(b, s * num_frames, -1)
-            delta = self.temporal_expr_attn(q, temporal_expr_context).reshape(x.shape)
-            x = x + delta * temporal_gate
-        h = self.ff(self.norm3(x))
-        x = h + x if self.is_res else h
-        c = x.shape[-1]
-        return x.reshape(b, s, num_frames, c).transpose(0, 2, 1, 3).reshape(bf, s, c)
+    def after_cross_attention(self, x: jax.Array, batch: int, *, temporal_expr_context: jax.Array,
+                              temporal_gate: jax.Array, **_) -> jax.Array:
+        if self.temporal_expr_attn is None:
+            return x
+        # Every (position, frame) query of a video attends to the same F*T tokens.
+        q = self.temporal_expr_norm(x).reshape(batch, -1, x.shape[-1])
+        delta = self.temporal_expr_attn(q, temporal_expr_context).reshape(x.shape)
+        return x + delta * temporal_gate
 
 
 class ETHDTransformer(TransformerSpatioTemporalModel):

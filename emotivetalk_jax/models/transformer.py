@@ -76,10 +76,15 @@ class BasicTransformerBlock(nnx.Module):
         self.norm3 = layer_norm(dim, rngs=rngs, dtype=dtype)
         self.ff = FeedForward(dim, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array, context: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, context: jax.Array | None, **extra) -> jax.Array:
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
+        x = self.after_cross_attention(x, **extra)
         return x + self.ff(self.norm3(x))
+
+    def after_cross_attention(self, x: jax.Array, **extra) -> jax.Array:
+        """Hook between cross-attention and FF (ETHD injects EDI here); identity in SVD."""
+        return x
 
 
 class TemporalBasicTransformerBlock(nnx.Module):
@@ -117,7 +122,7 @@ class TemporalBasicTransformerBlock(nnx.Module):
         self.norm3 = layer_norm(inner, rngs=rngs, dtype=dtype)
         self.ff = FeedForward(inner, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array, num_frames: int, context: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, num_frames: int, context: jax.Array | None, **extra) -> jax.Array:
         bf, s, c = x.shape
         b = bf // num_frames
         x = x.reshape(b, num_frames, s, c).transpose(0, 2, 1, 3).reshape(b * s, num_frames, c)
@@ -126,10 +131,16 @@ class TemporalBasicTransformerBlock(nnx.Module):
         x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
             x = x + self.attn2(self.norm2(x), context)
+        x = self.after_cross_attention(x, b, **extra)
         h = self.ff(self.norm3(x))
         x = h + x if self.is_res else h
         c = x.shape[-1]
         return x.reshape(b, s, num_frames, c).transpose(0, 2, 1, 3).reshape(bf, s, c)
+
+    def after_cross_attention(self, x: jax.Array, batch: int, **extra) -> jax.Array:
+        """Hook between cross-attention and FF on (B*S, F, C) tokens (ETHD's temporal
+        expression attention); identity in SVD."""
+        return x
 
 
 class TransformerSpatioTemporalModel(nnx.Module):
