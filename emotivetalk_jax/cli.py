@@ -40,6 +40,27 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameter counts per component of a variant (abstract, nothing allocated)")
     i.add_argument("--variant", default="emotivetalk_512")
 
+    g = sub.add_parser("generate", help="portrait + speech (+ emotion) -> talking-head mp4")
+    from emotivetalk_jax.pipeline import add_generate_arguments
+
+    add_generate_arguments(g)
+    b = sub.add_parser("bench-synthetic", help="lip sync / emotion / identity scores on held-out synthetic clips (JSON)")
+    from emotivetalk_jax.eval.synthetic_bench import add_bench_arguments
+
+    add_bench_arguments(b)
+    rb = sub.add_parser("random-bundle", help="write a random-weight pipeline checkpoint (for trying generate)")
+    rb.add_argument("out")
+    rb.add_argument("--variant", default="tiny")
+    rb.add_argument("--seed", type=int, default=0)
+    rb.add_argument("--resolution", type=int, default=None)
+    rb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a generation setting (window=16, steps=10, ...)")
+    eb = sub.add_parser("export-bundle", help="pipeline checkpoint from a stage-2 (ethd) training workdir")
+    eb.add_argument("ethd_workdir")
+    eb.add_argument("out")
+    eb.add_argument("--codebook", metavar="DIR", help="emotion codebook (default: built from synthetic training clips)")
+    eb.add_argument("--resolution", type=int, default=None, help="default: the run's image size")
+    eb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a generation setting (window=16, steps=10, ...)")
+
     from emotivetalk_jax.data.commands import add_data_commands
     from emotivetalk_jax.emotion.commands import add_emotion_commands
 
@@ -67,6 +88,24 @@ def _run(args: argparse.Namespace) -> object:
         return run_data_command(args)
     if args.command in EMOTION_COMMANDS:
         return run_emotion_command(args)
+    if args.command == "generate":
+        from emotivetalk_jax.pipeline import generate_main
+
+        return generate_main(args)
+    if args.command == "bench-synthetic":
+        from emotivetalk_jax.eval.synthetic_bench import bench_main
+
+        return bench_main(args)
+    if args.command == "random-bundle":
+        from emotivetalk_jax.bundle import make_random_bundle, parse_settings
+
+        return str(make_random_bundle(args.out, args.variant, args.seed, resolution=args.resolution,
+                                      **parse_settings(args.set)))
+    if args.command == "export-bundle":
+        from emotivetalk_jax.bundle import bundle_from_training, parse_settings
+
+        return str(bundle_from_training(args.out, args.ethd_workdir, codebook=args.codebook,
+                                        resolution=args.resolution, **parse_settings(args.set)))
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd
 

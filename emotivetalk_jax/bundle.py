@@ -1,0 +1,513 @@
+"""Pipeline checkpoints ("bundles"): every model `emotivetalk generate` needs, in one folder.
+
+Layout:
+    config.json       {"format": "emotivetalk_jax", "component": "pipeline", "variant": NAME,
+                       ...settings (`BundleSettings`: resolution, fps, windows, steps, guidance,
+                       audio layer, half-width, ...)}
+    ethd/ vae/ audio/ component checkpoints of `convert.native` (config.json + orbax state/)
+    vaid/             the same layout, component "vaid", config = the `VAIDVariant` as a dict
+    face_encoders/    `emotion.sources.save_expression_encoder` layout
+    codebook/         `emotion.codebook.save_codebook` layout
+    speech_head/      optional, `emotion.speech.save_speech_head` layout
+
+`make_random_bundle` writes a random-weight bundle (tiny by default) in seconds: models are
+built abstractly (`nnx.eval_shape`) and filled on the host (`convert.engine.random_params`),
+never initialised eagerly. `load_bundle` checks that the parts fit together (widths of lip
+and expression latents, audio features) and that the bundle is the variant / resolution
+asked for, each failure a one-line `BundleError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+FORMAT = "emotivetalk_jax"
+COMPONENT = "pipeline"
+PARTS = ("ethd", "vae", "audio", "vaid", "face_encoders", "codebook")
+
+
+class BundleError(ValueError):
+    """A pipeline checkpoint that cannot be used; the message says why, in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSettings:
+    """Generation settings stored in a bundle's config.json (all overridable per call where sensible)."""
+
+    variant: str
+    vaid_variant: str
+    resolution: int  # pixels of the square face crop the model works at
+    fps: int = 25
+    window: int = 120  # frames per denoising window (3.4)
+    overlap: int = 24
+    steps: int = 25  # DDIM steps of the backbone
+    lip_scale: float = 1.0  # CFG scales (1: off, the paper's cost figures imply no CFG)
+    expr_scale: float = 1.0
+    dicte_steps: int = 25  # Di-CTE DDIM steps
+    audio_layer: int = -1  # wav2vec2 hidden state used as A
+    half_width: int = 2  # audio window A_w = 2 half_width + 1 frames
+    audio_chunk_s: float = 30.0  # long audio is encoded in chunks (data.audio.encode_chunked)
+    audio_context_s: float = 5.0
+    motion_bucket_id: int = 127
+    noise_aug: float = 0.02
+    crop_scale: float = 1.8  # square crop side = crop_scale x the face box's larger side
+    decode_chunk: int = 16  # frames per VAE decode call
+
+    def __post_init__(self):
+        if not (self.window >= 1 and 0 <= self.overlap < self.window and self.steps >= 1 and self.dicte_steps >= 1
+                and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0):
+            raise BundleError(f"bad pipeline settings: need window >= 1, 0 <= overlap < window, steps, dicte_steps, "
+                              f"decode_chunk >= 1, resolution, fps > 0 (got window={self.window}, "
+                              f"overlap={self.overlap}, steps={self.steps}, resolution={self.resolution})")
+
+    @classmethod
+    def for_variant(cls, variant: str, vaid_variant: str | None = None, resolution: int | None = None) -> "BundleSettings":
+        from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+        from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+        ev = get_ethd_variant(variant)
+        vv = get_vaid_variant(vaid_variant or variant)
+        ic = ev.inference
+        return cls(variant, vv.name, int(resolution or ev.resolution), ic.fps, ic.window, ic.overlap, ic.steps,
+                   dicte_steps=vv.dicte.sample_steps, half_width=vv.perceiver.window_half_width,
+                   motion_bucket_id=ic.motion_bucket_id, noise_aug=ic.noise_aug)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "component": COMPONENT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "BundleSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
+
+
+def parse_settings(items: list[str] | None) -> dict:
+    """`["window=16", "steps=10"]` (the CLI's repeated --set) -> checked BundleSettings overrides."""
+    import ast
+
+    names = {f.name for f in dataclasses.fields(BundleSettings)} - {"variant", "vaid_variant", "resolution"}
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise BundleError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
+        try:
+            out[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise BundleError(f"--set {item!r}: {value!r} is not a number") from None
+    return out
+
+
+@dataclasses.dataclass
+class Bundle:
+    """The loaded models of a pipeline checkpoint."""
+
+    settings: BundleSettings
+    ethd: nnx.Module
+    vae: nnx.Module
+    audio: nnx.Module
+    vaid: nnx.Module
+    face_encoders: nnx.Module
+    codebook: Any
+    speech_head: Any = None
+    path: Path | None = None
+
+
+# ----------------------------------------------------------------------------- V-AID component
+
+
+def vaid_variant_to_dict(variant) -> dict:
+    return dataclasses.asdict(variant)
+
+
+def vaid_variant_from_dict(d: dict):
+    from emotivetalk_jax.models import vaid_variants as V
+
+    def part(cls, values):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    return V.VAIDVariant(
+        d["name"], part(V.PerceiverConfig, d["perceiver"]), part(V.DiCTEConfig, d["dicte"]),
+        part(V.CLUBConfig, d["club"]), part(V.FaceEncoderConfig, d["face"]), part(V.DecoderConfig, d["decoder"]),
+        part(V.LossConfig, d["loss"]),
+    )
+
+
+def _save_state(model: nnx.Module, folder: Path, component: str, config: dict) -> Path:
+    import orbax.checkpoint as ocp
+
+    folder = Path(folder).absolute()
+    if (folder / "state").exists():
+        raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
+    folder.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(folder / "state", nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        ckptr.wait_until_finished()
+    meta = {"format": FORMAT, "component": component, "config": config}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def _restore_into(abstract: nnx.Module, folder: Path) -> nnx.Module:
+    import orbax.checkpoint as ocp
+
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(Path(folder).absolute() / "state", target)
+    nnx.replace_by_pure_dict(params, restored)
+    return nnx.merge(graphdef, params, rest)
+
+
+def save_vaid(vaid, folder: str | os.PathLike) -> Path:
+    """V-AID (projector, Di-CTE, CLUB) as config.json (its `VAIDVariant`) + orbax state/."""
+    return _save_state(vaid, Path(folder), "vaid", vaid_variant_to_dict(vaid.variant))
+
+
+def load_vaid(folder: str | os.PathLike):
+    from emotivetalk_jax.models.vaid import VAID
+
+    meta = _read_json(Path(folder) / "config.json", "V-AID checkpoint")
+    if meta.get("component") != "vaid":
+        raise BundleError(f"{folder} holds component {meta.get('component')!r}, not 'vaid'")
+    variant = vaid_variant_from_dict(meta["config"])
+    return _restore_into(nnx.eval_shape(lambda: VAID(variant, rngs=nnx.Rngs(0))), Path(folder))
+
+
+# ----------------------------------------------------------------------------- bundle save / load
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise BundleError(f"{path.parent} is not a {what} (no config.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is not readable JSON ({type(e).__name__}); the {what} is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{path} is not an emotivetalk_jax config; pass a pipeline checkpoint folder")
+    return meta
+
+
+def read_settings(path: str | os.PathLike) -> BundleSettings:
+    """The settings of the bundle at `path` (BundleError if it is not one)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"checkpoint {folder} does not exist or is not a folder; pass a pipeline checkpoint folder")
+    meta = _read_json(folder / "config.json", "pipeline checkpoint")
+    if meta.get("component") != COMPONENT:
+        raise BundleError(f"{folder} is a {meta.get('component')!r} component checkpoint, not a pipeline checkpoint "
+                          "(a folder with config.json component 'pipeline' and ethd/ vae/ audio/ vaid/ ...)")
+    try:
+        return BundleSettings.from_json(meta)
+    except TypeError as e:
+        raise BundleError(f"{folder / 'config.json'} lacks pipeline settings ({e})") from None
+
+
+def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
+    """Write every model of `bundle` and its settings under `out` (a new or empty folder)."""
+    from emotivetalk_jax.convert.native import save_model
+    from emotivetalk_jax.emotion.codebook import save_codebook
+    from emotivetalk_jax.emotion.sources import save_expression_encoder
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(bundle.ethd, out / "ethd", "ethd")
+    save_model(bundle.vae, out / "vae", "vae")
+    save_model(bundle.audio, out / "audio", "audio")
+    save_vaid(bundle.vaid, out / "vaid")
+    save_expression_encoder(bundle.face_encoders, out / "face_encoders")
+    save_codebook(bundle.codebook, out / "codebook")
+    if bundle.speech_head is not None:
+        from emotivetalk_jax.emotion.speech import save_speech_head
+
+        save_speech_head(bundle.speech_head, out / "speech_head")
+    (out / "config.json").write_text(json.dumps(bundle.settings.to_json(), indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def check_request(settings: BundleSettings, path: Path | str, variant: str | None = None,
+                  resolution: int | None = None) -> None:
+    """BundleError unless the bundle is the variant / resolution asked for."""
+    if variant is not None and variant != settings.variant:
+        raise BundleError(f"checkpoint {path} is variant {settings.variant!r}, not the requested {variant!r}; "
+                          f"pass a {variant} checkpoint or drop --variant")
+    if resolution is not None and int(resolution) != settings.resolution:
+        raise BundleError(f"checkpoint {path} works at {settings.resolution} px, not the requested {resolution} px")
+
+
+def _check_parts(b: Bundle) -> None:
+    """The parts of a bundle must fit: variant, lip / expression widths, audio features."""
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+
+    s, where = b.settings, b.path
+    ethd_cfg = b.ethd.ethd_config
+    if s.variant in ("tiny", "emotivetalk_512", "emotivetalk_1024"):
+        want = get_ethd_variant(s.variant).ethd
+        if dataclasses.asdict(ethd_cfg) != dataclasses.asdict(want):
+            raise BundleError(f"{where}/ethd is not a {s.variant} backbone (its EmotiveTalk widths differ); "
+                              "the checkpoint's parts are of different variants")
+    v = b.vaid.variant
+    checks = [
+        ("lip latent width (V-AID projector vs ETHD)", v.perceiver.out_dim, ethd_cfg.lip_dim),
+        ("expression width (Di-CTE vs ETHD)", v.dicte.expr_dim, ethd_cfg.expr_dim),
+        ("expression width (face encoders vs ETHD)", b.face_encoders.cfg.expr_dim, ethd_cfg.expr_dim),
+        ("expression width (codebook vs ETHD)", b.codebook.expr_dim, ethd_cfg.expr_dim),
+        ("audio feature width (audio encoder vs V-AID)", b.audio.config["hidden_size"], v.perceiver.audio_dim),
+        ("audio window half-width (settings vs V-AID)", s.half_width, v.perceiver.window_half_width),
+    ]
+    for what, a, c in checks:
+        if a != c:
+            raise BundleError(f"{where}: {what} disagree ({a} vs {c}); the checkpoint's parts are of different variants")
+    factor = vae_factor(b.vae)
+    if s.resolution % (factor * 2 ** (len(b.ethd.config["block_out_channels"]) - 1)):
+        raise BundleError(f"{where}: resolution {s.resolution} does not divide into the VAE and UNet levels")
+
+
+def vae_factor(vae: nnx.Module) -> int:
+    """Pixels per latent cell of a VAE (2 ** (levels - 1))."""
+    return 2 ** (len(vae.config["block_out_channels"]) - 1)
+
+
+def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None) -> Bundle:
+    """Load a bundle written by `save_bundle`, checked (see `check_request`, `_check_parts`)."""
+    from emotivetalk_jax.convert.engine import ConversionError
+    from emotivetalk_jax.convert.native import load_model
+    from emotivetalk_jax.emotion.codebook import load_codebook
+    from emotivetalk_jax.emotion.sources import load_expression_encoder
+
+    folder = Path(path)
+    settings = read_settings(folder)
+    check_request(settings, folder, variant, resolution)
+    missing = [p for p in PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise BundleError(f"checkpoint {folder} lacks {', '.join(p + '/' for p in missing)}; it is incomplete")
+    try:
+        models = {k: load_model(folder / k) for k in ("ethd", "vae", "audio")}
+        vaid = load_vaid(folder / "vaid")
+        face = load_expression_encoder(folder / "face_encoders")
+        book = load_codebook(folder / "codebook")
+        head = None
+        if (folder / "speech_head").is_dir():
+            from emotivetalk_jax.emotion.speech import load_speech_head
+
+            head = load_speech_head(folder / "speech_head")
+    except (ConversionError, BundleError) as e:
+        raise BundleError(str(e).splitlines()[0]) from None
+    except (ValueError, KeyError, FileNotFoundError) as e:  # orbax shape / tree mismatches
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"checkpoint {folder} does not load ({first[:200]})") from None
+    b = Bundle(settings, models["ethd"], models["vae"], models["audio"], vaid, face, book, head, folder)
+    _check_parts(b)
+    return b
+
+
+# ----------------------------------------------------------------------------- random bundles
+
+TINY_AUDIO = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                  conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=2, mask_time_prob=0.0)
+BASE_AUDIO = dict(model_type="wav2vec2", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072, mask_time_prob=0.0)
+
+
+def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | None = None,
+                  **settings: Any) -> Bundle:
+    """A bundle of `variant` with random weights (abstract build + host fill; nothing trained)."""
+    from emotivetalk_jax.convert import svd
+    from emotivetalk_jax.convert.audio import build_audio_encoder
+    from emotivetalk_jax.convert.engine import random_params
+    from emotivetalk_jax.emotion.codebook import Codebook
+    from emotivetalk_jax.models.ethd import ETHD
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.models.face_encoders import FaceEncoders
+    from emotivetalk_jax.models.vaid import VAID
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    ev = get_ethd_variant(variant)
+    vv = get_vaid_variant(settings.pop("vaid_variant", None) or variant)
+    s = dataclasses.replace(BundleSettings.for_variant(variant, vv.name, resolution), **settings)
+    abstract = lambda f: nnx.eval_shape(f)
+    ethd = random_params(abstract(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))), seed)
+    vae = random_params(abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed + 1)
+    audio_cfg = dict(TINY_AUDIO if vv.perceiver.audio_dim == TINY_AUDIO["hidden_size"] else BASE_AUDIO)
+    audio = random_params(build_audio_encoder(audio_cfg, abstract=True), seed + 2)
+    vaid = random_params(abstract(lambda: VAID(vv, rngs=nnx.Rngs(0))), seed + 3)
+    face = random_params(abstract(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), seed + 4)
+    rng = np.random.default_rng(seed + 5)
+    book = Codebook(rng.standard_normal((8, vv.dicte.expr_dim)).astype(np.float32), np.ones(8, np.int64),
+                    {"random": True})
+    return Bundle(s, ethd, vae, audio, vaid, face, book)
+
+
+def make_random_bundle(out: str | os.PathLike, variant: str = "tiny", seed: int = 0, *,
+                       resolution: int | None = None, **settings: Any) -> Path:
+    """Write a random-weight bundle of `variant` to `out` (for tests and trying the tools)."""
+    return save_bundle(random_bundle(variant, seed, resolution=resolution, **settings), out)
+
+
+
+# ----------------------------------------------------------------------------- from training
+
+
+def training_config(workdir: str | os.PathLike) -> dict:
+    """The config JSON saved with the latest checkpoint of a training workdir."""
+    import orbax.checkpoint as ocp
+
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise BundleError(f"{workdir} is not a training workdir (no checkpoints/); pass the stage-2 workdir")
+    mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("config",),
+                                 item_handlers={"config": ocp.JsonCheckpointHandler()})
+    step = mngr.latest_step()
+    if step is None:
+        raise BundleError(f"no checkpoint in {workdir}/checkpoints; train a stage there first")
+    cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    mngr.close()
+    return dict(cfg)
+
+
+def _workdir_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{dotted model path: array} of the latest checkpoint of a training workdir (params of
+    every update group and the rest), restored on the host."""
+    import orbax.checkpoint as ocp
+
+    root = Path(workdir).absolute() / "checkpoints"
+    if not root.is_dir():
+        raise BundleError(f"{workdir} is not a training workdir (no checkpoints/)")
+    mngr = ocp.CheckpointManager(root, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    step = mngr.latest_step()
+    if step is None:
+        raise BundleError(f"no checkpoint in {root}; train that stage first")
+    meta = mngr.item_metadata(step)["state"]
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev),
+                            {"params": meta["params"], "rest": meta["rest"]})
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=dev), abstract),
+            partial_restore=True)))["state"]
+    except Exception as e:  # noqa: BLE001 - orbax errors are pages long; keep one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BundleError(f"cannot restore step {step} of {root} ({type(e).__name__}: {first[:160]})") from None
+    finally:
+        mngr.close()
+    arrays = {}
+    for tree in [*out["params"].values(), out["rest"]]:
+        for path, x in jax.tree_util.tree_leaves_with_path(tree):
+            arrays[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(x)
+    return arrays
+
+
+def _fill(abstract: nnx.Module, arrays: dict[str, np.ndarray], what: str, subtree: str | None = None) -> nnx.Module:
+    """`abstract` with every variable taken from `arrays` (strict: missing or mis-shaped -> BundleError)."""
+    import jax.numpy as jnp
+
+    if subtree:
+        arrays = {k[len(subtree) + 1:]: v for k, v in arrays.items() if k.startswith(subtree + ".")}
+    graphdef, state = nnx.split(abstract)
+    flat, missing = [], []
+    for path, var in nnx.to_flat_state(state):
+        key = ".".join(str(k) for k in path)
+        if key not in arrays:
+            missing.append(key)
+        elif tuple(arrays[key].shape) != tuple(var.shape):
+            raise BundleError(f"{what}: {key} has shape {arrays[key].shape}, the model wants {tuple(var.shape)}")
+        else:
+            flat.append((path, var.replace(jnp.asarray(arrays[key], var.dtype))))
+    if missing:
+        raise BundleError(f"{what}: the checkpoint lacks {len(missing)} model arrays, e.g. {missing[:3]}")
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def synthetic_codebook(face_encoders, resolution: int, *, data_seed: int = 0, clips: int = 64,
+                       frames_per_clip: int = 8):
+    """Emotion-to-expression codebook from training clips of the synthetic domain: the mean
+    expression latent of each keyword's frames (what `codebook build` does with labelled photos)."""
+    import jax.numpy as jnp
+
+    from emotivetalk_jax.data.synthetic import SyntheticDomain
+    from emotivetalk_jax.emotion.codebook import Codebook
+    from emotivetalk_jax.emotion.keywords import KEYWORDS
+
+    domain = SyntheticDomain(data_seed)
+    sums = np.zeros((len(KEYWORDS), face_encoders.cfg.expr_dim), np.float64)
+    counts = np.zeros(len(KEYWORDS), np.int64)
+    encode = nnx.jit(lambda m, x: m.encode_expression(x))
+    for i in range(clips):
+        clip = domain.clip(i, "train")
+        idx = np.linspace(0, clip.num_frames - 1, frames_per_clip).round().astype(int)
+        x = jnp.asarray(clip.frames(size=resolution)[idx], jnp.float32) / 127.5 - 1.0
+        e = np.asarray(encode(face_encoders, x))
+        k = KEYWORDS.index(clip.emotion)
+        sums[k] += e.sum(0)
+        counts[k] += len(e)
+    means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return Codebook(means, counts, {"source": "synthetic", "data_seed": data_seed, "clips": clips})
+
+
+def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike, *, codebook=None,
+                         resolution: int | None = None, **settings: Any) -> Path:
+    """A bundle from a stage-2 (`ethd`) training workdir: the trained ETHD plus exactly the frozen
+    models that stage trained against (its audio encoder, face encoders, V-AID and VAE, rebuilt
+    from the run's saved config), and a codebook (given, or from synthetic training clips)."""
+    import ml_collections
+
+    from emotivetalk_jax.models.ethd import ETHD
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+    from emotivetalk_jax.train import stages as S
+
+    from emotivetalk_jax.models.face_encoders import FaceEncoders
+    from emotivetalk_jax.models.vaid import VAID
+
+    cfg = ml_collections.ConfigDict(training_config(ethd_workdir))
+    if cfg.stage != "ethd":
+        raise BundleError(f"{ethd_workdir} is a {cfg.stage!r} run; pass the stage-2 (ethd) workdir")
+    ev = get_ethd_variant(cfg.variant)
+    vv = get_vaid_variant(cfg.vaid_variant or cfg.variant)
+    seed = int(cfg.seed)
+    shape = nnx.eval_shape
+    ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))),
+                 _workdir_arrays(ethd_workdir), f"{ethd_workdir} (ETHD)")
+    # The frozen models exactly as stage 2 built them (its config's init paths and seeds).
+    vae = S._vae(cfg, ev, seed + 3)
+    audio = S._audio_encoder(cfg, seed + 1)
+    if cfg.init.face_encoders:
+        face = _fill(shape(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
+                     f"{cfg.init.face_encoders} (face encoders)", "encoders")
+    else:
+        face = S._face_encoders(cfg, vv, seed + 2)
+    if cfg.init.vaid:
+        vaid = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid), f"{cfg.init.vaid} (V-AID)")
+    else:
+        vaid = S._vaid(cfg, vv, seed + 4)
+    factor = vae_factor(vae)
+    size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
+    s = dataclasses.replace(BundleSettings.for_variant(ev.name, vv.name, size), **settings)
+    if codebook is None:
+        codebook = synthetic_codebook(face, size, data_seed=int(cfg.data.data_seed))
+    elif not hasattr(codebook, "means"):
+        from emotivetalk_jax.emotion.codebook import load_codebook
+
+        codebook = load_codebook(codebook)
+    b = Bundle(s, ethd, vae, audio, vaid, face, codebook)
+    _check_parts(b)
+    return save_bundle(b, out)
+
+__all__ = [
+    "Bundle", "BundleError", "BundleSettings", "load_bundle", "save_bundle", "read_settings", "check_request",
+    "random_bundle", "make_random_bundle", "save_vaid", "load_vaid", "vae_factor", "bundle_from_training",
+    "synthetic_codebook", "training_config", "parse_settings",
+]

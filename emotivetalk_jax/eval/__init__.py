@@ -1,0 +1,1 @@
+"""Evaluation: the synthetic-domain benchmark (`synthetic_bench`)."""

@@ -1,0 +1,457 @@
+"""The user-facing generation pipeline: portrait + speech (+ emotion) -> talking video (3.1-3.5).
+
+    pipe = EmotiveTalkPipeline.from_pretrained("checkpoint/")      # a bundle (see `bundle.py`)
+    result = pipe("portrait.png", "speech.wav", emotion="happy", seed=0, out="talk.mp4")
+    result.frames   # (N, R, R, 3) uint8, N = round(duration * 25); result.path: the mp4
+
+Shape legend: N video frames, R model resolution, h = w = R / vae factor latent size,
+W = 2 half_width + 1 audio window, Da audio width, Dl lip width, E expression width.
+
+Stages (each a method, each timed in `result.timings`, each with a progress bar):
+1. `prepare_portrait`: detect, align and crop the face to R x R; lip / face boxes -> masks;
+2. `encode_audio`: 16 kHz mono -> wav2vec2 features per video frame -> windows A_w (N, W, Da);
+3. `lip_latents`: V-AID's projector, l_a (N, Dl);
+4. `expression_latents`: e_ref from the portrait; e_dri (N, E) from the emotion source: a
+   driving video gives e_v directly; an image / text / speech gives e_cond, which Di-CTE
+   expands over time with the audio (long continuation by chunks); no emotion -> the
+   codebook's neutral entry (or e_ref if the codebook has none) through Di-CTE;
+5. `denoise`: the ETHD backbone sampled over the whole length with overlapping windows
+   fused every step (`diffusion.sampler`), one sampler step per call so the bar can move;
+6. `decode`: the temporal VAE in chunks of frames (all chunks one size: one compile);
+7. optional paste-back into the original photo, then an H.264 + AAC mp4 with the input
+   audio muxed in (written to a temporary file and renamed: no partial output).
+Ablations (`ablate="lip"` zeroes the lip tokens, `ablate="expression"` sets e_dri = e_ref)
+reproduce the paper's Tab. 2 on the synthetic benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from emotivetalk_jax.bundle import Bundle, BundleSettings, load_bundle, vae_factor
+from emotivetalk_jax.data.portrait import Portrait, prepare_portrait
+
+SR = 16000
+ABLATIONS = (None, "lip", "expression")
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot be served; one-line message."""
+
+
+@dataclasses.dataclass
+class AudioInput:
+    wave: np.ndarray  # (S,) float32 at 16 kHz, as given (not normalised)
+    num_frames: int  # N = round(duration * fps)
+    windows: np.ndarray  # (N, W, Da)
+
+
+@dataclasses.dataclass
+class Result:
+    frames: np.ndarray  # (N, H, W, 3) uint8 as written (pasted back if asked)
+    audio: np.ndarray  # (S,) the muxed audio
+    path: Path | None
+    timings: dict[str, float]
+    info: dict
+
+
+# ----------------------------------------------------------------------------- jitted pieces
+
+
+@nnx.jit
+def _ref_encode(face, vae, x_ref, noise):
+    """x_ref (1, R, R, 3) in [-1, 1] -> (e_ref (1, E), reference latent (1, h, w, 4), unscaled)."""
+    e_ref = face.encode_expression(x_ref)
+    mean, _ = vae.encode(x_ref + noise)
+    return e_ref, mean
+
+
+@nnx.jit
+def _lip(vaid, windows):
+    return vaid.lip(windows)
+
+
+@nnx.jit(static_argnames=("num_new", "steps"))
+def _dicte_chunk(dicte, cond, num_new, key, steps, prefix):
+    from emotivetalk_jax.models.dicte import sample_dicte
+
+    return sample_dicte(dicte, cond, num_new, key, steps, prefix)
+
+
+@nnx.jit(static_argnames=("num_frames",))
+def _decode(vae, z, num_frames):
+    return vae.decode(z, num_frames)
+
+
+class _Backbone(nnx.Module):
+    """The sampler's keyword signature over ETHD's positional one (module level: one class, so
+    every pipeline's backbone has the same graph and reuses the compiled sampler)."""
+
+    def __init__(self, ethd: nnx.Module):
+        self.m = ethd
+
+    def __call__(self, sample, c_noise, *, lip_tokens, e_dri, added_time_ids, e_ref, lip_mask, face_mask):
+        return self.m(sample, c_noise, lip_tokens, added_time_ids, e_dri, e_ref, lip_mask, face_mask)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class EmotiveTalkPipeline:
+    """Everything to generate from one bundle; stage methods are public for tests and benchmarks."""
+
+    def __init__(self, bundle: Bundle, *, progress: bool = True, text_options: dict | None = None):
+        self.bundle = bundle
+        self.text_options = dict(text_options or {})  # text_model_dir / endpoint / endpoint_model
+        self.settings: BundleSettings = bundle.settings
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._backbone = _Backbone(bundle.ethd)
+        self._speech = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
+                        progress: bool = True, text_options: dict | None = None) -> "EmotiveTalkPipeline":
+        """Load a bundle folder; `variant` / `resolution` if given must match it (else a BundleError)."""
+        return cls(load_bundle(path, variant=variant, resolution=resolution), progress=progress,
+                   text_options=text_options)
+
+    # -- helpers
+
+    @contextmanager
+    def _stage(self, name: str, total: int | None = None, unit: str = "it"):
+        bar = tqdm(total=total if total is not None else 1, desc=f"{name:>10}", unit=unit, disable=not self.progress,
+                   leave=True, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            yield bar
+        finally:
+            if total is None:
+                bar.update(1)
+            bar.close()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    @property
+    def resolution(self) -> int:
+        return self.settings.resolution
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // vae_factor(self.bundle.vae)
+
+    # -- stages
+
+    def prepare_portrait(self, portrait, *, face_box=None, crop: bool = True, boxes=None) -> Portrait:
+        """A path / image array -> the model's `Portrait` (an already prepared one passes through)."""
+        with self._stage("portrait"):
+            if isinstance(portrait, Portrait):
+                if portrait.resolution != self.resolution:
+                    raise GenerationError(f"portrait prepared at {portrait.resolution} px; the model works at "
+                                          f"{self.resolution} px")
+                return portrait
+            return prepare_portrait(portrait, self.resolution, face_box=face_box, crop=crop,
+                                    crop_scale=self.settings.crop_scale, boxes=boxes)
+
+    def encode_audio(self, audio: str | os.PathLike | np.ndarray) -> AudioInput:
+        """A path or a 16 kHz mono waveform -> windows A_w, one per video frame."""
+        from emotivetalk_jax.data.audio import EmptyAudioError, audio_features, frame_windows, load_audio
+
+        s = self.settings
+        with self._stage("audio"):
+            wave = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else np.asarray(audio, np.float32)
+            if wave.ndim != 1:
+                raise GenerationError(f"audio waveform has shape {wave.shape}; pass a mono (S,) array at 16 kHz")
+            if wave.size == 0:
+                raise EmptyAudioError("the audio has no samples; pass speech")
+            feats = audio_features(wave, self.bundle.audio, fps=s.fps, layers=s.audio_layer,
+                                   chunk_s=s.audio_chunk_s, context_s=s.audio_context_s)
+            return AudioInput(wave, len(feats), frame_windows(feats.astype(np.float32), s.half_width))
+
+    def lip_latents(self, audio: AudioInput) -> jax.Array:
+        with self._stage("lip"):
+            return jax.block_until_ready(_lip(self.bundle.vaid, jnp.asarray(audio.windows)[None]))  # (1, N, Dl)
+
+    def reference(self, portrait: Portrait, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(x_ref (1, R, R, 3) in [-1, 1], e_ref (1, E), reference latent (1, h, w, 4)); SVD's noise augmentation."""
+        x_ref = jnp.asarray(portrait.image, jnp.float32)[None] / 127.5 - 1.0
+        noise = self.settings.noise_aug * jax.random.normal(key, x_ref.shape)
+        e_ref, ref_latent = _ref_encode(self.bundle.face_encoders, self.bundle.vae, x_ref, noise)
+        return x_ref, e_ref, ref_latent
+
+    def resolve_emotion(self, emotion, num_frames: int):
+        """None | keyword / free text | EmotionSource | EmotionCondition -> EmotionCondition."""
+        from emotivetalk_jax.emotion import EmotionCondition, EmotionSource, resolve_emotion
+
+        b = self.bundle
+        if emotion is None:
+            if b.codebook.counts[-1] > 0:  # KEYWORDS[-1] == "neutral"
+                return EmotionCondition("none", e_cond=b.codebook.lookup("neutral"), keyword="neutral")
+            return None
+        if isinstance(emotion, EmotionCondition):
+            return emotion
+        source = emotion if isinstance(emotion, EmotionSource) else EmotionSource.text(str(emotion))
+        return resolve_emotion(source, num_frames=num_frames, expression_encoder=b.face_encoders, codebook=b.codebook,
+                               speech=self._speech_recognizer() if source.kind == "audio" else None,
+                               fps=self.settings.fps, **self.text_options)
+
+    def _speech_recognizer(self):
+        from emotivetalk_jax.emotion.speech import SpeechEmotionRecognizer, feature_fn
+
+        if self.bundle.speech_head is None:
+            return None
+        if self._speech is None:
+            self._speech = SpeechEmotionRecognizer(self.bundle.speech_head, feature_fn(self.bundle.speech_head.cfg))
+        return self._speech
+
+    def expression_latents(self, emotion, audio: AudioInput, x_ref: jax.Array, e_ref: jax.Array, key: jax.Array,
+                           *, steps: int | None = None) -> tuple[jax.Array, dict]:
+        """e_dri (1, N, E) and what was used (see the module docstring)."""
+        from emotivetalk_jax.diffusion.long_dicte import sample_long
+        from emotivetalk_jax.models.dicte import DiCTECond
+
+        n = audio.num_frames
+        with self._stage("expression"):
+            cond = self.resolve_emotion(emotion, n)
+            if cond is not None and cond.temporal:
+                e = np.asarray(cond.e_v, np.float32)
+                return jnp.asarray(e)[None], {"emotion_source": cond.source, "dicte": False}
+            e_cond = e_ref if cond is None else jnp.asarray(cond.e_cond, jnp.float32)[None]
+            dc = self.bundle.vaid.variant.dicte
+            full = DiCTECond(jnp.asarray(audio.windows)[None], x_ref, e_cond)
+            st = int(steps or self.settings.dicte_steps)
+
+            def chunk_fn(start, num_new, prefix, k):
+                p = 0 if prefix is None else prefix.shape[1]
+                sub = full._replace(audio=full.audio[:, start - p:start + num_new])
+                return _dicte_chunk(self.bundle.vaid.dicte, sub, num_new, k, st, prefix)
+
+            e = sample_long(chunk_fn, n, key, chunk=dc.train_frames, prefix_frames=dc.prefix_frames)
+            info = {"emotion_source": "none (e_ref)" if cond is None else cond.source, "dicte": True,
+                    "keyword": None if cond is None else cond.keyword}
+            return jax.block_until_ready(e), info
+
+    def sampler_config(self, steps: int | None = None):
+        from emotivetalk_jax.diffusion.sampler import SamplerConfig
+
+        s = self.settings
+        return SamplerConfig(steps=int(steps or s.steps), window=s.window, overlap=s.overlap,
+                             lip_scale=s.lip_scale, expr_scale=s.expr_scale)
+
+    def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
+        """The sampler's Branches (the dropped variants only when guidance is on)."""
+        from emotivetalk_jax.data.face import box_mask
+        from emotivetalk_jax.diffusion.guidance import Branches, Conditions
+
+        s, h = self.settings, self.latent_size
+        masks = {k: jnp.asarray(box_mask(b, self.resolution, h))[None]
+                 for k, b in (("lip_mask", portrait.lip_box), ("face_mask", portrait.face_box))}
+        ids = jnp.asarray([[s.fps - 1, s.motion_bucket_id, s.noise_aug]], jnp.float32)
+        video = {"added_time_ids": ids, "e_ref": e_ref, **masks}
+        cond = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_dri}, video)
+        if s.lip_scale == 1.0 and s.expr_scale == 1.0:
+            return Branches(cond)
+        e_ref_f = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
+        no_expr = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_ref_f}, video)
+        null = Conditions(ref_latent, {"lip_tokens": jnp.zeros_like(l_a), "e_dri": e_ref_f}, video)
+        return Branches(cond, no_expr, null)
+
+    def denoise(self, branches, num_frames: int, key: jax.Array, *, steps: int | None = None) -> jax.Array:
+        """Whole-length DDIM with window fusion, one sampler step per call: -> latents (1, N, h, w, 4) x scaling."""
+        from emotivetalk_jax.diffusion.sampler import sample
+
+        config = self.sampler_config(steps)
+        sigmas = np.asarray(config.sigmas(), np.float64)
+        h = self.latent_size
+        shape = (1, h, h, 4)
+        noise = jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(jnp.arange(num_frames))
+        x = jnp.moveaxis(noise, 0, 1) * np.sqrt(sigmas[0] ** 2 + 1.0)
+        with self._stage("denoise", total=config.steps, unit="step") as bar:
+            for i in range(config.steps):
+                pair = jnp.asarray(sigmas[i:i + 2], jnp.float32)
+                scale = float(np.sqrt(sigmas[i] ** 2 + 1.0))
+                x = sample(self._backbone, branches, key, config, num_frames=num_frames, latent_shape=(h, h, 4),
+                           noise=x / scale, sigmas=pair)
+                x = jax.block_until_ready(x)
+                bar.update(1)
+        return x
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """Latents (1, N, h, w, 4) (scaled) -> frames (N, R, R, 3) uint8, in equal chunks of frames."""
+        vae = self.bundle.vae
+        z = latents[0] / float(vae.config.get("scaling_factor", 0.18215))
+        n = z.shape[0]
+        c = max(1, min(self.settings.decode_chunk, n))
+        starts = list(range(0, n - c + 1, c))
+        if starts[-1] + c < n:
+            starts.append(n - c)  # last chunk shifted back: same size, one compile
+        out = np.empty((n, self.resolution, self.resolution, 3), np.uint8)
+        done = 0
+        with self._stage("decode", total=n, unit="frame") as bar:
+            for s0 in starts:
+                x = np.asarray(_decode(vae, z[s0:s0 + c], c))
+                px = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+                out[done:s0 + c] = px[done - s0:]
+                bar.update(s0 + c - done)
+                done = s0 + c
+        return out
+
+    # -- the whole thing
+
+    def __call__(self, portrait, audio, *, emotion=None, seed: int = 0, steps: int | None = None,
+                 dicte_steps: int | None = None, out: str | os.PathLike | None = None, paste: bool = False,
+                 face_box=None, crop: bool = True, boxes=None, ablate: str | None = None) -> Result:
+        """Generate a talking video. `out`: an .mp4 path to write (checked before any work).
+
+        `emotion`: None, a keyword / free text, an `EmotionSource` or an `EmotionCondition`.
+        `paste`: put the generated face back into the original photo's framing.
+        `ablate`: None | "lip" | "expression" (see the module docstring).
+        """
+        if ablate not in ABLATIONS:
+            raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
+        out_path = check_output_path(out) if out is not None else None
+        self.timings = {}
+        key = jax.random.key(int(seed))
+        k_ref, k_expr, k_noise = jax.random.split(key, 3)
+        p = self.prepare_portrait(portrait, face_box=face_box, crop=crop, boxes=boxes)
+        a = self.encode_audio(audio)
+        l_a = self.lip_latents(a)
+        x_ref, e_ref, ref_latent = self.reference(p, k_ref)
+        e_dri, info = self.expression_latents(emotion, a, x_ref, e_ref, k_expr, steps=dicte_steps)
+        if ablate == "lip":
+            l_a = jnp.zeros_like(l_a)
+        elif ablate == "expression":
+            e_dri = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
+        latents = self.denoise(self.conditions(l_a, e_dri, e_ref, ref_latent, p), a.num_frames, k_noise, steps=steps)
+        frames = self.decode(latents)
+        if paste:
+            from emotivetalk_jax.data.portrait import paste_back
+
+            with self._stage("paste", total=len(frames), unit="frame") as bar:
+                frames = paste_back(frames, p)
+                bar.update(len(frames))
+        written = None
+        if out_path is not None:
+            from emotivetalk_jax.data.video import write_mp4
+
+            with self._stage("write"):
+                written = write_mp4(out_path, frames, self.settings.fps, a.wave, SR)
+        info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate,
+                    portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
+        return Result(frames, a.wave, written, dict(self.timings), info)
+
+
+def check_output_path(out: str | os.PathLike) -> Path:
+    """The output .mp4 path, checked writable before any work (GenerationError otherwise)."""
+    path = Path(out)
+    if path.suffix.lower() != ".mp4":
+        raise GenerationError(f"output {path} must end in .mp4")
+    if path.is_dir():
+        raise GenerationError(f"output {path} is a folder; pass a file path ending in .mp4")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{path.stem}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise GenerationError(f"cannot write the output {path} ({e.strerror or type(e).__name__}); "
+                              "choose a writable location") from None
+    return path
+
+
+def default_checkpoint() -> Path | None:
+    """The demo bundle shipped in the package (emotivetalk_jax/assets/demo), if installed."""
+    p = Path(__file__).parent / "assets" / "demo"
+    return p if (p / "config.json").is_file() else None
+
+
+__all__ = ["EmotiveTalkPipeline", "GenerationError", "Result", "AudioInput", "check_output_path",
+           "default_checkpoint"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_generate_arguments(p) -> None:
+    """`emotivetalk generate` options (cli.py wires them)."""
+    from emotivetalk_jax.emotion.commands import add_emotion_arguments
+
+    p.add_argument("--portrait", required=True, metavar="IMG", help="a photo with one face (PNG / JPEG)")
+    p.add_argument("--audio", required=True, metavar="AUDIO", help="speech: wav / flac / ogg / mp3 / a video with sound")
+    add_emotion_arguments(p)
+    p.add_argument("--checkpoint", metavar="DIR", help="pipeline checkpoint folder (default: the installed demo)")
+    p.add_argument("--variant", help="refuse a checkpoint of another variant (tiny, emotivetalk_512, emotivetalk_1024)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps of the backbone (default: the checkpoint's, 25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--face-box", metavar="X0,Y0,X1,Y1", help="face box in portrait pixels when detection fails")
+    p.add_argument("--paste-back", action="store_true", help="paste the generated face into the original photo")
+    p.add_argument("--no-crop", action="store_true", help="use the whole (square) portrait as the model input")
+    p.add_argument("--out", required=True, metavar="OUT.mp4")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _face_box(text: str | None):
+    if text is None:
+        return None
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise GenerationError(f"--face-box must be four numbers X0,Y0,X1,Y1, got {text!r}")
+    return box
+
+
+def generate_main(args) -> dict:
+    """Run `emotivetalk generate`; returns the summary cli.py prints."""
+    from emotivetalk_jax.emotion.commands import source_from_args
+
+    if args.steps is not None and args.steps < 1:
+        raise GenerationError(f"--steps must be >= 1, got {args.steps}")
+    from emotivetalk_jax.bundle import check_request, read_settings
+    from emotivetalk_jax.data.audio import load_audio
+    from emotivetalk_jax.emotion import EmotionSource, text_to_keyword
+
+    # Every cheap check first, so a bad input fails in a second, before any model loads.
+    out = check_output_path(args.out)
+    face_box = _face_box(args.face_box)
+    ckpt = args.checkpoint or default_checkpoint()
+    if ckpt is None:
+        raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR "
+                              "(a random one for trying: emotivetalk random-bundle DIR)")
+    settings = read_settings(ckpt)
+    check_request(settings, ckpt, args.variant)
+    text = {k: v for k, v in (("model_dir", args.text_model), ("endpoint", args.emotion_endpoint),
+                              ("endpoint_model", args.emotion_endpoint_model)) if v is not None}
+    emotion = source_from_args(args)
+    if emotion is not None and emotion.kind == "text":  # unknown words fail here, listing the eight
+        emotion = EmotionSource.text(text_to_keyword(emotion.value, **text).keyword)
+    portrait = prepare_portrait(args.portrait, settings.resolution, face_box=face_box, crop=not args.no_crop,
+                                crop_scale=settings.crop_scale)
+    wave = load_audio(args.audio)  # AudioError for missing, undecodable or empty files
+    text = {("text_model_dir" if k == "model_dir" else k): v for k, v in text.items()}
+    pipe = EmotiveTalkPipeline.from_pretrained(ckpt, variant=args.variant, progress=not args.quiet, text_options=text)
+    if args.codebook:
+        from emotivetalk_jax.emotion.codebook import load_codebook
+
+        pipe.bundle.codebook = load_codebook(args.codebook)
+    if args.speech_head:
+        from emotivetalk_jax.emotion.speech import load_speech_head
+
+        pipe.bundle.speech_head = load_speech_head(args.speech_head)
+    r = pipe(portrait, wave, emotion=emotion, seed=args.seed, steps=args.steps, out=out, paste=args.paste_back)
+    video_s = r.info["num_frames"] / pipe.settings.fps
+    return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
+            "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],
+            "seconds": {k: round(v, 3) for k, v in r.timings.items()},
+            "seconds_per_video_second": round(sum(r.timings.values()) / max(video_s, 1e-9), 3)}
