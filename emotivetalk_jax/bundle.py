@@ -379,35 +379,18 @@ def training_config(workdir: str | os.PathLike) -> dict:
 
 
 def _workdir_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """{dotted model path: array} of the latest checkpoint of a training workdir (params of
-    every update group and the rest), restored on the host."""
-    import orbax.checkpoint as ocp
+    """{dotted model path: array} of the latest checkpoint of a training workdir, on the host."""
+    from emotivetalk_jax.train.checkpoint import restore_model_arrays
 
-    root = Path(workdir).absolute() / "checkpoints"
-    if not root.is_dir():
+    if not (Path(workdir) / "checkpoints").is_dir():
         raise BundleError(f"{workdir} is not a training workdir (no checkpoints/)")
-    mngr = ocp.CheckpointManager(root, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-    step = mngr.latest_step()
-    if step is None:
-        raise BundleError(f"no checkpoint in {root}; train that stage first")
-    meta = mngr.item_metadata(step)["state"]
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev),
-                            {"params": meta["params"], "rest": meta["rest"]})
     try:
-        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=dev), abstract),
-            partial_restore=True)))["state"]
+        return restore_model_arrays(workdir)
+    except FileNotFoundError as e:
+        raise BundleError(f"{e}; train that stage first") from None
     except Exception as e:  # noqa: BLE001 - orbax errors are pages long; keep one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BundleError(f"cannot restore step {step} of {root} ({type(e).__name__}: {first[:160]})") from None
-    finally:
-        mngr.close()
-    arrays = {}
-    for tree in [*out["params"].values(), out["rest"]]:
-        for path, x in jax.tree_util.tree_leaves_with_path(tree):
-            arrays[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(x)
-    return arrays
+        raise BundleError(f"cannot restore {workdir}/checkpoints ({type(e).__name__}: {first[:160]})") from None
 
 
 def _fill(abstract: nnx.Module, arrays: dict[str, np.ndarray], what: str, subtree: str | None = None) -> nnx.Module:

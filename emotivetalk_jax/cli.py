@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.data.commands import add_data_commands
     from emotivetalk_jax.emotion.commands import add_emotion_commands
 
+    from emotivetalk_jax.train.commands import add_train_command
+
     add_data_commands(sub)
     add_emotion_commands(sub)
+    add_train_command(sub)
     return p
 
 
@@ -86,6 +89,10 @@ def _run(args: argparse.Namespace) -> object:
 
     if args.command in DATA_COMMANDS:
         return run_data_command(args)
+    if args.command == "train":
+        from emotivetalk_jax.train.commands import run_train_command
+
+        return run_train_command(args)
     if args.command in EMOTION_COMMANDS:
         return run_emotion_command(args)
     if args.command == "generate":

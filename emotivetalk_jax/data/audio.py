@@ -151,15 +151,18 @@ def frame_positions(num_frames: int, *, fps: float, sr: int, stride: int, field:
     return ((np.arange(num_frames) + 0.5) * sr / fps - field / 2) / stride
 
 
-def features_to_frames(features: np.ndarray, num_frames: int, *, fps: float = 25, sr: int = SAMPLE_RATE,
-                       stride: int = 320, field: int = 400) -> np.ndarray:
-    """(T, D) encoder features -> (N, D): linear interpolation at the video frames' centres."""
-    features = np.asarray(features)
-    pos = np.clip(frame_positions(num_frames, fps=fps, sr=sr, stride=stride, field=field), 0, len(features) - 1)
+def features_to_frames(features, num_frames: int, *, fps: float = 25, sr: int = SAMPLE_RATE,
+                       stride: int = 320, field: int = 400):
+    """(..., T, D) encoder features -> (..., N, D): linear interpolation at the video frames'
+    centres. numpy in, numpy out; a jax.Array in (also traced, as in training) gives a jax.Array."""
+    t = features.shape[-2]
+    if not isinstance(features, jax.Array):
+        features = np.asarray(features)
+    pos = np.clip(frame_positions(num_frames, fps=fps, sr=sr, stride=stride, field=field), 0, t - 1)
     i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, len(features) - 1)
-    w = (pos - i0).astype(features.dtype)[:, None]
-    return (1 - w) * features[i0] + w * features[i1]
+    i1 = np.minimum(i0 + 1, t - 1)
+    w = (pos - i0)[:, None].astype(features.dtype)
+    return (1 - w) * features[..., i0, :] + w * features[..., i1, :]
 
 
 def frame_windows(features: np.ndarray | jax.Array, half_width: int):

@@ -1,0 +1,130 @@
+"""`emotivetalk train`: `--config configs/train.py:stage=ethd,variant=tiny --workdir DIR [--config.x=y ...]`.
+
+`add_train_command(subparsers)` registers it; `run_train_command(args)` runs it. Overrides
+use ml_collections' flag syntax, `--config.optim.lr=3e-5`,
+`--config.mesh="[('data',-1),('fsdp',8),('tensor',1)]"` (values are Python literals). The same from Python:
+`train_from_args(["--config", "configs/train.py:stage=ethd", "--workdir", "w", "--config.seed=1"])`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+class _TrainParser(argparse.ArgumentParser):
+    """Keeps `--config.x=y` items for ml_collections instead of rejecting them."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        overrides = [a for a in args if a.startswith("--config.")]
+        ns, extra = super().parse_known_args([a for a in args if not a.startswith("--config.")], namespace)
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + overrides
+        return ns, extra
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True,
+                   help="config file and argument, e.g. configs/train.py:stage=ethd,variant=tiny")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/ and samples/")
+    p.add_argument("--log-level", default="INFO")
+
+
+def add_train_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a stage (encoders | vaid | ethd); resumes from WORKDIR",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.__class__ = _TrainParser
+    _add_arguments(p)
+    return p
+
+
+def resolve_config_path(spec: str) -> str:
+    """`path[:arg]` with `path` relative to the cwd, or else to the repository root."""
+    path, sep, arg = spec.partition(":")
+    if not Path(path).exists() and (_REPO / path).exists():
+        path = str(_REPO / path)
+    return path + sep + arg
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """`--config.a.b=value` items: value is a Python literal (else a string); a field that
+    already holds a value keeps its type (ml_collections' own checks)."""
+    for item in overrides:
+        key, eq, value = item.removeprefix("--config.").partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} must be --config.field=value")
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: the config has no field {key!r}")
+        old, new = node[leaf], _literal(value)
+        if isinstance(new, dict):
+            import ml_collections
+
+            new = ml_collections.ConfigDict(new)
+        elif isinstance(old, str) and not isinstance(new, str):
+            new = value
+        elif isinstance(old, bool) and isinstance(new, str):
+            new = new.lower() in ("1", "true", "yes")
+        elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(new, str):
+            new = type(old)(value)  # e.g. nan, inf
+        elif isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        node[leaf] = new
+    return cfg
+
+
+def load_config(spec: str, overrides: list[str] = ()):
+    """A ConfigDict from `configs/train.py:arg` (its `get_config(arg)`) plus `--config.x=y` overrides."""
+    import importlib.util
+
+    path, _, arg = resolve_config_path(spec).partition(":")
+    mod_spec = importlib.util.spec_from_file_location(f"_emotivetalk_config_{Path(path).stem}", path)
+    if mod_spec is None or not Path(path).exists():
+        raise FileNotFoundError(f"config file {path} not found")
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return apply_overrides(module.get_config(arg), list(overrides))
+
+
+def run_train_command(args: argparse.Namespace) -> dict:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, getattr(args, "overrides", []))
+    from emotivetalk_jax.train.loop import train
+
+    return train(cfg, args.workdir)
+
+
+def train_from_args(argv: list[str]) -> dict:
+    p = _TrainParser(prog="emotivetalk train")
+    _add_arguments(p)
+    return run_train_command(p.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    result = train_from_args(sys.argv[1:] if argv is None else argv)
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("status") in ("done", "preempted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

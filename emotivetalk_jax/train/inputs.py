@@ -1,0 +1,74 @@
+"""Training input pipeline: one global example order, sliced per process.
+
+Example k of the global stream is clip `shuffle(seed)[k mod n]` (reshuffled every epoch),
+cut into a window by `data.pipeline.ClipWindow` with a per-example rng that depends only on
+k. Global batch s holds examples [s G, (s + 1) G); process p of P loads rows
+[p G / P, (p + 1) G / P) of it, which is exactly where `jax.make_array_from_process_local_data`
+puts them. So the data a step sees does not depend on the number of hosts, and the grain
+iterator state (the next local index) restores it exactly after preemption.
+"""
+
+from __future__ import annotations
+
+import grain
+
+from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips
+
+KEEP = ("frames", "reference", "audio")
+
+
+class _ProcessRows(grain.MapDataset):
+    """Local element i of process p -> global element (i // b) * b * P + p * b + i % b."""
+
+    def __init__(self, parent: grain.MapDataset, process: int, processes: int, per_process: int):
+        super().__init__(parent)
+        self._p, self._n, self._b = process, processes, per_process
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        return self._parent[(i // self._b) * self._b * self._n + self._p * self._b + i % self._b]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(process={self._p}, processes={self._n}, per_process={self._b})"
+
+
+def _select(keys):
+    def f(ex):
+        return {k: ex[k] for k in keys}
+
+    return f
+
+
+def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: int = 0,
+                 processes: int = 1) -> grain.IterDataset:
+    """Per-process batches (batch_size / processes rows) of the global stream.
+
+    `data_cfg`: source ('synthetic' | 'prepared'), path, num_clips, data_seed, worker_count;
+    `spec`: frames, size, mask_sizes, audio_context (from the stage).
+    """
+    if batch_size % processes:
+        raise ValueError(f"global batch {batch_size} does not divide over {processes} processes")
+    if data_cfg.source == "synthetic":
+        source = SyntheticClips(int(data_cfg.data_seed), "train", int(data_cfg.num_clips))
+    elif data_cfg.source == "prepared":
+        source = PreparedClips(data_cfg.path, "train")
+    else:
+        raise ValueError(f"unknown data source {data_cfg.source!r}; choose synthetic or prepared")
+    window = ClipWindow(frames=int(spec["frames"]), size=int(spec["size"]), mask_sizes=tuple(spec["mask_sizes"]),
+                        audio_context=int(spec["audio_context"]))
+    keys = KEEP + tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
+    per = batch_size // processes
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(window, seed=seed)
+    ds = _ProcessRows(ds.map(_select(keys)), process, processes, per).batch(per, drop_remainder=True)
+    it = ds.to_iter_dataset()
+    if int(data_cfg.worker_count) > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=int(data_cfg.worker_count)))
+    return it

@@ -1,0 +1,431 @@
+"""The three training stages as one step function each (and the models they train).
+
+Shape legend: B batch, F frames, S image size, N = F + 2 c audio frames (c context frames
+each side), W = 2 c + 1 audio window, D widths.
+
+- stage `encoders` (0, 6.1): `EncoderPretrainer` reconstructs a driving frame from the
+  reference frame and its (dropped-out) lip / expression latents; masked MSE by dropout
+  configuration (`losses.masked_reconstruction_loss`).
+- stage `vaid` (1, eq. 8): V-AID's projector + Di-CTE against the frozen face encoders'
+  l_v / e_v with CLUB, then CLUB's q on the same (l_a, e_a): two update groups, two
+  optimisers, one jitted step.
+- stage `ethd` (2, eq. 11, 6.4): the ETHD backbone under EDM with V-AID, the face
+  encoders, the audio encoder and the VAE frozen; e_dri = e_v w.p. 0.6 else e_a.
+
+Every step takes the raw grain batch (uint8 frames, waveform windows, box masks) and does
+all preprocessing inside the same jitted program (frozen encoders under stop_gradient),
+so one program runs from a laptop CPU to a pod. Parameters are fp32 master weights; the
+forward runs in `compute_dtype`. A non-finite loss or gradient norm leaves parameters and
+optimiser state unchanged (as does a non-finite update) and counts the step in `skipped` / `bad_streak`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from emotivetalk_jax import sharding as shd
+from emotivetalk_jax.train.state import TrainState, apply_remat, cast_floating, host_init
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps video
+
+# Class names rematerialised by `remat=blocks` (per stage model).
+REMAT_BLOCKS = {
+    "ethd": ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal", "UNetMidBlockSpatioTemporal",
+             "UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    "vaid": ("TransformerBlock", "PerceiverBlock"),
+    "encoders": ("ResBlock",),
+}
+REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
+    "ethd": ("SpatioTemporalResBlock", "ETHDTransformer"),
+    "vaid": ("TransformerBlock", "PerceiverBlock"),
+    "encoders": ("ResBlock",),
+}
+
+
+class Frozen(nnx.Module):
+    """The frozen conditioning models of a stage (any may be None)."""
+
+    def __init__(self, audio=None, face=None, vaid=None, vae=None):
+        self.audio, self.face, self.vaid, self.vae = audio, face, vaid, vae
+
+
+@dataclasses.dataclass
+class Stage:
+    """A stage's models, update groups and data needs (built by `build_stage`)."""
+
+    name: str
+    graphdef: Any
+    groups: tuple[str, ...]
+    init_params: dict[str, Any]
+    init_rest: Any
+    frozen_graphdef: Any
+    frozen_state: Any
+    losses: dict[str, Callable]  # group -> fn(model, inputs, key, prev_aux) -> (loss, aux)
+    prepare: Callable  # (frozen, batch, key) -> inputs
+    data: dict  # frames, size, mask_sizes, audio_context
+    model_name: str = ""
+    sample: Callable | None = None  # (model, frozen, inputs) -> video frames in [-1, 1]
+
+    def model(self, params: dict, rest: Any) -> nnx.Module:
+        return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def to_float_image(x: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return x.astype(jnp.float32) / 127.5 - 1.0
+
+
+def audio_frames(encoder: nnx.Module, wave: jax.Array, num_frames: int) -> jax.Array:
+    """Waveform (B, 640 N) -> per-video-frame features (B, N, D): the encoder's last hidden
+    state (padded by field - stride samples so that N frames have 2 N features), interpolated
+    at each frame's centre exactly as at inference (`data.audio.features_to_frames`).
+    The waveform is normalised over the training window (inference: over the utterance)."""
+    from emotivetalk_jax.data.audio import features_to_frames
+    from emotivetalk_jax.models.wav2vec2 import conv_geometry
+
+    stride, field = conv_geometry(encoder.config)
+    wave = wave.astype(jnp.float32)
+    wave = (wave - wave.mean(-1, keepdims=True)) / jnp.sqrt(wave.var(-1, keepdims=True) + 1e-7)
+    wave = jnp.pad(wave, ((0, 0), (0, field - stride)))
+    return features_to_frames(encoder(wave)[-1], num_frames, stride=stride, field=field)
+
+
+def audio_windows(feats: jax.Array, frames: int, context: int) -> jax.Array:
+    """(B, F + 2 c, D) -> A_w (B, F, 2 c + 1, D): the window centred on each video frame."""
+    idx = np.arange(frames)[:, None] + np.arange(2 * context + 1)[None, :]
+    return feats[:, idx]
+
+
+def _windows(frozen: Frozen, batch: dict, frames: int, context: int) -> jax.Array:
+    feats = audio_frames(frozen.audio, batch["audio"], frames + 2 * context)
+    return audio_windows(feats, frames, context)
+
+
+# ----------------------------------------------------------------------------- model building
+
+
+def _abstract(factory):
+    return nnx.eval_shape(factory)
+
+
+_ABSTRACT = [False]  # build_stage(abstract=True): shapes only (ahead-of-time compiles of full-size stages)
+
+
+def _init(abstract_model: nnx.Module, seed: int) -> nnx.Module:
+    return abstract_model if _ABSTRACT[0] else host_init(abstract_model, seed)
+
+
+def _audio_encoder(cfg, seed: int) -> nnx.Module:
+    from emotivetalk_jax.convert.audio import build_audio_encoder, load_hf_audio_encoder
+
+    if cfg.init.audio:
+        from emotivetalk_jax.convert import native
+
+        path = cfg.init.audio
+        try:
+            return native.load_model(path)
+        except Exception:  # not a native folder: a Hugging Face one
+            return load_hf_audio_encoder(path)
+    log.info("no audio encoder checkpoint configured (init.audio): random %s-wide wav2vec2",
+             cfg.audio_encoder.hidden_size)
+    return _init(build_audio_encoder(cfg.audio_encoder.to_dict(), abstract=True), seed)
+
+
+def _from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) -> nnx.Module:
+    """Fill `abstract` from the latest training checkpoint in `path` (its params + rest)."""
+    from emotivetalk_jax.train.checkpoint import restore_model_arrays
+
+    arrays = restore_model_arrays(path)  # {dotted path: np.ndarray}
+    if subtree:
+        arrays = {k[len(subtree) + 1:]: v for k, v in arrays.items() if k.startswith(subtree + ".")}
+    graphdef, state = nnx.split(abstract)
+    flat, missing = [], []
+    for p, var in nnx.to_flat_state(state):
+        key = shd.path_str(p)
+        if key not in arrays:
+            missing.append(key)
+            continue
+        if tuple(arrays[key].shape) != tuple(var.shape):
+            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, the model wants {var.shape}")
+        flat.append((p, var.replace(jnp.asarray(arrays[key], var.dtype))))
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} model arrays, e.g. {missing[:5]}")
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _face_encoders(cfg, variant, seed: int) -> nnx.Module:
+    from emotivetalk_jax.models.face_encoders import FaceEncoders
+
+    abstract = _abstract(lambda: FaceEncoders(variant.face, rngs=nnx.Rngs(0)))
+    if cfg.init.face_encoders:
+        return _from_workdir(cfg.init.face_encoders, abstract, "encoders")
+    log.info("no stage-0 workdir configured (init.face_encoders): random face encoders")
+    return _init(abstract, seed)
+
+
+def _vaid(cfg, variant, seed: int) -> nnx.Module:
+    from emotivetalk_jax.models.vaid import VAID
+
+    abstract = _abstract(lambda: VAID(variant, rngs=nnx.Rngs(0)))
+    if cfg.init.vaid:
+        return _from_workdir(cfg.init.vaid, abstract)
+    log.info("no stage-1 workdir configured (init.vaid): random V-AID")
+    return _init(abstract, seed)
+
+
+def _vae(cfg, variant, seed: int) -> nnx.Module:
+    from emotivetalk_jax.convert import svd
+
+    if cfg.init.svd:
+        return svd.load_diffusers_vae(cfg.init.svd)
+    log.info("no SVD checkpoint configured (init.svd): random VAE")
+    return _init(_abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0))), seed)
+
+
+def _ethd(cfg, variant, seed: int) -> nnx.Module:
+    from emotivetalk_jax.models import ethd as E
+    from emotivetalk_jax.models.unet import UNetSpatioTemporal
+
+    if _ABSTRACT[0]:
+        return _abstract(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd, rngs=nnx.Rngs(0)))
+    if cfg.init.svd:
+        return E.load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
+    log.info("no SVD checkpoint configured (init.svd): ETHD starts from a random SVD UNet")
+    unet = host_init(_abstract(lambda: UNetSpatioTemporal.from_diffusers_config(dict(variant.svd.unet),
+                                                                                 rngs=nnx.Rngs(0))), seed)
+    return E.inherit_svd(unet, variant.ethd, seed=seed)
+
+
+def _remat_names(cfg, stage: str) -> tuple[str, ...]:
+    r = (cfg.remat or "none").strip()
+    if r == "none":
+        return ()
+    if r == "blocks":
+        return REMAT_BLOCKS[stage]
+    if r == "layers":
+        return REMAT_LAYERS[stage]
+    return tuple(n.strip() for n in r.split(",") if n.strip())
+
+
+def _split(model: nnx.Module, groups: dict[str, Any], stage: str, cfg) -> tuple:
+    n = apply_remat(model, _remat_names(cfg, stage), cfg.remat_policy)
+    if n:
+        log.info("rematerialising %d modules (%s)", n, cfg.remat)
+    graphdef, *states = nnx.split(model, *groups.values(), ...)
+    params = {g: s.to_pure_dict() for g, s in zip(groups, states[:-1])}
+    return graphdef, params, states[-1].to_pure_dict()
+
+
+def _split_frozen(frozen: Frozen) -> tuple:
+    graphdef, state = nnx.split(frozen)
+    return graphdef, state.to_pure_dict()
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _stage_encoders(cfg, seed: int) -> Stage:
+    from emotivetalk_jax.losses import masked_reconstruction_loss, sample_dropout_configs
+    from emotivetalk_jax.models.face_encoders import EncoderPretrainer, stage0_trainable
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    v = get_vaid_variant(cfg.variant)
+    size = int(cfg.image_size or v.face.image_size)
+    model = _init(_abstract(lambda: EncoderPretrainer(v.face, v.decoder, rngs=nnx.Rngs(0))), seed)
+    groups = {"main": stage0_trainable(v.face)}
+    graphdef, params, rest = _split(model, groups, "encoders", cfg)
+    fgraph, fstate = _split_frozen(Frozen())
+
+    def prepare(frozen, batch, key):
+        return dict(x_ref=to_float_image(batch["reference"]), x_drv=to_float_image(batch["frames"][:, 0]),
+                    configs=sample_dropout_configs(key, batch["reference"].shape[0], v.loss.dropout_probs),
+                    lip_mask=batch[f"mask_lip_{size}"], face_mask=batch[f"mask_face_{size}"])
+
+    def loss(model, inp, key, aux):
+        pred = model(inp["x_ref"], inp["x_drv"], inp["configs"])
+        return masked_reconstruction_loss(pred.astype(jnp.float32), inp["x_drv"], inp["configs"],
+                                          inp["lip_mask"], inp["face_mask"]), {}
+
+    return Stage("encoders", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
+                 dict(frames=1, size=size, mask_sizes=(size,), audio_context=0), "EncoderPretrainer")
+
+
+def _stage_vaid(cfg, seed: int) -> Stage:
+    from emotivetalk_jax.models.vaid import STAGE1_CLUB, STAGE1_MAIN, VAID, VAIDBatch, club_loss, vaid_loss
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    v = get_vaid_variant(cfg.variant)
+    frames = int(cfg.frames or v.dicte.train_frames)
+    ctx = v.perceiver.window_half_width
+    size = int(cfg.image_size or v.face.image_size)
+    model = _init(_abstract(lambda: VAID(v, rngs=nnx.Rngs(0))), seed)
+    groups = {"main": STAGE1_MAIN, "club": STAGE1_CLUB}
+    graphdef, params, rest = _split(model, groups, "vaid", cfg)
+    fgraph, fstate = _split_frozen(Frozen(audio=_audio_encoder(cfg, seed + 1), face=_face_encoders(cfg, v, seed + 2)))
+
+    def prepare(frozen, batch, key):
+        frames_f = to_float_image(batch["frames"])
+        l_v, e_v = frozen.face(frames_f)
+        return dict(vb=VAIDBatch(_windows(frozen, batch, frames, ctx), to_float_image(batch["reference"]), l_v, e_v))
+
+    def main(model, inp, key, aux):
+        total, a = vaid_loss(model, inp["vb"], key)
+        return total, dict(lip=a["lip"], exp=a["exp"], club=a["club"], l_a=a["l_a"], e_a=a["e_a"])
+
+    def club(model, inp, key, aux):
+        return club_loss(model, aux["l_a"], aux["e_a"]), {}
+
+    return Stage("vaid", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": main, "club": club},
+                 prepare, dict(frames=frames, size=size, mask_sizes=(), audio_context=ctx), "VAID")
+
+
+def _stage_ethd(cfg, seed: int) -> Stage:
+    from emotivetalk_jax.diffusion.ethd_loss import ETHDBatch, ethd_loss, stage2_trainable
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    ev = get_ethd_variant(cfg.variant)
+    vv = get_vaid_variant(cfg.vaid_variant or cfg.variant)
+    tr = ev.train
+    frames = int(cfg.frames or tr.frames)
+    ctx = vv.perceiver.window_half_width
+    latent = int(ev.svd.unet["sample_size"])
+    factor = 2 ** (len(ev.svd.vae["block_out_channels"]) - 1)
+    size = int(cfg.image_size or latent * factor)
+    latent = size // factor
+    model = _ethd(cfg, ev, seed)
+    groups = {"main": stage2_trainable(tr.train_backbone)}
+    graphdef, params, rest = _split(model, groups, "ethd", cfg)
+    vae = _vae(cfg, ev, seed + 3)
+    fgraph, fstate = _split_frozen(Frozen(audio=_audio_encoder(cfg, seed + 1), face=_face_encoders(cfg, vv, seed + 2),
+                                          vaid=_vaid(cfg, vv, seed + 4), vae=vae))
+    scaling = float(ev.svd.vae.get("scaling_factor", 0.18215))
+    ic = ev.inference
+    time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
+    e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
+
+    def prepare(frozen, batch, key):
+        k_aug, k_ea = jax.random.split(key)
+        x = to_float_image(batch["frames"])  # (B, F, S, S, 3)
+        b = x.shape[0]
+        mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
+        latents = (mean * scaling).reshape(b, frames, *mean.shape[1:])
+        ref = to_float_image(batch["reference"])
+        ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
+        windows = _windows(frozen, batch, frames, ctx)
+        _, e_v = frozen.face(x)
+        e_ref = frozen.face.encode_expression(ref)
+        l_a = frozen.vaid.lip(windows)
+        e_a = frozen.vaid.expression(windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
+        ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
+        return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
+                                 batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
+
+    def loss(model, inp, key, aux):
+        l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr)
+        return l, dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
+
+    def sample(model, frozen, inp, key):
+        """x0 prediction at sigma = cfg.sample_sigma for the batch's first clip, decoded (F, S, S, 3)."""
+        from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
+
+        eb = jax.tree.map(lambda t: t[:1], inp["eb"])
+        sigma = jnp.full((1,), cfg.sample_sigma, jnp.float32)
+        x_t = eb.latents + sigma[0] * jax.random.normal(key, eb.latents.shape, eb.latents.dtype)
+        d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_v, eb.e_ref,
+                         eb.lip_mask, eb.face_mask)
+        return frozen.vae.decode(d[0] / scaling, frames)
+
+    return Stage("ethd", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
+                 dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), "ETHD", sample)
+
+
+STAGES = {"encoders": _stage_encoders, "vaid": _stage_vaid, "ethd": _stage_ethd}
+
+
+def build_stage(cfg, *, abstract: bool = False) -> Stage:
+    """The stage `cfg.stage`; `abstract=True` builds shapes only (nothing allocated or loaded)."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}")
+    _ABSTRACT[0] = abstract
+    try:
+        return STAGES[cfg.stage](cfg, int(cfg.seed))
+    finally:
+        _ABSTRACT[0] = False
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def init_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int) -> TrainState:
+    """The step-0 state (host arrays; `loop` places it on the mesh)."""
+    opt = {g: txs[g].init(stage.init_params[g]) for g in stage.groups}
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(stage.init_params, stage.init_rest, opt, zero, zero, zero,
+                      jax.random.key_data(jax.random.key(seed)))
+
+
+def abstract_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int) -> TrainState:
+    return jax.eval_shape(lambda: init_state(stage, txs, seed))
+
+
+def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedules: dict[str, optax.Schedule],
+              *, compute_dtype=jnp.float32, mesh=None) -> Callable:
+    """step(state, frozen_state, batch) -> (state, metrics): every update group in order.
+
+    Metrics (scalars): loss (the first group's), loss/<group>, every aux scalar, grad_norm/<group>,
+    lr/<group>, finite, skipped, bad_streak.
+    """
+    compute_dtype = jnp.dtype(compute_dtype)
+
+    def step(state: TrainState, frozen_state: Any, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        k_prep, k_loss = jax.random.split(key)
+        batch = shd.constrain_batch(batch, mesh)
+        frozen = nnx.merge(stage.frozen_graphdef, cast_floating(frozen_state, compute_dtype))
+        inputs = jax.lax.stop_gradient(stage.prepare(frozen, batch, k_prep))
+        inputs = shd.constrain_batch(cast_floating(inputs, compute_dtype), mesh)
+        params, opt = dict(state.params), dict(state.opt)
+        metrics, aux, all_ok = {}, {}, jnp.bool_(True)
+        for i, g in enumerate(stage.groups):
+            def loss_fn(p, g=g):
+                full = {**params, g: p}
+                model = stage.model(cast_floating(full, compute_dtype), cast_floating(state.rest, compute_dtype))
+                loss, a = stage.losses[g](model, inputs, jax.random.fold_in(k_loss, i), aux)
+                return loss.astype(jnp.float32), a
+
+            (loss, a), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[g])
+            gnorm = optax.global_norm(grads)
+            updates, new_opt = txs[g].update(grads, opt[g], params[g])
+            ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(optax.global_norm(updates))
+            new_p = optax.apply_updates(params[g], updates)
+            params[g] = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_p, params[g])
+            opt[g] = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_opt, opt[g])
+            aux = {k: jax.lax.stop_gradient(v) for k, v in a.items()}
+            all_ok = all_ok & ok
+            metrics[f"loss/{g}"] = loss
+            metrics[f"grad_norm/{g}"] = gnorm
+            metrics[f"lr/{g}"] = jnp.asarray(schedules[g](state.step), jnp.float32)
+            metrics.update({f"{k}": v.astype(jnp.float32) for k, v in a.items() if jnp.ndim(v) == 0})
+        metrics["loss"] = metrics[f"loss/{stage.groups[0]}"]
+        bad = jnp.where(all_ok, 0, state.bad_streak + 1)
+        skipped = state.skipped + (~all_ok).astype(jnp.int32)
+        metrics.update(finite=all_ok.astype(jnp.float32), skipped=skipped, bad_streak=bad)
+        new = TrainState(params, state.rest, opt, state.step + 1, skipped, bad, state.rng)
+        return new, metrics
+
+    return step

@@ -1,0 +1,119 @@
+"""Train state, model initialisation on the host, mixed precision and rematerialisation.
+
+The train state is a plain pytree (`TrainState`) of pure dicts, so orbax saves it as is
+and `sharding.tree_shardings` shards it by path:
+  params: {group: params}  the parameters each update group trains (fp32 master weights)
+  rest:   every other variable of the trained model (frozen parameters, buffers)
+  opt:    {group: optax state}
+  step, skipped (non-finite updates so far), bad_streak (non-finite updates in a row), rng.
+Frozen conditioning models (audio encoder, face encoders, V-AID, VAE) are not part of it:
+they are rebuilt from their checkpoints (or the seed) at every start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class TrainState(NamedTuple):
+    params: dict[str, Any]
+    rest: Any
+    opt: dict[str, Any]
+    step: jax.Array
+    skipped: jax.Array
+    bad_streak: jax.Array
+    rng: jax.Array  # raw uint32 key data (jax.random.key_data), checkpointable
+
+
+def host_init(model: nnx.Module, seed: int = 0) -> nnx.Module:
+    """A concrete copy of an abstract (`nnx.eval_shape`) model, initialised on the host like
+    flax's defaults: kernels truncated lecun-normal (fan_in = all but the last axis), biases
+    0, norm scales 1, anything else N(0, 0.02^2). An eager NNX build compiles every
+    initialiser (tens of seconds even for tiny models on a small CPU); this takes
+    milliseconds. Modules that need special values (ETHD's zero output kernels) set them after."""
+    rng = np.random.default_rng(seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    flat = []
+    for path, var in nnx.to_flat_state(params):
+        shape, leaf = tuple(var.shape), str(path[-1])
+        if leaf == "kernel":
+            z = rng.standard_normal(shape)
+            while (bad := np.abs(z) > 2).any():
+                z[bad] = rng.standard_normal(int(bad.sum()))
+            value = z / np.sqrt(max(1, int(np.prod(shape[:-1])))) / 0.87962566103423978
+        elif leaf == "bias":
+            value = np.zeros(shape)
+        elif leaf == "scale":
+            value = np.ones(shape)
+        else:
+            value = 0.02 * rng.standard_normal(shape)
+        flat.append((path, var.replace(jnp.asarray(value, dtype=var.dtype))))
+    rest_flat = [(p, v.replace(jnp.zeros(v.shape, v.dtype)) if hasattr(v, "shape") and isinstance(
+        getattr(v, "value", None), jax.ShapeDtypeStruct) else v) for p, v in nnx.to_flat_state(rest)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), nnx.from_flat_state(rest_flat))
+
+
+def cast_floating(tree: Any, dtype) -> Any:
+    """Floating leaves of `tree` in `dtype` (the bf16 compute copy of fp32 master weights)."""
+    dtype = jnp.dtype(dtype)
+
+    def one(x):
+        return x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(one, tree)
+
+
+# ----------------------------------------------------------------------------- remat
+
+_REMAT_CACHE: dict[tuple[type, str], type] = {}
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _remat_class(cls: type, policy: str) -> type:
+    """A subclass of `cls` whose `__call__` runs under `jax.checkpoint` (same parameter paths)."""
+    key = (cls, policy)
+    if key in _REMAT_CACHE:
+        return _REMAT_CACHE[key]
+    pol = getattr(jax.checkpoint_policies, policy) if policy else None
+
+    def __call__(self, *args, **kwargs):
+        graphdef, state = nnx.split(self)
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        mask = [_is_array(x) for x in leaves]
+
+        def f(state, arrays):
+            it = iter(arrays)
+            a, kw = jax.tree.unflatten(treedef, [next(it) if m else x for x, m in zip(leaves, mask)])
+            return cls.__call__(nnx.merge(graphdef, state), *a, **kw)
+
+        return jax.checkpoint(f, policy=pol)(state, [x for x, m in zip(leaves, mask) if m])
+
+    sub = type(f"Remat{cls.__name__}", (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    _REMAT_CACHE[key] = sub
+    return sub
+
+
+def apply_remat(model: nnx.Module, class_names: Sequence[str], policy: str = "") -> int:
+    """Rematerialise every submodule whose class name is in `class_names` (in place, before
+    `nnx.split`); `policy` names a `jax.checkpoint_policies` member ('' = save nothing).
+    Returns how many modules were wrapped."""
+    names = set(class_names)
+    n = 0
+    for _, m in nnx.iter_graph(model):
+        if isinstance(m, nnx.Module) and type(m).__name__ in names:
+            m.__class__ = _remat_class(type(m), policy)
+            n += 1
+    return n
+
+
+def apply_to_abstract(factory: Callable[[], nnx.Module]) -> nnx.Module:
+    return nnx.eval_shape(factory)
