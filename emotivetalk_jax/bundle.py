@@ -143,18 +143,9 @@ def vaid_variant_from_dict(d: dict):
 
 
 def _save_state(model: nnx.Module, folder: Path, component: str, config: dict) -> Path:
-    import orbax.checkpoint as ocp
+    from emotivetalk_jax.convert.native import save_model
 
-    folder = Path(folder).absolute()
-    if (folder / "state").exists():
-        raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
-    folder.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(folder / "state", nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        ckptr.wait_until_finished()
-    meta = {"format": FORMAT, "component": component, "config": config}
-    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return folder
+    return save_model(model, folder, component, config)
 
 
 def _restore_into(abstract: nnx.Module, folder: Path) -> nnx.Module:

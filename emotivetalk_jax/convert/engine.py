@@ -249,25 +249,33 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(int(np.prod(s.shape)) for s in abstract_params(model).values()))
 
 
+def fill_params(model: nnx.Module, seed: int, draw: Callable[[str, tuple, np.random.Generator], np.ndarray]) -> nnx.Module:
+    """A concrete copy of a (usually abstract) model whose every `nnx.Param` is drawn on the host
+    by `draw(leaf_name, shape, rng)`, in path order; other state is kept as it is."""
+    rng = np.random.default_rng(seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    flat = [
+        (path, var.replace(jnp.asarray(draw(str(path[-1]), tuple(var.shape), rng), dtype=var.dtype)))
+        for path, var in nnx.to_flat_state(params)
+    ]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
 def random_params(model: nnx.Module, seed: int = 0, *, scale: float = 1.0) -> nnx.Module:
     """A concrete copy of a (usually abstract) model with random parameters drawn on the host.
 
     Kernels ~ N(0, scale^2 / fan_in) (fan_in = product of all but the last axis); norm
     scales ~ 1 + N(0, 0.1^2); everything else ~ N(0, 0.1^2). Not the models' training
-    initialisation: this is for tools and tests that need a random-weight model quickly
-    (an eager NNX build compiles every initialiser, tens of seconds on a small CPU).
+    initialisation (see `train.state.host_init`): this is for tools and tests that need a
+    random-weight model with no zero or constant tensors, quickly (an eager NNX build
+    compiles every initialiser, tens of seconds on a small CPU).
     """
-    rng = np.random.default_rng(seed)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    flat = []
-    for path, var in nnx.to_flat_state(params):
-        shape, leaf = tuple(var.shape), str(path[-1])
+
+    def draw(leaf: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         if leaf == "kernel":
-            std = scale / np.sqrt(max(1, int(np.prod(shape[:-1]))))
-            value = rng.standard_normal(shape) * std
-        elif leaf == "scale":
-            value = 1.0 + 0.1 * rng.standard_normal(shape)
-        else:
-            value = 0.1 * rng.standard_normal(shape)
-        flat.append((path, var.replace(jnp.asarray(value, dtype=var.dtype))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+            return rng.standard_normal(shape) * scale / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+        if leaf == "scale":
+            return 1.0 + 0.1 * rng.standard_normal(shape)
+        return 0.1 * rng.standard_normal(shape)
+
+    return fill_params(model, seed, draw)

@@ -46,8 +46,10 @@ def model_config(model: nnx.Module) -> dict:
     return model.config
 
 
-def save_model(model: nnx.Module, folder: str | os.PathLike, component: str) -> Path:
-    """Write `model` (config + parameters) as an orbax checkpoint folder."""
+def save_model(model: nnx.Module, folder: str | os.PathLike, component: str, config: dict | None = None) -> Path:
+    """Write `model` (config + parameters) as an orbax checkpoint folder.
+
+    `config` is what rebuilds the model (default: `model_config(model)`)."""
     folder = Path(folder).absolute()
     if (folder / "state").exists():
         raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
@@ -56,7 +58,7 @@ def save_model(model: nnx.Module, folder: str | os.PathLike, component: str) -> 
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(folder / "state", state)
         ckptr.wait_until_finished()
-    meta = {"format": FORMAT, "component": component, "config": model_config(model)}
+    meta = {"format": FORMAT, "component": component, "config": model_config(model) if config is None else config}
     (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 

@@ -292,7 +292,6 @@ def render_frame(ident: Identity, st: np.ndarray, size: int) -> np.ndarray:
     bg = (1 - ys) * np.asarray(ident.background, np.float32) + ys * np.asarray(ident.background2, np.float32)
     cv = _Canvas(ident, st, size, np.broadcast_to(bg, (size, size, 3)).astype(np.float32))
     hair, skin = ident.hair, ident.skin
-    big = (-3.0, -3.0, 3.0, 4.0)
     # behind the head
     if ident.hair_style == 1:
         back = _ellipse(0, 0.15 * a, 1.25, 1.2 * a)

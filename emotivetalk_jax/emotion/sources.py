@@ -89,21 +89,9 @@ class EmotionCondition:
 
 def save_expression_encoder(encoder, folder: str | os.PathLike) -> Path:
     """Write a `FaceEncoders` as config.json + orbax `state/` (the layout `load_expression_encoder` reads)."""
-    import orbax.checkpoint as ocp
-    from flax import nnx
+    from emotivetalk_jax.convert.native import save_model
 
-    from emotivetalk_jax.convert.native import FORMAT
-
-    folder = Path(folder).absolute()
-    if (folder / "state").exists():
-        raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
-    folder.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(folder / "state", nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
-        ckptr.wait_until_finished()
-    meta = {"format": FORMAT, "component": ENCODER_COMPONENT, "config": dataclasses.asdict(encoder.cfg)}
-    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return folder
+    return save_model(encoder, folder, ENCODER_COMPONENT, dataclasses.asdict(encoder.cfg))
 
 
 def load_expression_encoder(folder: str | os.PathLike):

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax.convert.engine import fill_params
+
 
 class TrainState(NamedTuple):
     params: dict[str, Any]
@@ -37,26 +39,23 @@ def host_init(model: nnx.Module, seed: int = 0) -> nnx.Module:
     0, norm scales 1, anything else N(0, 0.02^2). An eager NNX build compiles every
     initialiser (tens of seconds even for tiny models on a small CPU); this takes
     milliseconds. Modules that need special values (ETHD's zero output kernels) set them after."""
-    rng = np.random.default_rng(seed)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    flat = []
-    for path, var in nnx.to_flat_state(params):
-        shape, leaf = tuple(var.shape), str(path[-1])
+
+    def draw(leaf: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         if leaf == "kernel":
             z = rng.standard_normal(shape)
             while (bad := np.abs(z) > 2).any():
                 z[bad] = rng.standard_normal(int(bad.sum()))
-            value = z / np.sqrt(max(1, int(np.prod(shape[:-1])))) / 0.87962566103423978
-        elif leaf == "bias":
-            value = np.zeros(shape)
-        elif leaf == "scale":
-            value = np.ones(shape)
-        else:
-            value = 0.02 * rng.standard_normal(shape)
-        flat.append((path, var.replace(jnp.asarray(value, dtype=var.dtype))))
+            return z / np.sqrt(max(1, int(np.prod(shape[:-1])))) / 0.87962566103423978
+        if leaf == "bias":
+            return np.zeros(shape)
+        if leaf == "scale":
+            return np.ones(shape)
+        return 0.02 * rng.standard_normal(shape)
+
+    graphdef, params, rest = nnx.split(fill_params(model, seed, draw), nnx.Param, ...)
     rest_flat = [(p, v.replace(jnp.zeros(v.shape, v.dtype)) if hasattr(v, "shape") and isinstance(
         getattr(v, "value", None), jax.ShapeDtypeStruct) else v) for p, v in nnx.to_flat_state(rest)]
-    return nnx.merge(graphdef, nnx.from_flat_state(flat), nnx.from_flat_state(rest_flat))
+    return nnx.merge(graphdef, params, nnx.from_flat_state(rest_flat))
 
 
 def cast_floating(tree: Any, dtype) -> Any:
