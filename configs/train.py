@@ -13,14 +13,7 @@ Per-variant defaults follow the paper (6.4): stage 2 Adam8bit lr 1e-5, batch 1 p
 
 import ml_collections
 
-# HF config of the audio encoder used when `init.audio` is empty (random init): wav2vec2-base
-# for full variants, the tests' tiny wav2vec2 for `tiny`.
-_TINY_AUDIO = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                   conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
-                   num_conv_pos_embedding_groups=2, mask_time_prob=0.0)
-_BASE_AUDIO = dict(model_type="wav2vec2", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                   intermediate_size=3072, mask_time_prob=0.0)
+from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
 
 _STAGE_DEFAULTS = {
     "encoders": dict(optimizer="adam", lr=1e-4, batch_size=16),
@@ -77,7 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         face_encoders="",  # stage-0 workdir
         vaid="",  # stage-1 workdir
     ))
-    c.audio_encoder = ml_collections.ConfigDict(_TINY_AUDIO if tiny else _BASE_AUDIO)
+    c.audio_encoder = ml_collections.ConfigDict(dict(TINY_AUDIO if tiny else BASE_AUDIO))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True, resume=True))
     c.log_every = 10

@@ -306,14 +306,6 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
 
 # ----------------------------------------------------------------------------- random bundles
 
-TINY_AUDIO = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                  conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=2, mask_time_prob=0.0)
-BASE_AUDIO = dict(model_type="wav2vec2", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                  intermediate_size=3072, mask_time_prob=0.0)
-
-
 def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | None = None,
                   **settings: Any) -> Bundle:
     """A bundle of `variant` with random weights (abstract build + host fill; nothing trained)."""
@@ -333,6 +325,8 @@ def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | Non
     abstract = lambda f: nnx.eval_shape(f)
     ethd = random_params(abstract(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))), seed)
     vae = random_params(abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed + 1)
+    from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
+
     audio_cfg = dict(TINY_AUDIO if vv.perceiver.audio_dim == TINY_AUDIO["hidden_size"] else BASE_AUDIO)
     audio = random_params(build_audio_encoder(audio_cfg, abstract=True), seed + 2)
     vaid = random_params(abstract(lambda: VAID(vv, rngs=nnx.Rngs(0))), seed + 3)

@@ -18,17 +18,12 @@ _ADDITIONS = {
 }
 
 
-# `tiny` pairs with V-AID tiny (audio width 32): REFERENCE.md's tiny wav2vec2.
-_TINY_AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-
-
 def _audio_config(variant: str) -> dict:
-    from transformers import Wav2Vec2Config
+    """wav2vec2-base, or for `tiny` REFERENCE.md's tiny wav2vec2 (pairs with V-AID tiny's width 32)."""
+    from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
 
-    base = Wav2Vec2Config().to_dict()  # wav2vec2-base
-    return {**base, **_TINY_AUDIO} if variant == "tiny" else base
+    # transformers' default mask_time_prob (0.05): real checkpoints carry masked_spec_embed.
+    return {**(TINY_AUDIO if variant == "tiny" else BASE_AUDIO), "mask_time_prob": 0.05}
 
 
 def param_counts(variant: str) -> dict[str, int]:

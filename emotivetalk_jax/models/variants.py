@@ -82,6 +82,18 @@ TINY = SVD.override(
     ),
 )
 
+# Audio encoders (Hugging Face config vocabulary) used when no converted checkpoint is given:
+# wav2vec2-base for the full variants, REFERENCE.md's tiny wav2vec2 (width 32) for `tiny`.
+BASE_AUDIO: Mapping[str, Any] = MappingProxyType(dict(
+    model_type="wav2vec2", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, mask_time_prob=0.0,
+))
+TINY_AUDIO: Mapping[str, Any] = MappingProxyType(dict(
+    model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, mask_time_prob=0.0,
+))
+
 SVD_VARIANTS: Mapping[str, SVDVariant] = MappingProxyType({v.name: v for v in (TINY, SVD)})
 
 
