@@ -1,8 +1,9 @@
 """Training configs: `configs/train.py:stage=ethd,variant=tiny`.
 
 Argument language: comma-separated `key=value` items, plus bare flags:
-  stage     encoders | vaid | ethd (stage 0 / 1 / 2)
-  variant   tiny | emotivetalk_512 | emotivetalk_1024
+  stage     encoders | vaid | ethd (stage 0 / 1 / 2) | vae (SVD's VAE as an autoencoder,
+            for a domain without a converted VAE: the synthetic demo)
+  variant   tiny | demo | emotivetalk_512 | emotivetalk_1024
   smoke     a few steps, tiny batch, frequent logs and checkpoints
 Every field is overridable with `--config.x=y` (ml_collections config_flags) or
 `--config.x=y` through `emotivetalk train` (same syntax, same parser).
@@ -19,6 +20,7 @@ _STAGE_DEFAULTS = {
     "encoders": dict(optimizer="adam", lr=1e-4, batch_size=16),
     "vaid": dict(optimizer="adam", lr=1e-4, batch_size=16),
     "ethd": dict(optimizer="adam8bit", lr=1e-5, batch_size=8),
+    "vae": dict(optimizer="adam", lr=1e-4, batch_size=8),
 }
 
 
@@ -34,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     args = _parse(arg)
     stage = args.get("stage", "ethd")
     variant = args.get("variant", "tiny")
-    tiny = variant == "tiny"
+    tiny = variant in ("tiny", "demo")  # CPU-sized
     d = _STAGE_DEFAULTS.get(stage, _STAGE_DEFAULTS["ethd"])
 
     c = ml_collections.ConfigDict()
@@ -51,6 +53,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
     c.e_a_steps = 0  # DDIM steps for V-AID's e_a in stage 2 (0 = Di-CTE's sample_steps)
     c.sample_sigma = 1.0  # noise level of the stage-2 sample videos
+    c.vae_kl = 1e-6  # stage vae: weight of the KL term next to the L1 reconstruction
+    c.vae_sample = False  # stage vae: decode a posterior sample (True) or the mean (stage 2 encodes the mean)
 
     c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
     c.sharding = ml_collections.ConfigDict(dict(min_size=2**12, tensor_parallel=True))
@@ -69,6 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         audio="",  # Hugging Face wav2vec2 folder or `emotivetalk convert audio` output
         face_encoders="",  # stage-0 workdir
         vaid="",  # stage-1 workdir
+        vae="",  # stage-`vae` workdir (takes precedence over init.svd's VAE)
     ))
     c.audio_encoder = ml_collections.ConfigDict(dict(TINY_AUDIO if tiny else BASE_AUDIO))
 

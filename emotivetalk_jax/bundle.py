@@ -244,7 +244,7 @@ def _check_parts(b: Bundle) -> None:
 
     s, where = b.settings, b.path
     ethd_cfg = b.ethd.ethd_config
-    if s.variant in ("tiny", "emotivetalk_512", "emotivetalk_1024"):
+    if s.variant in ("tiny", "demo", "emotivetalk_512", "emotivetalk_1024"):
         want = get_ethd_variant(s.variant).ethd
         if dataclasses.asdict(ethd_cfg) != dataclasses.asdict(want):
             raise BundleError(f"{where}/ethd is not a {s.variant} backbone (its EmotiveTalk widths differ); "

@@ -23,7 +23,7 @@ def _audio_config(variant: str) -> dict:
     from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
 
     # transformers' default mask_time_prob (0.05): real checkpoints carry masked_spec_embed.
-    return {**(TINY_AUDIO if variant == "tiny" else BASE_AUDIO), "mask_time_prob": 0.05}
+    return {**(TINY_AUDIO if variant in ("tiny", "demo") else BASE_AUDIO), "mask_time_prob": 0.05}
 
 
 def param_counts(variant: str) -> dict[str, int]:

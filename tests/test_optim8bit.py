@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from emotivetalk_jax.train import optim as O
 from emotivetalk_jax.train.optim import QTensor, adam_8bit, dequantize, dynamic_code, quantize, state_bytes
 
 
@@ -31,6 +32,16 @@ def test_quantize_picks_the_nearest_code(signed):
     nearest = code[jnp.argmin(jnp.abs(y[:, None] - code[None]), axis=1)]
     # nearest code value, up to ties at group edges (one code step)
     assert float(jnp.max(jnp.abs(got - y))) <= float(jnp.max(jnp.abs(nearest - y))) + 1e-6
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5), (256,), (7, 300)])
+def test_quantized_zeros_equal_quantizing_zeros(shape, signed):
+    want = O.quantize(jnp.zeros(shape, jnp.float32), 256, signed)
+    got = O.quantized_zeros(shape, 256, signed)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_blocks_keep_shape_and_scale_per_block():

@@ -1,5 +1,5 @@
-"""Typed configs of the ETHD backbone (3.3) and its variants `tiny`, `emotivetalk_512`,
-`emotivetalk_1024`.
+"""Typed configs of the ETHD backbone (3.3) and its variants `tiny`, `demo`,
+`emotivetalk_512`, `emotivetalk_1024`.
 
 An ETHD variant is an SVD variant (the UNet and VAE in diffusers' config vocabulary,
 `models.variants`) plus the EmotiveTalk additions (`ETHDConfig`), the training recipe
@@ -85,11 +85,14 @@ class ETHDVariant:
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
 
-    def override(self, name: str, *, resolution: int | None = None, unet: Mapping = {}, **parts: Mapping) -> "ETHDVariant":
-        """A new variant: `unet` changes UNet config keys; `parts` maps ethd / train / inference to changed fields."""
+    def override(self, name: str, *, resolution: int | None = None, unet: Mapping = {}, vae: Mapping = {},
+                 **parts: Mapping) -> "ETHDVariant":
+        """A new variant: `unet` / `vae` change diffusers config keys; `parts` maps ethd / train /
+        inference to changed fields."""
         new = {k: dataclasses.replace(getattr(self, k), **v) for k, v in parts.items()}
         return dataclasses.replace(
-            self, name=name, resolution=resolution or self.resolution, svd=self.svd.override(name, unet=unet), **new
+            self, name=name, resolution=resolution or self.resolution,
+            svd=self.svd.override(name, unet=unet, vae=vae), **new,
         )
 
     @property
@@ -111,7 +114,20 @@ TINY = ETHDVariant(
     TrainConfig(frames=4), InferenceConfig(window=4, overlap=2, steps=4),
 )
 
-ETHD_VARIANTS: Mapping[str, ETHDVariant] = MappingProxyType({v.name: v for v in (TINY, EMOTIVETALK_512, EMOTIVETALK_1024)})
+# The embedded demo checkpoint (`emotivetalk_jax/assets/demo`, trained on the synthetic domain
+# by `launch/train_demo.sh`): tiny's V-AID and additions at 64 px, a UNet of 32 / 96 channels
+# and a 3-level VAE (factor 4, latent 16 x 16), so that 1500 frames sample in minutes on a CPU
+# and the whole bundle stays under 25 MB.
+DEMO = TINY.override(
+    "demo",
+    unet=dict(sample_size=16, block_out_channels=(32, 96), num_frames=6),
+    vae=dict(down_block_types=("DownEncoderBlock2D",) * 3, block_out_channels=(32, 64, 64), sample_size=64),
+    train=dict(frames=6), inference=dict(window=6, overlap=2, steps=8),
+)
+
+ETHD_VARIANTS: Mapping[str, ETHDVariant] = MappingProxyType(
+    {v.name: v for v in (TINY, DEMO, EMOTIVETALK_512, EMOTIVETALK_1024)}
+)
 
 
 def get_ethd_variant(name: str) -> ETHDVariant:

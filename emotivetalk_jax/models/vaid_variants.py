@@ -134,8 +134,10 @@ TINY = EMOTIVETALK_512.override(
     decoder=dict(channels=(16, 32)),
 )
 
+DEMO = TINY.override("demo")  # the embedded demo checkpoint's V-AID (= tiny; see ethd_variants.DEMO)
+
 VAID_VARIANTS: Mapping[str, VAIDVariant] = MappingProxyType(
-    {v.name: v for v in (TINY, EMOTIVETALK_512, EMOTIVETALK_1024)}
+    {v.name: v for v in (TINY, DEMO, EMOTIVETALK_512, EMOTIVETALK_1024)}
 )
 
 

@@ -53,7 +53,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState, iterat
 def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
     """{dotted model path: array} of the latest checkpoint in a training workdir (its params of
     every group and the rest), for starting a stage from the previous stage's output."""
-    mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("state",),
+    root = Path(workdir).absolute() / "checkpoints"
+    if not root.is_dir():  # checked first: the manager would create the folder
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    mngr = ocp.CheckpointManager(root, options=options, item_names=("state",),
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler()})  # matches PyTreeRestore
     step = mngr.latest_step()
     if step is None:

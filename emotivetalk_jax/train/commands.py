@@ -35,7 +35,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train a stage (encoders | vaid | ethd); resumes from WORKDIR",
+    p = subparsers.add_parser("train", help="train a stage (encoders | vaid | ethd | vae); resumes from WORKDIR",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.__class__ = _TrainParser
     _add_arguments(p)

@@ -114,6 +114,13 @@ def quantize(x: jax.Array, block: int, signed: bool) -> QTensor:
     return QTensor(q.reshape(x.shape), absmax[0])
 
 
+def quantized_zeros(shape: tuple[int, ...], block: int, signed: bool) -> QTensor:
+    """`quantize(zeros(shape))` built directly (no per-shape compile): every byte is the code of
+    0 (255 signed, 254 unsigned) and every block's absmax is 0."""
+    n = int(np.prod(shape))
+    return QTensor(jnp.full(shape, 255 if signed else 254, jnp.uint8), jnp.zeros((-(-n // block),), jnp.float32))
+
+
 def dequantize(t: QTensor, block: int, signed: bool) -> jax.Array:
     return _dequantize_rows(t.q.reshape(1, -1), t.scale[None], block, signed).reshape(t.q.shape)
 
@@ -140,8 +147,7 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
 
     def init_fn(params):
         def zeros(p, signed):
-            z = jnp.zeros(p.shape, jnp.float32)
-            return z if small(p) else quantize(z, block_size, signed)
+            return jnp.zeros(p.shape, jnp.float32) if small(p) else quantized_zeros(p.shape, block_size, signed)
 
         return ScaleByAdam8bitState(
             count=jnp.zeros([], jnp.int32),

@@ -11,6 +11,12 @@ each side), W = 2 c + 1 audio window, D widths.
   optimisers, one jitted step.
 - stage `ethd` (2, eq. 11, 6.4): the ETHD backbone under EDM with V-AID, the face
   encoders, the audio encoder and the VAE frozen; e_dri = e_v w.p. 0.6 else e_a.
+- stage `vae` (not in the paper, which starts from SVD's trained VAE): SVD's temporal VAE
+  trained as an autoencoder on clips (L1 + `vae_kl` x KL, the decoder over the clip's
+  frames, decoding the posterior mean, which is what stage 2 and the pipeline use, or a
+  posterior sample with `vae_sample=True`),
+  for a domain no converted VAE covers (the synthetic demo). Stage 2 takes its workdir as
+  `init.vae`.
 
 Every step takes the raw grain batch (uint8 frames, waveform windows, box masks) and does
 all preprocessing inside the same jitted program (frozen encoders under stop_gradient),
@@ -45,11 +51,13 @@ REMAT_BLOCKS = {
              "UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
     "vaid": ("TransformerBlock", "PerceiverBlock"),
     "encoders": ("ResBlock",),
+    "vae": ("DownEncoderBlock2D", "UNetMidBlock2D", "MidBlockTemporalDecoder", "UpBlockTemporalDecoder"),
 }
 REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
     "ethd": ("SpatioTemporalResBlock", "ETHDTransformer"),
     "vaid": ("TransformerBlock", "PerceiverBlock"),
     "encoders": ("ResBlock",),
+    "vae": ("ResnetBlock2D", "SpatioTemporalResBlock"),
 }
 
 
@@ -190,10 +198,32 @@ def _vaid(cfg, variant, seed: int) -> nnx.Module:
 def _vae(cfg, variant, seed: int) -> nnx.Module:
     from emotivetalk_jax.convert import svd
 
+    abstract = _abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0)))
+    if cfg.init.get("vae"):
+        vae = _from_workdir(cfg.init.vae, abstract)
+        vae.config = {**vae.config, "scaling_factor": vae_scaling_factor(cfg.init.vae)}
+        return vae
     if cfg.init.svd:
         return svd.load_diffusers_vae(cfg.init.svd)
-    log.info("no SVD checkpoint configured (init.svd): random VAE")
-    return _init(_abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0))), seed)
+    log.info("no VAE configured (init.vae / init.svd): random VAE")
+    return _init(abstract, seed)
+
+
+def vae_scaling_factor(workdir: str, rows: int = 20) -> float:
+    """1 / the latent std a `vae`-stage run logged over its last `rows` logged steps: SVD's
+    `scaling_factor` (0.18215 for its own VAE) for a VAE trained here, so that stage 2's
+    scaled latents have unit variance whatever the KL weight let the latents drift to."""
+    import json
+    from pathlib import Path
+
+    path = Path(workdir) / "metrics.jsonl"
+    try:
+        stds = [json.loads(line)["latent_std"] for line in path.read_text().splitlines() if "latent_std" in line]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: cannot read the VAE run's latent_std ({e}); is {workdir} a `vae`-stage workdir?")
+    if not stds:
+        raise ValueError(f"{path} logs no latent_std; is {workdir} a `vae`-stage workdir?")
+    return float(1.0 / np.mean(stds[-rows:]))
 
 
 def _ethd(cfg, variant, seed: int) -> nnx.Module:
@@ -313,7 +343,7 @@ def _stage_ethd(cfg, seed: int) -> Stage:
     vae = _vae(cfg, ev, seed + 3)
     fgraph, fstate = _split_frozen(Frozen(audio=_audio_encoder(cfg, seed + 1), face=_face_encoders(cfg, vv, seed + 2),
                                           vaid=_vaid(cfg, vv, seed + 4), vae=vae))
-    scaling = float(ev.svd.vae.get("scaling_factor", 0.18215))
+    scaling = float(vae.config.get("scaling_factor", 0.18215))
     ic = ev.inference
     time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
@@ -354,7 +384,41 @@ def _stage_ethd(cfg, seed: int) -> Stage:
                  dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), "ETHD", sample)
 
 
-STAGES = {"encoders": _stage_encoders, "vaid": _stage_vaid, "ethd": _stage_ethd}
+def _stage_vae(cfg, seed: int) -> Stage:
+    from emotivetalk_jax.convert import svd
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+
+    ev = get_ethd_variant(cfg.variant)
+    frames = int(cfg.frames or ev.train.frames)
+    size = int(cfg.image_size or ev.resolution)
+    model = _init(_abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed)
+    groups = {"main": nnx.Param}
+    graphdef, params, rest = _split(model, groups, "vae", cfg)
+    fgraph, fstate = _split_frozen(Frozen())
+    kl_weight = float(cfg.get("vae_kl", 1e-6))
+    sample = bool(cfg.get("vae_sample", False))
+
+    def prepare(frozen, batch, key):
+        return dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
+
+    def loss(model, inp, key, aux):
+        from emotivetalk_jax.models.vae import sample_latent
+
+        x = inp["x"].reshape(-1, *inp["x"].shape[2:])
+        mean, logvar = model.encode(x)
+        z = sample_latent(mean, logvar, key) if sample else mean
+        rec = model.decode(z, frames).astype(jnp.float32)
+        l1 = jnp.mean(jnp.abs(rec - x))
+        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+        kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
+        psnr = -10.0 * jnp.log10(jnp.mean(jnp.square(rec - x)) / 4.0)  # images span [-1, 1]: peak-to-peak 2
+        return l1 + kl_weight * kl, dict(l1=l1, kl=kl, psnr=psnr, latent_std=jnp.std(mean))
+
+    return Stage("vae", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
+                 dict(frames=frames, size=size, mask_sizes=(), audio_context=0), "AutoencoderKLTemporalDecoder")
+
+
+STAGES = {"encoders": _stage_encoders, "vaid": _stage_vaid, "ethd": _stage_ethd, "vae": _stage_vae}
 
 
 def build_stage(cfg, *, abstract: bool = False) -> Stage:
