@@ -96,8 +96,13 @@ class ETHDVariant:
         )
 
     @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell: 2 ** (VAE levels - 1) (8 for SVD's VAE)."""
+        return 2 ** (len(self.svd.vae["block_out_channels"]) - 1)
+
+    @property
     def latent_size(self) -> int:
-        return self.resolution // 8
+        return self.resolution // self.vae_factor
 
 
 EMOTIVETALK_512 = ETHDVariant(

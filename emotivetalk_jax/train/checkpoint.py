@@ -56,7 +56,7 @@ def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
     root = Path(workdir).absolute() / "checkpoints"
     if not root.is_dir():  # checked first: the manager would create the folder
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    options = ocp.CheckpointManagerOptions(create=False)
     mngr = ocp.CheckpointManager(root, options=options, item_names=("state",),
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler()})  # matches PyTreeRestore
     step = mngr.latest_step()

@@ -334,7 +334,7 @@ def _stage_ethd(cfg, seed: int) -> Stage:
     frames = int(cfg.frames or tr.frames)
     ctx = vv.perceiver.window_half_width
     latent = int(ev.svd.unet["sample_size"])
-    factor = 2 ** (len(ev.svd.vae["block_out_channels"]) - 1)
+    factor = ev.vae_factor
     size = int(cfg.image_size or latent * factor)
     latent = size // factor
     model = _ethd(cfg, ev, seed)
