@@ -14,7 +14,7 @@ Per-variant defaults follow the paper (6.4): stage 2 Adam8bit lr 1e-5, batch 1 p
 
 import ml_collections
 
-from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
+from emotivetalk_jax.models.variants import CPU_SIZED, default_audio_config
 
 _STAGE_DEFAULTS = {
     "encoders": dict(optimizer="adam", lr=1e-4, batch_size=16),
@@ -36,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     args = _parse(arg)
     stage = args.get("stage", "ethd")
     variant = args.get("variant", "tiny")
-    tiny = variant in ("tiny", "demo")  # CPU-sized
+    tiny = variant in CPU_SIZED
     d = _STAGE_DEFAULTS.get(stage, _STAGE_DEFAULTS["ethd"])
 
     c = ml_collections.ConfigDict()
@@ -75,7 +75,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         vaid="",  # stage-1 workdir
         vae="",  # stage-`vae` workdir (takes precedence over init.svd's VAE)
     ))
-    c.audio_encoder = ml_collections.ConfigDict(dict(TINY_AUDIO if tiny else BASE_AUDIO))
+    c.audio_encoder = ml_collections.ConfigDict(dict(default_audio_config(variant)))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True, resume=True))
     c.log_every = 10

@@ -240,11 +240,11 @@ def check_request(settings: BundleSettings, path: Path | str, variant: str | Non
 
 def _check_parts(b: Bundle) -> None:
     """The parts of a bundle must fit: variant, lip / expression widths, audio features."""
-    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS, get_ethd_variant
 
     s, where = b.settings, b.path
     ethd_cfg = b.ethd.ethd_config
-    if s.variant in ("tiny", "demo", "emotivetalk_512", "emotivetalk_1024"):
+    if s.variant in ETHD_VARIANTS:
         want = get_ethd_variant(s.variant).ethd
         if dataclasses.asdict(ethd_cfg) != dataclasses.asdict(want):
             raise BundleError(f"{where}/ethd is not a {s.variant} backbone (its EmotiveTalk widths differ); "

@@ -20,10 +20,10 @@ _ADDITIONS = {
 
 def _audio_config(variant: str) -> dict:
     """wav2vec2-base, or for `tiny` REFERENCE.md's tiny wav2vec2 (pairs with V-AID tiny's width 32)."""
-    from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
+    from emotivetalk_jax.models.variants import default_audio_config
 
     # transformers' default mask_time_prob (0.05): real checkpoints carry masked_spec_embed.
-    return {**(TINY_AUDIO if variant in ("tiny", "demo") else BASE_AUDIO), "mask_time_prob": 0.05}
+    return {**default_audio_config(variant), "mask_time_prob": 0.05}
 
 
 def param_counts(variant: str) -> dict[str, int]:

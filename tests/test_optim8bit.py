@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from emotivetalk_jax.train import optim as O
-from emotivetalk_jax.train.optim import QTensor, adam_8bit, dequantize, dynamic_code, quantize, state_bytes
+from emotivetalk_jax.train.optim import (QTensor, adam_8bit, dequantize, dynamic_code, quantize, quantized_zeros,
+                                         state_bytes)
 
 
 def test_code_is_bitsandbytes_dynamic_map():
@@ -37,8 +37,8 @@ def test_quantize_picks_the_nearest_code(signed):
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("shape", [(3, 5), (256,), (7, 300)])
 def test_quantized_zeros_equal_quantizing_zeros(shape, signed):
-    want = O.quantize(jnp.zeros(shape, jnp.float32), 256, signed)
-    got = O.quantized_zeros(shape, 256, signed)
+    want = quantize(jnp.zeros(shape, jnp.float32), 256, signed)
+    got = quantized_zeros(shape, 256, signed)
     for a, b in zip(got, want):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -56,6 +56,6 @@ def test_vae_init_names_a_bad_workdir(tmp_path):
     from emotivetalk_jax.train.commands import load_config
 
     cfg = load_config("configs/train.py:stage=ethd,variant=tiny", [f"--config.init.vae={tmp_path / 'nothing'}"])
-    with pytest.raises(Exception, match="nothing"):
+    with pytest.raises(FileNotFoundError, match="nothing"):
         S._vae(cfg, get_ethd_variant("tiny"), 0)
     assert not Path(tmp_path / "nothing").exists()

@@ -94,6 +94,14 @@ TINY_AUDIO: Mapping[str, Any] = MappingProxyType(dict(
     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, mask_time_prob=0.0,
 ))
 
+CPU_SIZED = ("tiny", "demo")  # ETHD / V-AID variants that pair with the tiny audio encoder
+
+
+def default_audio_config(variant: str) -> Mapping[str, Any]:
+    """The audio encoder a variant gets when no converted checkpoint is given."""
+    return TINY_AUDIO if variant in CPU_SIZED else BASE_AUDIO
+
+
 SVD_VARIANTS: Mapping[str, SVDVariant] = MappingProxyType({v.name: v for v in (TINY, SVD)})
 
 

@@ -195,10 +195,16 @@ def _vaid(cfg, variant, seed: int) -> nnx.Module:
     return _init(abstract, seed)
 
 
+def _vae_abstract(variant) -> nnx.Module:
+    from emotivetalk_jax.convert import svd
+
+    return _abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0)))
+
+
 def _vae(cfg, variant, seed: int) -> nnx.Module:
     from emotivetalk_jax.convert import svd
 
-    abstract = _abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0)))
+    abstract = _vae_abstract(variant)
     if cfg.init.get("vae"):
         vae = _from_workdir(cfg.init.vae, abstract)
         vae.config = {**vae.config, "scaling_factor": vae_scaling_factor(cfg.init.vae)}
@@ -385,13 +391,12 @@ def _stage_ethd(cfg, seed: int) -> Stage:
 
 
 def _stage_vae(cfg, seed: int) -> Stage:
-    from emotivetalk_jax.convert import svd
     from emotivetalk_jax.models.ethd_variants import get_ethd_variant
 
     ev = get_ethd_variant(cfg.variant)
     frames = int(cfg.frames or ev.train.frames)
     size = int(cfg.image_size or ev.resolution)
-    model = _init(_abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed)
+    model = _init(_vae_abstract(ev), seed)
     groups = {"main": nnx.Param}
     graphdef, params, rest = _split(model, groups, "vae", cfg)
     fgraph, fstate = _split_frozen(Frozen())
