@@ -66,7 +66,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     ))
 
     c.data = ml_collections.ConfigDict(dict(source="synthetic", path="", num_clips=64 if tiny else 10_000,
-                                            data_seed=0, worker_count=0, prefetch=2))
+                                            data_seed=0, worker_count=0, threads=2, prefetch=2))
 
     c.init = ml_collections.ConfigDict(dict(
         svd="",  # diffusers SVD folder or `emotivetalk convert svd` output (ETHD + VAE)

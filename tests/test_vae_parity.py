@@ -139,7 +139,9 @@ def test_config_errors():
     base = dict(down_block_types=["DownEncoderBlock2D"] * 2, block_out_channels=[32, 64])
     for bad, match in [
         ({"down_block_types": ["AttnDownEncoderBlock2D"] * 2}, "not supported"),
-        ({"block_out_channels": [32, 48]}, "divide by 32"),
+        ({"block_out_channels": [32, 48]}, "divide by norm_num_groups=32"),
+        ({"block_out_channels": [32, 64], "norm_num_groups": 24}, "divide by norm_num_groups=24"),
+        ({"norm_num_groups": 0}, "divide by norm_num_groups=0"),
         ({"block_out_channels": [32]}, "same non-zero length"),
         ({"use_post_quant_conv": True}, "unknown"),
     ]:
@@ -148,3 +150,10 @@ def test_config_errors():
     # Keys starting with "_" are metadata, and missing keys take diffusers' defaults.
     cfg = _abstract({**base, "_class_name": "AutoencoderKLTemporalDecoder"}).config
     assert cfg["layers_per_block"] == 1 and cfg["latent_channels"] == 4 and "_class_name" not in cfg
+    assert cfg["norm_num_groups"] == 32  # SVD's, when the config does not say
+
+
+def test_norm_num_groups_reaches_every_group_norm():
+    model = _abstract(dict(down_block_types=["DownEncoderBlock2D"] * 2, block_out_channels=[32, 64], norm_num_groups=8))
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.GroupNorm)]
+    assert len(norms) > 10 and {m.num_groups for m in norms} == {8}

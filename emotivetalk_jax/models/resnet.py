@@ -63,17 +63,18 @@ class TemporalResnetBlock(nnx.Module):
         *,
         temb_channels: int | None = None,
         eps: float = 1e-6,
+        groups: int = 32,
         rngs: nnx.Rngs,
         dtype=None,
     ):
         out_channels = out_channels or in_channels
         k, p = (3, 1, 1), (1, 0, 0)
-        self.norm1 = group_norm(in_channels, eps=eps, rngs=rngs, dtype=dtype)
+        self.norm1 = group_norm(in_channels, eps=eps, groups=groups, rngs=rngs, dtype=dtype)
         self.conv1 = conv(in_channels, out_channels, k, padding=p, ndim=3, rngs=rngs, dtype=dtype)
         self.time_emb_proj = (
             linear(temb_channels, out_channels, rngs=rngs, dtype=dtype) if temb_channels is not None else None
         )
-        self.norm2 = group_norm(out_channels, eps=eps, rngs=rngs, dtype=dtype)
+        self.norm2 = group_norm(out_channels, eps=eps, groups=groups, rngs=rngs, dtype=dtype)
         self.conv2 = conv(out_channels, out_channels, k, padding=p, ndim=3, rngs=rngs, dtype=dtype)
         self.conv_shortcut = (
             conv(in_channels, out_channels, 1, ndim=3, rngs=rngs, dtype=dtype) if in_channels != out_channels else None
@@ -153,18 +154,20 @@ class SpatioTemporalResBlock(nnx.Module):
         merge_factor: float = 0.5,
         merge_strategy: str = "learned_with_images",
         switch_spatial_to_temporal_mix: bool = False,
+        groups: int = 32,
         rngs: nnx.Rngs,
         dtype=None,
     ):
         out_channels = out_channels or in_channels
         self.spatial_res_block = ResnetBlock2D(
-            in_channels, out_channels, temb_channels=temb_channels, eps=eps, rngs=rngs, dtype=dtype
+            in_channels, out_channels, temb_channels=temb_channels, eps=eps, groups=groups, rngs=rngs, dtype=dtype
         )
         self.temporal_res_block = TemporalResnetBlock(
             out_channels,
             out_channels,
             temb_channels=temb_channels,
             eps=temporal_eps if temporal_eps is not None else eps,
+            groups=groups,
             rngs=rngs,
             dtype=dtype,
         )

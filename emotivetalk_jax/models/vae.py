@@ -31,8 +31,11 @@ DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "sample_size": 32,
     "scaling_factor": 0.18215,
     "force_upcast": True,
+    # Not in `AutoencoderKLTemporalDecoder`'s signature (SVD fixes 32); diffusers' `AutoencoderKL`
+    # names it so. Small VAEs (the `demo` variant) need fewer groups than channels: with one
+    # channel per group, GroupNorm is an instance norm that discards flat colours.
+    "norm_num_groups": 32,
 }
-_NORM_GROUPS = 32
 
 
 class VAEAttention(Attention):
@@ -42,12 +45,13 @@ class VAEAttention(Attention):
     bias=True, residual_connection=True)` on (N, C, H, W); here (N, H, W, C).
     """
 
-    def __init__(self, channels: int, *, dim_head: int, eps: float = 1e-6, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, channels: int, *, dim_head: int, eps: float = 1e-6, groups: int = 32, rngs: nnx.Rngs,
+                 dtype=None):
         heads = channels // dim_head
         if heads < 1:
             raise ValueError(f"attention_head_dim {dim_head} exceeds the channel count {channels}")
         super().__init__(channels, heads=heads, dim_head=dim_head, bias=True, rngs=rngs, dtype=dtype)
-        self.group_norm = group_norm(channels, eps=eps, groups=_NORM_GROUPS, rngs=rngs, dtype=dtype)
+        self.group_norm = group_norm(channels, eps=eps, groups=groups, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # type: ignore[override]
         """x: (N, H, W, C) -> (N, H, W, C)."""
@@ -59,10 +63,11 @@ class VAEAttention(Attention):
 class DownEncoderBlock2D(nnx.Module):
     """diffusers `DownEncoderBlock2D`: resnets, then a stride-2 conv with (0, 1, 0, 1) pre-padding."""
 
-    def __init__(self, cin: int, cout: int, *, num_layers: int, add_downsample: bool, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, cin: int, cout: int, *, num_layers: int, add_downsample: bool, groups: int = 32,
+                 rngs: nnx.Rngs, dtype=None):
         self.resnets = nnx.List(
             [
-                ResnetBlock2D(cin if i == 0 else cout, cout, eps=1e-6, groups=_NORM_GROUPS, rngs=rngs, dtype=dtype)
+                ResnetBlock2D(cin if i == 0 else cout, cout, eps=1e-6, groups=groups, rngs=rngs, dtype=dtype)
                 for i in range(num_layers)
             ]
         )
@@ -82,9 +87,9 @@ class DownEncoderBlock2D(nnx.Module):
 class UNetMidBlock2D(nnx.Module):
     """diffusers `UNetMidBlock2D` as the VAE encoder builds it: resnet, attention, resnet."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=None):
-        kw = dict(eps=1e-6, groups=_NORM_GROUPS, rngs=rngs, dtype=dtype)
-        self.attentions = nnx.List([VAEAttention(channels, dim_head=channels, rngs=rngs, dtype=dtype)])
+    def __init__(self, channels: int, *, groups: int = 32, rngs: nnx.Rngs, dtype=None):
+        kw = dict(eps=1e-6, groups=groups, rngs=rngs, dtype=dtype)
+        self.attentions = nnx.List([VAEAttention(channels, dim_head=channels, groups=groups, rngs=rngs, dtype=dtype)])
         self.resnets = nnx.List([ResnetBlock2D(channels, channels, **kw), ResnetBlock2D(channels, channels, **kw)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -105,6 +110,7 @@ class Encoder(nnx.Module):
         block_out_channels: tuple[int, ...],
         layers_per_block: int,
         *,
+        groups: int = 32,
         rngs: nnx.Rngs,
         dtype=None,
     ):
@@ -117,14 +123,15 @@ class Encoder(nnx.Module):
                     c,
                     num_layers=layers_per_block,
                     add_downsample=i < len(chans) - 1,
+                    groups=groups,
                     rngs=rngs,
                     dtype=dtype,
                 )
                 for i, c in enumerate(chans)
             ]
         )
-        self.mid_block = UNetMidBlock2D(chans[-1], rngs=rngs, dtype=dtype)
-        self.conv_norm_out = group_norm(chans[-1], eps=1e-6, groups=_NORM_GROUPS, rngs=rngs, dtype=dtype)
+        self.mid_block = UNetMidBlock2D(chans[-1], groups=groups, rngs=rngs, dtype=dtype)
+        self.conv_norm_out = group_norm(chans[-1], eps=1e-6, groups=groups, rngs=rngs, dtype=dtype)
         self.conv_out = conv(chans[-1], 2 * latent_channels, 3, padding=1, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -135,7 +142,7 @@ class Encoder(nnx.Module):
         return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
 
 
-def _st_block(cin: int, cout: int, rngs: nnx.Rngs, dtype) -> SpatioTemporalResBlock:
+def _st_block(cin: int, cout: int, groups: int, rngs: nnx.Rngs, dtype) -> SpatioTemporalResBlock:
     # As MidBlockTemporalDecoder / UpBlockTemporalDecoder build them.
     return SpatioTemporalResBlock(
         cin,
@@ -146,6 +153,7 @@ def _st_block(cin: int, cout: int, rngs: nnx.Rngs, dtype) -> SpatioTemporalResBl
         merge_factor=0.0,
         merge_strategy="learned",
         switch_spatial_to_temporal_mix=True,
+        groups=groups,
         rngs=rngs,
         dtype=dtype,
     )
@@ -158,9 +166,12 @@ class MidBlockTemporalDecoder(nnx.Module):
     past index 1 hold parameters that the forward never uses; reproduced as is.
     """
 
-    def __init__(self, channels: int, *, num_layers: int, attention_head_dim: int, rngs: nnx.Rngs, dtype=None):
-        self.resnets = nnx.List([_st_block(channels, channels, rngs, dtype) for _ in range(num_layers)])
-        self.attentions = nnx.List([VAEAttention(channels, dim_head=attention_head_dim, rngs=rngs, dtype=dtype)])
+    def __init__(self, channels: int, *, num_layers: int, attention_head_dim: int, groups: int = 32,
+                 rngs: nnx.Rngs, dtype=None):
+        self.resnets = nnx.List([_st_block(channels, channels, groups, rngs, dtype) for _ in range(num_layers)])
+        self.attentions = nnx.List(
+            [VAEAttention(channels, dim_head=attention_head_dim, groups=groups, rngs=rngs, dtype=dtype)]
+        )
 
     def __call__(self, x: jax.Array, image_only_indicator: jax.Array, num_frames: int) -> jax.Array:
         """x: (B*F, h, w, C); image_only_indicator: (B, F)."""
@@ -173,8 +184,11 @@ class MidBlockTemporalDecoder(nnx.Module):
 class UpBlockTemporalDecoder(nnx.Module):
     """diffusers `UpBlockTemporalDecoder`: spatio-temporal resnets, then nearest 2x + conv."""
 
-    def __init__(self, cin: int, cout: int, *, num_layers: int, add_upsample: bool, rngs: nnx.Rngs, dtype=None):
-        self.resnets = nnx.List([_st_block(cin if i == 0 else cout, cout, rngs, dtype) for i in range(num_layers)])
+    def __init__(self, cin: int, cout: int, *, num_layers: int, add_upsample: bool, groups: int = 32,
+                 rngs: nnx.Rngs, dtype=None):
+        self.resnets = nnx.List(
+            [_st_block(cin if i == 0 else cout, cout, groups, rngs, dtype) for i in range(num_layers)]
+        )
         self.upsamplers = nnx.List([Upsample2D(cout, cout, rngs=rngs, dtype=dtype)]) if add_upsample else None
 
     def __call__(self, x: jax.Array, image_only_indicator: jax.Array, num_frames: int) -> jax.Array:
@@ -196,13 +210,14 @@ class TemporalDecoder(nnx.Module):
         block_out_channels: tuple[int, ...],
         layers_per_block: int,
         *,
+        groups: int = 32,
         rngs: nnx.Rngs,
         dtype=None,
     ):
         rev = tuple(reversed(block_out_channels))
         self.conv_in = conv(in_channels, rev[0], 3, padding=1, rngs=rngs, dtype=dtype)
         self.mid_block = MidBlockTemporalDecoder(
-            rev[0], num_layers=layers_per_block, attention_head_dim=rev[0], rngs=rngs, dtype=dtype
+            rev[0], num_layers=layers_per_block, attention_head_dim=rev[0], groups=groups, rngs=rngs, dtype=dtype
         )
         self.up_blocks = nnx.List(
             [
@@ -211,13 +226,14 @@ class TemporalDecoder(nnx.Module):
                     c,
                     num_layers=layers_per_block + 1,
                     add_upsample=i < len(rev) - 1,
+                    groups=groups,
                     rngs=rngs,
                     dtype=dtype,
                 )
                 for i, c in enumerate(rev)
             ]
         )
-        self.conv_norm_out = group_norm(block_out_channels[0], eps=1e-6, groups=_NORM_GROUPS, rngs=rngs, dtype=dtype)
+        self.conv_norm_out = group_norm(block_out_channels[0], eps=1e-6, groups=groups, rngs=rngs, dtype=dtype)
         self.conv_out = conv(block_out_channels[0], out_channels, 3, padding=1, rngs=rngs, dtype=dtype)
         self.time_conv_out = conv(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), ndim=3, rngs=rngs, dtype=dtype)
 
@@ -259,8 +275,9 @@ def resolve_config(cfg: dict) -> dict[str, Any]:
             f"down_block_types ({len(out['down_block_types'])}) and block_out_channels ({len(chans)}) "
             "must have the same non-zero length"
         )
-    if any(c % _NORM_GROUPS for c in chans):
-        raise ValueError(f"block_out_channels {chans} must all divide by {_NORM_GROUPS} (GroupNorm groups)")
+    groups = out["norm_num_groups"] = int(out["norm_num_groups"])
+    if groups < 1 or any(c % groups for c in chans):
+        raise ValueError(f"block_out_channels {chans} must all divide by norm_num_groups={groups} (GroupNorm groups)")
     for k in ("in_channels", "out_channels", "latent_channels", "layers_per_block"):
         if int(out[k]) < 1:
             raise ValueError(f"{k} must be a positive integer, got {out[k]!r}")
@@ -284,12 +301,13 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
         block_out_channels: tuple[int, ...] = (64,),
         layers_per_block: int = 1,
         latent_channels: int = 4,
+        norm_num_groups: int = 32,
         rngs: nnx.Rngs,
         dtype=None,
     ):
-        chans = tuple(block_out_channels)
-        self.encoder = Encoder(in_channels, latent_channels, chans, layers_per_block, rngs=rngs, dtype=dtype)
-        self.decoder = TemporalDecoder(latent_channels, out_channels, chans, layers_per_block, rngs=rngs, dtype=dtype)
+        chans, kw = tuple(block_out_channels), dict(groups=norm_num_groups, rngs=rngs, dtype=dtype)
+        self.encoder = Encoder(in_channels, latent_channels, chans, layers_per_block, **kw)
+        self.decoder = TemporalDecoder(latent_channels, out_channels, chans, layers_per_block, **kw)
         self.quant_conv = conv(2 * latent_channels, 2 * latent_channels, 1, rngs=rngs, dtype=dtype)
         self.config: dict[str, Any] = {}
 
@@ -305,6 +323,7 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
             block_out_channels=c["block_out_channels"],
             layers_per_block=c["layers_per_block"],
             latent_channels=c["latent_channels"],
+            norm_num_groups=c["norm_num_groups"],
             rngs=trace_safe_rngs(rngs),
             dtype=dtype,
         )
