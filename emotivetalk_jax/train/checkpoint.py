@@ -57,8 +57,10 @@ def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
     if not root.is_dir():  # checked first: the manager would create the folder
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
     options = ocp.CheckpointManagerOptions(create=False)
-    mngr = ocp.CheckpointManager(root, options=options, item_names=("state",),
-                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})  # matches PyTreeRestore
+    # every item gets its handler (orbax warns about items it cannot read); only `state` is read
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}  # state's matches PyTreeRestore
+    mngr = ocp.CheckpointManager(root, options=options, item_names=tuple(handlers), item_handlers=handlers)
     step = mngr.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
