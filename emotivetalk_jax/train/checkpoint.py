@@ -28,10 +28,14 @@ def manager(workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = Tru
             every: int = 1) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
                                            enable_async_checkpointing=async_save, create=True)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+    handlers = _handlers(ocp.StandardCheckpointHandler())
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
                                  item_names=tuple(handlers), item_handlers=handlers)
+
+
+def _handlers(state_handler) -> dict:
+    """A handler for each of the three items (orbax warns about items it has no handler for)."""
+    return {"state": state_handler, "data": grain.checkpoint.CheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: TrainState, iterator, config: dict, *,
@@ -57,9 +61,7 @@ def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
     if not root.is_dir():  # checked first: the manager would create the folder
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
     options = ocp.CheckpointManagerOptions(create=False)
-    # every item gets its handler (orbax warns about items it cannot read); only `state` is read
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}  # state's matches PyTreeRestore
+    handlers = _handlers(ocp.PyTreeCheckpointHandler())  # matches PyTreeRestore; only `state` is read
     mngr = ocp.CheckpointManager(root, options=options, item_names=tuple(handlers), item_handlers=handlers)
     step = mngr.latest_step()
     if step is None:
