@@ -55,6 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample_sigma = 1.0  # noise level of the stage-2 sample videos
     c.vae_kl = 1e-6  # stage vae: weight of the KL term next to the L1 reconstruction
     c.vae_sample = False  # stage vae: decode a posterior sample (True) or the mean (stage 2 encodes the mean)
+    c.vae_train = "all"  # stage vae: "all", or "decoder" (encoder frozen: a fine-tune that keeps stage 2's latents)
 
     c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
     c.sharding = ml_collections.ConfigDict(dict(min_size=2**12, tensor_parallel=True))

@@ -425,11 +425,28 @@ def synthetic_codebook(face_encoders, resolution: int, *, data_seed: int = 0, cl
     return Codebook(means, counts, {"source": "synthetic", "data_seed": data_seed, "clips": clips})
 
 
+def _with_decoder_from(vae: nnx.Module, workdir: str | os.PathLike, stage2_vae: str) -> nnx.Module:
+    """`vae` with its decoder taken from a `vae_train=decoder` fine-tune in `workdir`; every other
+    array (encoder, quant_conv) must equal `vae`'s, or the latents stage 2 learnt would change."""
+    arrays = _workdir_arrays(workdir)
+    mine = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(vae))}
+    for key, value in mine.items():
+        if key.split(".")[0] != "decoder" and (key not in arrays or not np.array_equal(arrays[key], value)):
+            raise BundleError(f"--vae {workdir}: its {key} differs from the VAE stage 2 trained against ({stage2_vae}); "
+                              "pass a decoder fine-tune of that VAE (stage vae, vae_train=decoder, init.vae=it)")
+    out = _fill(vae, arrays, f"{workdir} (VAE)")
+    out.config = dict(vae.config)  # stage 2's scaling factor
+    return out
+
+
 def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike, *, codebook=None,
-                         resolution: int | None = None, **settings: Any) -> Path:
+                         resolution: int | None = None, vae: str | os.PathLike | None = None,
+                         **settings: Any) -> Path:
     """A bundle from a stage-2 (`ethd`) training workdir: the trained ETHD plus exactly the frozen
     models that stage trained against (its audio encoder, face encoders, V-AID and VAE, rebuilt
-    from the run's saved config), and a codebook (given, or from synthetic training clips)."""
+    from the run's saved config), and a codebook (given, or from synthetic training clips).
+    `vae`: a decoder fine-tune (stage `vae`, `vae_train=decoder`) of stage 2's VAE whose decoder
+    replaces the original one (its encoder must be identical)."""
     import ml_collections
 
     from emotivetalk_jax.models.ethd import ETHD
@@ -450,7 +467,9 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))),
                  _workdir_arrays(ethd_workdir), f"{ethd_workdir} (ETHD)")
     # The frozen models exactly as stage 2 built them (its config's init paths and seeds).
-    vae = S._vae(cfg, ev, seed + 3)
+    vae_model = S._vae(cfg, ev, seed + 3)
+    if vae:
+        vae_model = _with_decoder_from(vae_model, vae, cfg.init.vae or cfg.init.svd or "a random VAE")
     audio = S._audio_encoder(cfg, seed + 1)
     if cfg.init.face_encoders:
         face = _fill(shape(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
@@ -461,7 +480,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
         vaid = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid), f"{cfg.init.vaid} (V-AID)")
     else:
         vaid = S._vaid(cfg, vv, seed + 4)
-    factor = vae_factor(vae)
+    factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
     s = dataclasses.replace(BundleSettings.for_variant(ev.name, vv.name, size), **settings)
     if codebook is None:
@@ -470,7 +489,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
         from emotivetalk_jax.emotion.codebook import load_codebook
 
         codebook = load_codebook(codebook)
-    b = Bundle(s, ethd, vae, audio, vaid, face, codebook)
+    b = Bundle(s, ethd, vae_model, audio, vaid, face, codebook)
     _check_parts(b)
     return save_bundle(b, out)
 

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     eb.add_argument("out")
     eb.add_argument("--codebook", metavar="DIR", help="emotion codebook (default: built from synthetic training clips)")
     eb.add_argument("--resolution", type=int, default=None, help="default: the run's image size")
+    eb.add_argument("--vae", metavar="WORKDIR", help="take the VAE decoder from this decoder fine-tune of stage 2's VAE")
     eb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a generation setting (window=16, steps=10, ...)")
 
     from emotivetalk_jax.data.commands import add_data_commands
@@ -112,7 +113,8 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.bundle import bundle_from_training, parse_settings
 
         return str(bundle_from_training(args.out, args.ethd_workdir, codebook=args.codebook,
-                                        resolution=args.resolution, **parse_settings(args.set)))
+                                        resolution=args.resolution, vae=args.vae,
+                                        **parse_settings(args.set)))
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd
 

@@ -35,22 +35,17 @@ def _env(cache):
 
 def _losses(workdir) -> dict[int, float]:
     rows = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}  # the last row of a step wins (the resumed one)
+    return {r["step"]: r["loss"] for r in rows}
 
 
-def _lines(workdir) -> int:
-    path = Path(workdir) / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def _wait_for_step(proc, workdir, step, timeout=600, after_lines=0):
-    """Until this run (rows after the first `after_lines`) has logged `step`."""
+def _wait_for_step(proc, workdir, step, timeout=600):
+    """Until the run has logged `step`."""
     path = Path(workdir) / "metrics.jsonl"
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
             raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
-        rows = path.read_text().splitlines()[after_lines:] if path.exists() else []
+        rows = path.read_text().splitlines() if path.exists() else []
         if any(json.loads(l)["step"] >= step for l in rows if l.strip()):
             return
         time.sleep(0.02)
@@ -74,10 +69,12 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) < total, steps
 
-    # SIGTERM: saves the current step, exits cleanly
-    before = _lines(run)
+    # SIGTERM: saves the current step, exits cleanly. The resumed run first drops the rows the
+    # killed one logged after its last checkpoint, so wait for a step never logged before.
+    logged = max(_losses(run))
+    assert logged >= 5
     proc = subprocess.Popen(_args(run, total), env=_env(cache), cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(proc, run, max(steps) + 1, after_lines=before)
+    _wait_for_step(proc, run, logged + 1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0
     # the preemption checkpoint is the step reached when the signal was handled
@@ -88,6 +85,8 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"status": "done"' in res.stdout
     resumed = _losses(run)
+    logged = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, total + 1))  # each step once: the discarded rows are gone
     assert sorted(resumed) == sorted(reference)
     assert resumed == reference  # exactly, every step, including those recomputed after the kill
 

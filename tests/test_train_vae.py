@@ -1,7 +1,8 @@
 """Stage `vae`: SVD's temporal VAE trained as an autoencoder (the synthetic demo has no
 converted VAE). A short run lowers the reconstruction error, and stage 2 built with
 `init.vae` carries exactly the trained arrays as its frozen VAE, with a scaling factor that
-gives its latents unit variance."""
+gives its latents unit variance. A decoder-only fine-tune of it keeps the encoder bit for
+bit, and `export-bundle --vae` pairs it with that stage 2."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 FAST = "{'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}"
 
 
-def test_vae_stage_learns_and_feeds_stage_two(tmp_path):
+@pytest.mark.long
+def test_vae_stage_learns_feeds_stage_two_and_fine_tunes_its_decoder(tmp_path, capsys):
     from flax import nnx
 
     from emotivetalk_jax import sharding as shd
@@ -46,11 +49,10 @@ def test_vae_stage_learns_and_feeds_stage_two(tmp_path):
     assert set(flat) == set(trained)
     for k, v in flat.items():
         np.testing.assert_array_equal(v, trained[k], err_msg=k)
+    _decoder_finetune_pairs_with_stage_two(tmp_path, work, capsys)
 
 
 def test_vae_init_names_a_bad_workdir(tmp_path):
-    import pytest
-
     from emotivetalk_jax.models.ethd_variants import get_ethd_variant
     from emotivetalk_jax.train import stages as S
     from emotivetalk_jax.train.commands import load_config
@@ -59,3 +61,66 @@ def test_vae_init_names_a_bad_workdir(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing"):
         S._vae(cfg, get_ethd_variant("tiny"), 0)
     assert not Path(tmp_path / "nothing").exists()
+
+
+def _train(work, stage, steps, *extra):
+    from emotivetalk_jax.train.commands import train_from_args
+
+    res = train_from_args(["--config", f"configs/train.py:stage={stage},variant=tiny", "--workdir", str(work),
+                           f"--config.total_steps={steps}", "--config.log_every=1",
+                           f"--config.checkpoint.every={steps}", "--config.batch_size=2", "--config.data.num_clips=4",
+                           "--config.progress=False", f"--config.compiler_options={FAST}", *extra])
+    assert res["status"] == "done", res
+
+
+def _split_arrays(arrays):
+    dec = {k: v for k, v in arrays.items() if k.startswith("decoder.")}
+    return dec, {k: v for k, v in arrays.items() if k not in dec}
+
+
+def _decoder_finetune_pairs_with_stage_two(tmp_path, base, capsys):
+    """vae_train=decoder updates only the decoder, so it pairs with a stage 2 trained on the
+    original VAE: `export-bundle --vae` takes its decoder and keeps stage 2's encoder and
+    scaling factor, and refuses a VAE whose encoder differs."""
+    from flax import nnx
+
+    from emotivetalk_jax import bundle as B
+    from emotivetalk_jax import cli
+    from emotivetalk_jax import sharding as shd
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.train import stages as S
+    from emotivetalk_jax.train.checkpoint import restore_model_arrays
+    from emotivetalk_jax.train.commands import load_config
+
+    vae = ["--config.image_size=16", "--config.frames=2", "--config.optim.lr=1e-3"]
+    _train(tmp_path / "dec", "vae", 3, *vae, "--config.vae_train=decoder", f"--config.init.vae={base}")
+    _train(tmp_path / "all", "vae", 1, *vae, f"--config.init.vae={base}")
+    base_dec, base_rest = _split_arrays(restore_model_arrays(base))
+    dec_dec, dec_rest = _split_arrays(restore_model_arrays(tmp_path / "dec"))
+    assert base_rest.keys() == dec_rest.keys() and any(k.startswith("encoder.") for k in base_rest)
+    for k in base_rest:
+        np.testing.assert_array_equal(dec_rest[k], base_rest[k], err_msg=k)
+    changed = [k for k in base_dec if not np.array_equal(base_dec[k], dec_dec[k])]
+    assert len(changed) > 0.9 * len(base_dec), (len(changed), len(base_dec))
+
+    for bad, match in (("decoder", "set init.vae"), ("encoder", "choose all or decoder")):
+        cfg = load_config("configs/train.py:stage=vae,variant=tiny", [f"--config.vae_train={bad}"])
+        with pytest.raises(ValueError, match=match):
+            S.build_stage(cfg)
+
+    _train(tmp_path / "ethd", "ethd", 1, "--config.frames=4", f"--config.init.vae={base}")
+    stage2 = load_config("configs/train.py:stage=ethd,variant=tiny", [f"--config.init.vae={base}"])
+    scaling = S._vae(stage2, get_ethd_variant("tiny"), 0).config["scaling_factor"]
+    out = tmp_path / "bundle"
+    assert cli.main(["export-bundle", str(tmp_path / "ethd"), str(out), "--vae", str(tmp_path / "dec")]) == 0
+    got = B.load_bundle(out).vae
+    flat = {shd.path_str(p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(got))}
+    for k, v in {**dec_dec, **base_rest}.items():
+        np.testing.assert_array_equal(flat[k], v, err_msg=k)
+    assert got.config["scaling_factor"] == scaling
+
+    capsys.readouterr()
+    assert cli.main(["export-bundle", str(tmp_path / "ethd"), str(tmp_path / "b2"), "--vae", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differs from the VAE stage 2 trained against" in err and "encoder." in err and "\n" not in err
+    assert not (tmp_path / "b2").exists()

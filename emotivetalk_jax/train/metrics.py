@@ -15,14 +15,36 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite the jsonl log at `path` without rows whose step is above `step` (atomically:
+    a temporary file renamed over it). Returns how many rows were dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= step]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+    log.info("%s: dropped %d rows logged after step %d (the run resumes from there)", path, len(lines) - len(keep), step)
+    return len(lines) - len(keep)
+
+
 class MetricsWriter:
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int | None = None):
+        """`resume_step`: the step the run restarts from. Rows logged after it (by the run that
+        was interrupted after its last checkpoint) are dropped: that trajectory was discarded,
+        and readers of the log (e.g. the VAE scaling factor) must see only the one that counts."""
         self.workdir = Path(workdir)
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            drop_rows_after(self.workdir / "metrics.jsonl", resume_step)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")
         if tensorboard:
             try:

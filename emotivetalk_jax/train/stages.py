@@ -16,7 +16,8 @@ each side), W = 2 c + 1 audio window, D widths.
   frames, decoding the posterior mean, which is what stage 2 and the pipeline use, or a
   posterior sample with `vae_sample=True`),
   for a domain no converted VAE covers (the synthetic demo). Stage 2 takes its workdir as
-  `init.vae`.
+  `init.vae`. With `vae_train=decoder` and `init.vae` it fine-tunes only the decoder of a
+  trained VAE, so the latents stage 2 learnt on stay exactly the same.
 
 Every step takes the raw grain batch (uint8 frames, waveform windows, box masks) and does
 all preprocessing inside the same jitted program (frozen encoders under stop_gradient),
@@ -390,14 +391,29 @@ def _stage_ethd(cfg, seed: int) -> Stage:
                  dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), "ETHD", sample)
 
 
+# vae_train: what stage `vae` updates. "decoder" keeps the encoder (and so every latent stage 2
+# trained on) fixed while the decoder keeps learning, so a decoder fine-tune can run next to, or
+# after, stage 2 and still pair with it (`export-bundle --vae`); SD's ft-MSE VAE was made this way.
+VAE_PARTS = {"all": nnx.Param, "decoder": nnx.All(nnx.Param, nnx.PathContains("decoder"))}
+
+
 def _stage_vae(cfg, seed: int) -> Stage:
     from emotivetalk_jax.models.ethd_variants import get_ethd_variant
 
     ev = get_ethd_variant(cfg.variant)
     frames = int(cfg.frames or ev.train.frames)
     size = int(cfg.image_size or ev.resolution)
-    model = _init(_vae_abstract(ev), seed)
-    groups = {"main": nnx.Param}
+    part = cfg.get("vae_train", "all")
+    if part not in VAE_PARTS:
+        raise ValueError(f"vae_train={part!r}: choose {' or '.join(VAE_PARTS)}")
+    abstract = _vae_abstract(ev)
+    if cfg.init.get("vae"):
+        model = _from_workdir(cfg.init.vae, abstract)
+    elif part == "decoder":
+        raise ValueError("vae_train=decoder fine-tunes the decoder of a trained VAE: set init.vae to its `vae` workdir")
+    else:
+        model = _init(abstract, seed)
+    groups = {"main": VAE_PARTS[part]}
     graphdef, params, rest = _split(model, groups, "vae", cfg)
     fgraph, fstate = _split_frozen(Frozen())
     kl_weight = float(cfg.get("vae_kl", 1e-6))
