@@ -13,8 +13,10 @@
 # that run side by side share the machine; vae_dec runs at the lowest priority.
 #
 # Measured on a 2-core CPU (2026-11-21): encoders (1200 steps) and vaid (700 steps) about
-# 10 min each; the VAE 1.5-2.5 s/step (26 dB held-out PSNR at 1500 steps); stage 2
-# 1.6-1.9 s/step at batch 4 x 6 frames.
+# 10 min each; the VAE 1.5-2.5 s/step (26.1 dB held-out PSNR at 1500 steps; the decoder-only
+# fine-tune 27.8 dB at 100 steps, 28.4 dB at 349); stage 2 1.4 s/step alone, about 2 s next
+# to the fine-tune. Stage 2 stopped at step 2009 of 3000 is not yet usable (bench-synthetic,
+# 8 clips: lip_sync_corr 0.03, emotion_accuracy 0.375, identity_psnr 20.3 dB).
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
