@@ -33,7 +33,8 @@ def _child(steps: int, optimizer: str, fast: bool) -> dict:
     c.optim.name = optimizer
     c.data.num_clips = 16
     program = loop.build_program(c)
-    it = iter(make_dataset(c.data, program.stage.data, batch_size=int(c.batch_size), seed=0))
+    it = iter(make_dataset(c.data, program.stage.data, batch_size=int(c.batch_size), seed=0,
+                           audio_encoder=program.stage.audio_encoder))
     batches = [program.global_batch(next(it)) for _ in range(steps + 1)]
     state, frozen = loop.initial_state(program, 0), loop.place_frozen(program)
     t0 = time.perf_counter()

@@ -11,12 +11,18 @@ import dataclasses
 import ml_collections
 
 from emotivetalk_jax.diffusion.sampler import SamplerConfig
+from emotivetalk_jax.models.ethd_variants import EMOTIVETALK_512, EMOTIVETALK_1024
 
-# Paper 6.4: 25 DDIM steps; 512x512: window 120 / overlap 24; 1024x1024: window 32 / overlap 12.
-PRESETS = {
-    "512": dict(steps=25, window=120, overlap=24),
-    "1024": dict(steps=25, window=32, overlap=12),
-}
+
+def _preset(variant) -> dict:
+    ic = variant.inference
+    return dict(steps=ic.steps, window=ic.window, overlap=ic.overlap, lip_scale=ic.guidance_scale,
+                expr_scale=ic.guidance_scale)
+
+
+# Paper 6.4 (written once, in models/ethd_variants.py): 25 DDIM steps; 512x512: window 120 /
+# overlap 24; 1024x1024: window 32 / overlap 12; two-branch guidance (REFERENCE.md 9).
+PRESETS = {"512": _preset(EMOTIVETALK_512), "1024": _preset(EMOTIVETALK_1024)}
 
 
 def _value(text: str):

@@ -2,7 +2,9 @@
 
 Argument language: comma-separated `key=value` items, plus bare flags:
   stage     encoders | vaid | ethd (stage 0 / 1 / 2) | vae (SVD's VAE as an autoencoder,
-            for a domain without a converted VAE: the synthetic demo)
+            for a domain without a converted VAE: the synthetic demo) | audio (the audio
+            encoder learns to hear lips with the lip loss against stage 0's l_v: the demo's
+            stand-in for a pretrained wav2vec2; runs between stages 0 and 1)
   variant   tiny | demo | emotivetalk_512 | emotivetalk_1024
   smoke     a few steps, tiny batch, frequent logs and checkpoints
 Every field is overridable with `--config.x=y` (ml_collections config_flags) or
@@ -21,6 +23,7 @@ _STAGE_DEFAULTS = {
     "vaid": dict(optimizer="adam", lr=1e-4, batch_size=16),
     "ethd": dict(optimizer="adam8bit", lr=1e-5, batch_size=8),
     "vae": dict(optimizer="adam", lr=1e-4, batch_size=8),
+    "audio": dict(optimizer="adam", lr=1e-4, batch_size=16),
 }
 
 
@@ -37,7 +40,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     stage = args.get("stage", "ethd")
     variant = args.get("variant", "tiny")
     tiny = variant in CPU_SIZED
-    d = _STAGE_DEFAULTS.get(stage, _STAGE_DEFAULTS["ethd"])
+    if stage not in _STAGE_DEFAULTS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(_STAGE_DEFAULTS)}")
+    d = _STAGE_DEFAULTS[stage]
 
     c = ml_collections.ConfigDict()
     c.stage = stage
@@ -66,8 +71,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         block_size=256, min_8bit_size=1024,
     ))
 
-    c.data = ml_collections.ConfigDict(dict(source="synthetic", path="", num_clips=64 if tiny else 10_000,
-                                            data_seed=0, worker_count=0, threads=2, prefetch=2))
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic", path="", num_clips=64 if tiny else 10_000, data_seed=0, worker_count=0, threads=2,
+        prefetch=2,
+        # Probability that a training example's reference is the clip's neutral, closed-mouth
+        # portrait (what users and the bench give) instead of another frame of the clip. The paper
+        # does not say how it picks x_ref; with another frame of the same clip, emotion (constant
+        # within a clip) is already in the reference and the model learns to copy it.
+        reference_neutral=0.0,
+        # Synthetic head motion (1 = the domain's default, +-1.2% shift, +-2 degrees roll); no input
+        # predicts it, so it is noise in stage 2's target.
+        head_motion=1.0,
+    ))
+    # Exponential moving average of the trained parameters (stage 2), kept in the checkpoint and
+    # exported by `export-bundle`; 0 = off. Not in the paper.
+    c.ema_decay = 0.0
+    # Stage 2: the x0 error inside the reference's lip box weighs this much more than elsewhere
+    # (1 = eq. 11 as written). The mouth is a few percent of the frame; not in the paper.
+    c.lip_loss_weight = 1.0
+    # Held-out clips (fit and score, each) of the learning gates (`eval.probes`) logged at every
+    # checkpoint of the encoders / audio / vaid stages; 0 = off.
+    c.gate_clips = 16
 
     c.init = ml_collections.ConfigDict(dict(
         svd="",  # diffusers SVD folder or `emotivetalk convert svd` output (ETHD + VAE)

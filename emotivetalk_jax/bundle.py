@@ -49,7 +49,7 @@ class BundleSettings:
     window: int = 120  # frames per denoising window (3.4)
     overlap: int = 24
     steps: int = 25  # DDIM steps of the backbone
-    lip_scale: float = 1.0  # CFG scales (1: off, the paper's cost figures imply no CFG)
+    lip_scale: float = 1.0  # CFG scales (1: off); `for_variant` takes the variant's (the paper's: two branches)
     expr_scale: float = 1.0
     dicte_steps: int = 25  # Di-CTE DDIM steps
     audio_layer: int = -1  # wav2vec2 hidden state used as A
@@ -58,6 +58,9 @@ class BundleSettings:
     audio_context_s: float = 5.0
     motion_bucket_id: int = 127
     noise_aug: float = 0.02
+    # The synthetic domain's head motion the bundle was trained on (`data.head_motion`):
+    # `bench-synthetic` scores on the same domain by default.
+    synthetic_head_motion: float = 1.0
     crop_scale: float = 1.8  # square crop side = crop_scale x the face box's larger side
     decode_chunk: int = 16  # frames per VAE decode call
 
@@ -77,6 +80,7 @@ class BundleSettings:
         vv = get_vaid_variant(vaid_variant or variant)
         ic = ev.inference
         return cls(variant, vv.name, int(resolution or ev.resolution), ic.fps, ic.window, ic.overlap, ic.steps,
+                   lip_scale=ic.guidance_scale, expr_scale=ic.guidance_scale,
                    dicte_steps=vv.dicte.sample_steps, half_width=vv.perceiver.window_half_width,
                    motion_bucket_id=ic.motion_bucket_id, noise_aug=ic.noise_aug)
 
@@ -363,14 +367,15 @@ def training_config(workdir: str | os.PathLike) -> dict:
     return dict(cfg)
 
 
-def _workdir_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """{dotted model path: array} of the latest checkpoint of a training workdir, on the host."""
+def _workdir_arrays(workdir: str | os.PathLike, ema: bool = False) -> dict[str, np.ndarray]:
+    """{dotted model path: array} of the latest checkpoint of a training workdir, on the host
+    (`ema`: the run's moving average of its trained parameters, where it kept one)."""
     from emotivetalk_jax.train.checkpoint import restore_model_arrays
 
     if not (Path(workdir) / "checkpoints").is_dir():
         raise BundleError(f"{workdir} is not a training workdir (no checkpoints/)")
     try:
-        return restore_model_arrays(workdir)
+        return restore_model_arrays(workdir, ema=ema)
     except FileNotFoundError as e:
         raise BundleError(f"{e}; train that stage first") from None
     except Exception as e:  # noqa: BLE001 - orbax errors are pages long; keep one line
@@ -465,24 +470,26 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     seed = int(cfg.seed)
     shape = nnx.eval_shape
     ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))),
-                 _workdir_arrays(ethd_workdir), f"{ethd_workdir} (ETHD)")
+                 _workdir_arrays(ethd_workdir, ema=True), f"{ethd_workdir} (ETHD)")
     # The frozen models exactly as stage 2 built them (its config's init paths and seeds).
-    vae_model = S._vae(cfg, ev, seed + 3)
+    vae_model = S.vae_model(cfg, ev, seed + 3)
     if vae:
         vae_model = _with_decoder_from(vae_model, vae, cfg.init.vae or cfg.init.svd or "a random VAE")
-    audio = S._audio_encoder(cfg, seed + 1)
+    audio = S.audio_encoder(cfg, seed + 1)
     if cfg.init.face_encoders:
         face = _fill(shape(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
                      f"{cfg.init.face_encoders} (face encoders)", "encoders")
     else:
-        face = S._face_encoders(cfg, vv, seed + 2)
+        face = S.face_encoders(cfg, vv, seed + 2)
     if cfg.init.vaid:
         vaid = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid), f"{cfg.init.vaid} (V-AID)")
     else:
-        vaid = S._vaid(cfg, vv, seed + 4)
+        vaid = S.vaid_model(cfg, vv, seed + 4)
     factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
-    s = dataclasses.replace(BundleSettings.for_variant(ev.name, vv.name, size), **settings)
+    motion = float(cfg.data.get("head_motion", 1.0))
+    s = dataclasses.replace(BundleSettings.for_variant(ev.name, vv.name, size), synthetic_head_motion=motion,
+                            **settings)
     if codebook is None:
         codebook = synthetic_codebook(face, size, data_seed=int(cfg.data.data_seed))
     elif not hasattr(codebook, "means"):

@@ -238,8 +238,9 @@ def test_presets():
     c512, c1024 = get_config("512"), get_config("1024")
     assert (c512.steps, c512.window, c512.overlap) == (25, 120, 24)
     assert (c1024.steps, c1024.window, c1024.overlap) == (25, 32, 12)
-    assert sampler_config(get_config("512,lip_scale=2.0,batch_windows=0")) == SamplerConfig(lip_scale=2.0,
-                                                                                              batch_windows=0)
+    assert (c512.lip_scale, c512.expr_scale) == (2.0, 2.0)  # two branches: the paper's cost tables
+    assert sampler_config(get_config("512,lip_scale=3.0,batch_windows=0")) == SamplerConfig(
+        lip_scale=3.0, expr_scale=2.0, batch_windows=0)
 
 
 # ------------------------------------------------------------------ Di-CTE long sampling

@@ -85,7 +85,7 @@ _WORKER = textwrap.dedent(r'''
         if stage_name == "vaid":
             c.frames = 6
         stage = build_stage(c)
-        it = iter(make_dataset(c.data, stage.data, batch_size=8, seed=0))
+        it = iter(make_dataset(c.data, stage.data, batch_size=8, seed=0, audio_encoder=stage.audio_encoder))
         local = next(it)
         res = {}
         for name, mesh_cfg, devs in (("one", [("data", 1), ("fsdp", 1), ("tensor", 1)], jax.devices()[:1]),

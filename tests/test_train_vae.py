@@ -40,7 +40,7 @@ def test_vae_stage_learns_feeds_stage_two_and_fine_tunes_its_decoder(tmp_path, c
     assert all(np.isfinite(r["kl"]) and np.isfinite(r["psnr"]) for r in rows)
 
     cfg = load_config("configs/train.py:stage=ethd,variant=tiny", [f"--config.init.vae={work}"])
-    vae = S._vae(cfg, get_ethd_variant("tiny"), 0)
+    vae = S.vae_model(cfg, get_ethd_variant("tiny"), 0)
     trained = restore_model_arrays(work)
     # the scaling factor makes stage 2's latents unit-variance: 1 / the run's logged latent std
     want = 1.0 / np.mean([r["latent_std"] for r in rows[-20:]])
@@ -59,7 +59,7 @@ def test_vae_init_names_a_bad_workdir(tmp_path):
 
     cfg = load_config("configs/train.py:stage=ethd,variant=tiny", [f"--config.init.vae={tmp_path / 'nothing'}"])
     with pytest.raises(FileNotFoundError, match="nothing"):
-        S._vae(cfg, get_ethd_variant("tiny"), 0)
+        S.vae_model(cfg, get_ethd_variant("tiny"), 0)
     assert not Path(tmp_path / "nothing").exists()
 
 
@@ -110,7 +110,7 @@ def _decoder_finetune_pairs_with_stage_two(tmp_path, base, capsys):
 
     _train(tmp_path / "ethd", "ethd", 1, "--config.frames=4", f"--config.init.vae={base}")
     stage2 = load_config("configs/train.py:stage=ethd,variant=tiny", [f"--config.init.vae={base}"])
-    scaling = S._vae(stage2, get_ethd_variant("tiny"), 0).config["scaling_factor"]
+    scaling = S.vae_model(stage2, get_ethd_variant("tiny"), 0).config["scaling_factor"]
     out = tmp_path / "bundle"
     assert cli.main(["export-bundle", str(tmp_path / "ethd"), str(out), "--vae", str(tmp_path / "dec")]) == 0
     got = B.load_bundle(out).vae

@@ -19,6 +19,13 @@ Example keys (per example; batching adds a leading B):
   unknown), start () int32, clip () int32, mask_lip_{s} / mask_face_{s} (s, s, 1) float32
   for every s in mask_sizes (from the reference frame's boxes), and for synthetic
   clips the ground truth: opening, width, intensity (F,), expression (F, 4), identity ().
+  With `features` (per-clip whole-utterance audio features, `data.audio_cache`):
+  frame_features (F + 2 c, D) float32, the rows the pipeline's A_w windows read.
+
+The reference: another frame of the clip (uniform), or, with probability
+`reference_neutral`, the clip's neutral closed-mouth portrait (synthetic clips; what the
+bench and users give at inference). Prepared clips have no neutral portrait and always
+take another frame.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from emotivetalk_jax.data import face as facelib
 from emotivetalk_jax.data import synthetic as syn
+from emotivetalk_jax.data.audio_cache import feature_window
 from emotivetalk_jax.data import synthetic_face as sf
 
 SAMPLES_PER_FRAME = 640
@@ -122,11 +130,18 @@ class ClipWindow(grain.transforms.RandomMap):
     size: int | None = 64
     mask_sizes: Sequence[int] = ()
     audio_context: int = 2
+    features: Sequence[np.ndarray] | None = None  # clip index -> (N, D) whole-utterance features
+    reference_neutral: float = 0.0  # probability that the reference is the neutral portrait
 
     def random_map(self, record, rng: np.random.Generator) -> dict:
         if isinstance(record, syn.Clip):
             return self._synthetic(record, rng)
         return self._prepared(record, rng)
+
+    def _with_features(self, ex, index, start):
+        if self.features is not None:
+            ex["frame_features"] = feature_window(self.features[index], start, self.frames, self.audio_context)
+        return ex
 
     def _with_masks(self, ex, lip_box, face_box, native):
         for s in self.mask_sizes:
@@ -141,9 +156,12 @@ class ClipWindow(grain.transforms.RandomMap):
         ref = int(rng.integers(n))
         states = clip.states[idx]
         frames = sf.render(clip.identity, states, size)
-        ref_state = clip.states[ref]
-        reference = sf.render(clip.identity, ref_state[None], size)[0]
-        ref_lm = sf.landmarks(clip.identity, ref_state, size)
+        if self.reference_neutral > 0 and rng.random() < self.reference_neutral:
+            reference, ref_lm = clip.portrait(size), clip.portrait_landmarks(size)
+        else:
+            ref_state = clip.states[ref]
+            reference = sf.render(clip.identity, ref_state[None], size)[0]
+            ref_lm = sf.landmarks(clip.identity, ref_state, size)
         ex = {
             "frames": frames, "reference": reference,
             "audio": _audio_window(clip.audio, start, self.frames, self.audio_context),
@@ -153,6 +171,7 @@ class ClipWindow(grain.transforms.RandomMap):
             "opening": states[:, 0].copy(), "width": states[:, 1].copy(),
             "expression": states[:, 2:6].copy(), "intensity": clip.intensity[idx],
         }
+        self._with_features(ex, clip.index, start)
         return self._with_masks(ex, facelib.lip_box(ref_lm), facelib.face_box(ref_lm), size)
 
     def _prepared(self, rec: dict, rng: np.random.Generator) -> dict:
@@ -179,6 +198,7 @@ class ClipWindow(grain.transforms.RandomMap):
         if len(feats):  # 100 Hz features: 4 per video frame
             fidx = np.clip(idx[:, None] * 4 + np.arange(4)[None], 0, len(feats) - 1)
             ex["audio_features"] = feats[fidx]
+        self._with_features(ex, int(rec.get("_index", -1)), start)
         return self._with_masks(ex, rec["lip_boxes"][ref], rec["face_boxes"][ref], native)
 
 

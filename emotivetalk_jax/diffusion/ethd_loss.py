@@ -86,7 +86,8 @@ def x0_loss(denoised: jax.Array, x0: jax.Array, sigma: jax.Array, mask: jax.Arra
     """lambda(sigma)-weighted MSE of D against x0, averaged per clip, then over the batch.
 
     denoised / x0 (B, F, H, W, C); sigma (B,); mask (B, H, W, 1) restricts the error to a
-    region (the dropout losses of 6.1), averaged over the region's cells.
+    region (the dropout losses of 6.1), averaged over the region's cells, or, with values
+    other than 0 / 1, weights it (a weighted mean).
     """
     err = jnp.square(denoised.astype(jnp.float32) - x0.astype(jnp.float32))
     if mask is None:
@@ -116,9 +117,11 @@ def ethd_denoise(
 def ethd_loss(
     backbone: Callable[..., jax.Array], batch: ETHDBatch, key: jax.Array, *,
     p_mean: float = P_MEAN, p_std: float = P_STD, p_video: float = P_VIDEO_EXPR,
-    p_drop_lip: float = P_DROP_LIP, p_drop_expr: float = P_DROP_EXPR,
+    p_drop_lip: float = P_DROP_LIP, p_drop_expr: float = P_DROP_EXPR, lip_weight: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 11 on one batch. `backbone`: an `ETHD` (or any callable with its signature).
+    `lip_weight` > 1 weights the error inside the lip box (`batch.lip_mask`) that much more
+    than elsewhere (a weighted mean, so the loss scale stays that of eq. 11; not in the paper).
 
     Returns (loss, aux) with aux = sigma (B,), used_e_v (B,) and the denoised clip.
     """
@@ -132,4 +135,5 @@ def ethd_loss(
     lip_tokens, e_dri = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip, p_drop_expr)
     d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
                      batch.e_ref, batch.lip_mask, batch.face_mask)
-    return x0_loss(d, x0, sigma), dict(sigma=sigma, used_e_v=used_e_v, denoised=d)
+    weight = None if lip_weight == 1.0 else 1.0 + (lip_weight - 1.0) * batch.lip_mask
+    return x0_loss(d, x0, sigma, weight), dict(sigma=sigma, used_e_v=used_e_v, denoised=d)

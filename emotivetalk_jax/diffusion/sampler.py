@@ -51,9 +51,12 @@ TRACE_COUNT = 0
 class SamplerConfig:
     """Sampler settings. Paper (6.4): 25 DDIM steps; 512: window 120 / overlap 24; 1024: 32 / 12.
 
-    lip_scale / expr_scale: CFG scales of the audio-lip and expression conditions (1: off;
-    the paper's cost figures imply no CFG, so off by default). guidance: "auto" picks the
-    fewest branches for the scales; "none" / "joint" / "dual" force a branch set.
+    lip_scale / expr_scale: CFG scales of the audio-lip and expression conditions (1: off).
+    This core defaults to off because guidance needs `Branches`; the paper runs two branches
+    (its cost tables count two UNet forwards per step, REFERENCE.md 9), and the variants'
+    `InferenceConfig.guidance_scale`, the bundles and the 512 / 1024 presets of
+    `configs/sampler.py` turn them on. guidance: "auto" picks the fewest branches for the
+    scales; "none" / "joint" / "dual" force a branch set.
     ramp: optional (r_start, r_end) linear per-frame guidance profile, s_f = 1 + r_f (s - 1),
     over each window's frames (ramp_over "window", SVD's style) or over the video ("video").
     batch_windows: windows per backbone call (1: scan over windows, least memory; 0: all

@@ -15,12 +15,15 @@ not the state) and compared with the clip's exact ground truth:
 * identity_psnr: PSNR (dB) of the generated frames against the ground-truth frames, whole
   frame, mean over frames and clips (identity, background and pose preserved; the
   ground truth's small random head motion bounds it from above);
+* identity_psnr_ceiling: the same PSNR for the bundle's own VAE reconstruction of the
+  ground-truth frames (encode, decode): what a perfect generator would score;
 * background_psnr: PSNR against the portrait outside the face box (what never moves).
 Frames the measurement cannot read (not this identity's face) count as misses: their
 opening is dropped from the correlation and their emotion is "unreadable";
 `measured_fraction` reports the share read. `--ablate lip` zeroes the lip tokens,
 `--ablate expression` sets e_dri = e_ref (Tab. 2). `--frames F` loops each clip's audio
-and ground truth to F frames (Tab. 3: long videos).
+and ground truth to F frames (Tab. 3: long videos). The domain's head motion is the one the
+bundle was trained on (`synthetic_head_motion` in its settings) unless `--head-motion` says.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 
 import numpy as np
 
-from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SyntheticDomain
+from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SynthConfig, SyntheticDomain
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
 
 MAX_LAG = 5
@@ -97,9 +100,23 @@ def _clean(v):
     return v
 
 
+def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
+    """(N, R, R, 3) uint8 -> the bundle VAE's reconstruction (posterior mean, decoded in the
+    pipeline's chunks), uint8."""
+    import jax.numpy as jnp
+
+    from emotivetalk_jax.pipeline import _ref_encode
+
+    vae, face = pipe.bundle.vae, pipe.bundle.face
+    x = jnp.asarray(frames.astype(np.float32) / 127.5 - 1.0)
+    means = [np.asarray(_ref_encode(face, vae, x[i : i + 1], jnp.zeros_like(x[i : i + 1]))[1]) for i in range(len(x))]
+    z = jnp.asarray(np.concatenate(means))[None] * float(vae.config.get("scaling_factor", 0.18215))
+    return pipe.decode(z)
+
+
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
-                    progress: bool = True, pipeline=None) -> dict:
+                    progress: bool = True, pipeline=None, head_motion: float | None = None) -> dict:
     """Generate `clips` held-out clips and score them (see the module docstring)."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import synthetic_face as sf
@@ -113,9 +130,10 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
     r = pipe.resolution
-    domain = SyntheticDomain(data_seed)
+    motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
+    domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
     measured, truth, correct, readable, total = [], [], [], 0, 0
-    id_psnr, bg_psnr, per_clip = [], [], []
+    id_psnr, ceiling, bg_psnr, per_clip = [], [], [], []
     t0 = time.perf_counter()
     gen_s = 0.0
     for i in range(clips):
@@ -141,6 +159,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         correct.append(majority == clip.emotion_id)
         gt = sf.render(clip.identity, states, r)
         id_psnr.append(float(np.mean([psnr(a, b) for a, b in zip(video, gt)])))
+        ceiling.append(float(np.mean([psnr(a, b) for a, b in zip(vae_reconstruction(pipe, gt), gt)])))
         outside = 1 - facelib.box_mask(boxes[1], r, r)
         bg_psnr.append(float(np.mean([psnr(a, portrait, outside > 0) for a in video])))
         per_clip.append({"clip": clip.name, "emotion": clip.emotion,
@@ -154,12 +173,14 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "av_offset_frames": offset,
         "emotion_accuracy": float(np.mean(correct)),
         "identity_psnr": float(np.mean(id_psnr)),
+        "identity_psnr_ceiling": float(np.mean(ceiling)),
         "background_psnr": float(np.mean(bg_psnr)),
         "measured_fraction": readable / max(total, 1),
         "lag_correlations": {str(k): v for k, v in lags.items()},
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "split": "test", "ablate": ablate,
-                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword"},
+                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword",
+                     "head_motion": motion},
         "clips": per_clip,
         "seconds": round(time.perf_counter() - t0, 2),
         "seconds_per_video_second": round(gen_s / max(video_s, 1e-9), 3),
@@ -187,6 +208,8 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (audio looped); default: the clip's own")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic domain (the training data's)")
+    p.add_argument("--head-motion", type=float, default=None,
+                   help="synthetic head motion (default: the one the checkpoint was trained on)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -197,4 +220,5 @@ def bench_main(args) -> dict:
     if ckpt is None:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
-                           steps=args.steps, data_seed=args.data_seed, progress=not args.quiet)
+                           steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
+                           head_motion=args.head_motion)

@@ -74,6 +74,11 @@ class InferenceConfig:
     fps: int = 25
     motion_bucket_id: int = 127
     noise_aug: float = 0.02
+    # Classifier-free guidance with two branches (conditioned, and lip + expression dropped), one
+    # scale for both: the paper's cost tables count multiply-accumulates, so its 3,668 TMAC for
+    # a 4.8 s clip is two UNet forwards per frame and step (REFERENCE.md 9). The paper gives no
+    # scale; 2.0 is our choice. 1.0 turns guidance off (one branch, half the compute).
+    guidance_scale: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +121,7 @@ EMOTIVETALK_1024 = EMOTIVETALK_512.override(
 TINY = ETHDVariant(
     "tiny", 64, SVD_TINY.override("tiny", unet=dict(sample_size=8, num_frames=4)),
     ETHDConfig(lip_dim=16, lip_context_tokens=2, expr_dim=8, expr_tokens=2, expr_context_dim=16),
-    TrainConfig(frames=4), InferenceConfig(window=4, overlap=2, steps=4),
+    TrainConfig(frames=4), InferenceConfig(window=4, overlap=2, steps=4, guidance_scale=1.0),  # tests: one branch
 )
 
 # The embedded demo checkpoint (`emotivetalk_jax/assets/demo`, trained on the synthetic domain

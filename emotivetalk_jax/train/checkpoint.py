@@ -54,9 +54,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState, iterat
     return TrainState(**out["state"])
 
 
-def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
+def restore_model_arrays(workdir: str | os.PathLike, *, ema: bool = False) -> dict[str, np.ndarray]:
     """{dotted model path: array} of the latest checkpoint in a training workdir (its params of
-    every group and the rest), for starting a stage from the previous stage's output."""
+    every group and the rest), for starting a stage from the previous stage's output.
+    `ema=True`: where the run kept a moving average (`params["ema"]`, config `ema_decay`), its
+    arrays replace the first group's."""
     root = Path(workdir).absolute() / "checkpoints"
     if not root.is_dir():  # checked first: the manager would create the folder
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
@@ -75,7 +77,10 @@ def restore_model_arrays(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
         partial_restore=True)))["state"]
     mngr.close()
     arrays = {}
-    for tree in list(out["params"].values()) + [out["rest"]]:
+    trees = [t for g, t in out["params"].items() if g != "ema"] + [out["rest"]]
+    if ema and "ema" in out["params"]:
+        trees.append(out["params"]["ema"])
+    for tree in trees:
         for p, x in jax.tree_util.tree_leaves_with_path(tree):
             arrays[shd.path_str(p)] = np.asarray(x)
     return arrays

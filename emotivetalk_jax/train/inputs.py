@@ -13,6 +13,7 @@ from __future__ import annotations
 import grain
 
 from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips
+from emotivetalk_jax.data.synthetic import SynthConfig
 
 KEEP = ("frames", "reference", "audio")
 
@@ -43,25 +44,42 @@ def _select(keys):
     return f
 
 
+def make_source(data_cfg):
+    """The training split of `data_cfg.source` ('synthetic' | 'prepared')."""
+    if data_cfg.source == "synthetic":
+        config = SynthConfig(head_motion=float(data_cfg.get("head_motion", 1.0)))
+        return SyntheticClips(int(data_cfg.data_seed), "train", int(data_cfg.num_clips), config)
+    if data_cfg.source == "prepared":
+        return PreparedClips(data_cfg.path, "train")
+    raise ValueError(f"unknown data source {data_cfg.source!r}; choose synthetic or prepared")
+
+
 def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: int = 0,
-                 processes: int = 1) -> grain.IterDataset:
+                 processes: int = 1, audio_encoder=None, cache_dir=None) -> grain.IterDataset:
     """Per-process batches (batch_size / processes rows) of the global stream.
 
     `data_cfg`: source ('synthetic' | 'prepared'), path, num_clips, data_seed, worker_count (processes),
-    threads and prefetch (batches read ahead);
+    threads and prefetch (batches read ahead), reference_neutral, head_motion (synthetic);
     `spec`: frames, size, mask_sizes, audio_context (from the stage).
+    `audio_encoder`: the frozen encoder whose whole-utterance features every clip gets once
+    (`data.audio_cache.source_features`, cached in `cache_dir`); batches then carry
+    `frame_features`.
     """
     if batch_size % processes:
         raise ValueError(f"global batch {batch_size} does not divide over {processes} processes")
-    if data_cfg.source == "synthetic":
-        source = SyntheticClips(int(data_cfg.data_seed), "train", int(data_cfg.num_clips))
-    elif data_cfg.source == "prepared":
-        source = PreparedClips(data_cfg.path, "train")
-    else:
-        raise ValueError(f"unknown data source {data_cfg.source!r}; choose synthetic or prepared")
+    source = make_source(data_cfg)
+    features = None
+    if audio_encoder is not None:
+        from emotivetalk_jax.data.audio_cache import source_features
+
+        features = source_features(audio_encoder, source, cache_dir=cache_dir if process == 0 else None)
+    p_neutral = float(data_cfg.get("reference_neutral", 0.0))
+    if not 0.0 <= p_neutral <= 1.0:
+        raise ValueError(f"data.reference_neutral is a probability, got {p_neutral}")
     window = ClipWindow(frames=int(spec["frames"]), size=int(spec["size"]), mask_sizes=tuple(spec["mask_sizes"]),
-                        audio_context=int(spec["audio_context"]))
-    keys = KEEP + tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
+                        audio_context=int(spec["audio_context"]), features=features, reference_neutral=p_neutral)
+    keys = KEEP + (("frame_features",) if features is not None else ())
+    keys += tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
     per = batch_size // processes
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(window, seed=seed)
     ds = _ProcessRows(ds.map(_select(keys)), process, processes, per).batch(per, drop_remainder=True)

@@ -63,6 +63,7 @@ class Program:
     stage: Stage
     mesh: Any
     txs: dict
+    ema_decay: float
     schedules: dict
     state_shardings: TrainState
     frozen_shardings: Any
@@ -105,21 +106,25 @@ def build_program(cfg, *, mesh=None, stage: Stage | None = None, donate: bool = 
     txs, schedules = {}, {}
     for g in stage.groups:
         txs[g], schedules[g] = make_optimizer(cfg.optim)
-    abstract = abstract_state(stage, txs, int(cfg.seed))
+    ema = float(cfg.get("ema_decay", 0.0))
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema}")
+    abstract = abstract_state(stage, txs, int(cfg.seed), ema_decay=ema)
     kw = _sharding_kw(cfg)
     sshard = state_shardings(abstract, mesh, **kw)
     fshard = shd.tree_shardings(stage.frozen_state, mesh, **kw)
-    step = make_step(stage, txs, schedules, compute_dtype=jnp.dtype(cfg.compute_dtype), mesh=mesh)
+    step = make_step(stage, txs, schedules, compute_dtype=jnp.dtype(cfg.compute_dtype), mesh=mesh, ema_decay=ema)
     rep = NamedSharding(mesh, P())
     jitted = jax.jit(step, in_shardings=(sshard, fshard, None), out_shardings=(sshard, rep),
                      donate_argnums=(0,) if donate else ())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sshard)
-    return Program(stage, mesh, txs, schedules, sshard, fshard, jitted, abstract)
+    return Program(stage, mesh, txs, ema, schedules, sshard, fshard, jitted, abstract)
 
 
 def initial_state(program: Program, seed: int) -> TrainState:
     # distinct host copies: init may share one array between leaves, and donation needs distinct buffers
-    host = jax.tree.map(lambda x: np.array(x, copy=True), init_state(program.stage, program.txs, seed))
+    host = jax.tree.map(lambda x: np.array(x, copy=True),
+                        init_state(program.stage, program.txs, seed, ema_decay=program.ema_decay))
     return jax.device_put(host, program.state_shardings)
 
 
@@ -161,6 +166,21 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def run_gate(stage: Stage, state: TrainState) -> dict[str, float]:
+    """The stage's learning gates (`eval.probes`) on the current parameters (single process:
+    the parameters are gathered to the host)."""
+    from flax import nnx
+
+    if jax.process_count() > 1:
+        return {}
+    params = {g: jax.device_get(state.params[g]) for g in stage.groups}
+    model = stage.model(params, jax.device_get(state.rest))
+    t0 = time.perf_counter()
+    gates = stage.gate(model, nnx.merge(stage.frozen_graphdef, stage.frozen_state))
+    gates["gate/seconds"] = time.perf_counter() - t0
+    return gates
+
+
 def _config_dict(cfg) -> dict:
     return json.loads(cfg.to_json_best_effort()) if hasattr(cfg, "to_json_best_effort") else dict(cfg)
 
@@ -181,7 +201,7 @@ def _train(cfg, workdir: Path, pre: "_Preemption") -> dict:
     log.info("stage %s (%s), mesh %s, %d processes", stage.name, cfg.variant, dict(program.mesh.shape), nproc)
 
     data = make_dataset(cfg.data, stage.data, batch_size=int(cfg.batch_size), seed=int(cfg.seed),
-                        process=pid, processes=nproc)
+                        process=pid, processes=nproc, audio_encoder=stage.audio_encoder, cache_dir=workdir)
     iterator = iter(data)
     mngr = ckpt.manager(workdir, keep=int(cfg.checkpoint.keep), async_save=bool(cfg.checkpoint.async_save))
     latest = mngr.latest_step() if cfg.checkpoint.resume else None
@@ -252,6 +272,10 @@ def _train(cfg, workdir: Path, pre: "_Preemption") -> dict:
             writer.write_video(step, frames)
         if step % every == 0 or step == total:
             ckpt.save(mngr, step, state, iterator, cfg_json)
+            if stage.gate is not None and pid == 0 and cfg.get("gate_clips", 16) > 0:
+                gates = run_gate(stage, state)
+                writer.write(step, gates)
+                log.info("step %d gates: %s", step, " ".join(f"{k[5:]}={v:.3f}" for k, v in gates.items()))
         if pre.requested():
             if mngr.latest_step() != step:
                 ckpt.save(mngr, step, state, iterator, cfg_json, force=True)

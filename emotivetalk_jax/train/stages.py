@@ -45,6 +45,9 @@ from emotivetalk_jax.train.state import TrainState, apply_remat, cast_floating, 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps video
+EMA = "ema"  # TrainState.params key of the moving average (not an update group)
+# Stage `audio` trains on 48-frame (1.92 s) crops: every synthetic utterance is at least 2 s long.
+AUDIO_STAGE_FRAMES = 48
 
 # Class names rematerialised by `remat=blocks` (per stage model).
 REMAT_BLOCKS = {
@@ -53,12 +56,14 @@ REMAT_BLOCKS = {
     "vaid": ("TransformerBlock", "PerceiverBlock"),
     "encoders": ("ResBlock",),
     "vae": ("DownEncoderBlock2D", "UNetMidBlock2D", "MidBlockTemporalDecoder", "UpBlockTemporalDecoder"),
+    "audio": ("EncoderLayer",),
 }
 REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
     "ethd": ("SpatioTemporalResBlock", "ETHDTransformer"),
     "vaid": ("TransformerBlock", "PerceiverBlock"),
     "encoders": ("ResBlock",),
     "vae": ("ResnetBlock2D", "SpatioTemporalResBlock"),
+    "audio": ("EncoderLayer",),
 }
 
 
@@ -85,6 +90,10 @@ class Stage:
     data: dict  # frames, size, mask_sizes, audio_context
     model_name: str = ""
     sample: Callable | None = None  # (model, frozen, inputs) -> video frames in [-1, 1]
+    # The frozen audio encoder whose whole-utterance features the loader slices into the
+    # batch (`frame_features`, `data.audio_cache`); None: the stage reads no cached features.
+    audio_encoder: nnx.Module | None = None
+    gate: Callable | None = None  # (model, frozen) -> {"gate/...": float}, host-side (`eval.probes`)
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)
@@ -119,9 +128,9 @@ def audio_windows(feats: jax.Array, frames: int, context: int) -> jax.Array:
     return feats[:, idx]
 
 
-def _windows(frozen: Frozen, batch: dict, frames: int, context: int) -> jax.Array:
-    feats = audio_frames(frozen.audio, batch["audio"], frames + 2 * context)
-    return audio_windows(feats, frames, context)
+def _windows(batch: dict, frames: int, context: int) -> jax.Array:
+    """A_w (B, F, W, D) from the loader's `frame_features` rows (the pipeline's own features)."""
+    return audio_windows(batch["frame_features"], frames, context)
 
 
 # ----------------------------------------------------------------------------- model building
@@ -138,20 +147,32 @@ def _init(abstract_model: nnx.Module, seed: int) -> nnx.Module:
     return abstract_model if _ABSTRACT[0] else host_init(abstract_model, seed)
 
 
-def _audio_encoder(cfg, seed: int) -> nnx.Module:
-    from emotivetalk_jax.convert.audio import build_audio_encoder, load_hf_audio_encoder
+def _audio_abstract(cfg) -> nnx.Module:
+    from emotivetalk_jax.convert.audio import build_audio_encoder
+
+    return build_audio_encoder(cfg.audio_encoder.to_dict(), abstract=True)
+
+
+def audio_encoder(cfg, seed: int) -> nnx.Module:
+    """The audio encoder of `cfg.init.audio`: an `audio`-stage workdir, a converted
+    (`emotivetalk convert audio`) or Hugging Face folder; random when unset."""
+    from pathlib import Path
+
+    from emotivetalk_jax.convert.audio import load_hf_audio_encoder
 
     if cfg.init.audio:
         from emotivetalk_jax.convert import native
 
         path = cfg.init.audio
+        if (Path(path) / "checkpoints").is_dir():
+            return _from_workdir(path, _audio_abstract(cfg), "encoder")
         try:
             return native.load_model(path)
         except Exception:  # not a native folder: a Hugging Face one
             return load_hf_audio_encoder(path)
     log.info("no audio encoder checkpoint configured (init.audio): random %s-wide wav2vec2",
              cfg.audio_encoder.hidden_size)
-    return _init(build_audio_encoder(cfg.audio_encoder.to_dict(), abstract=True), seed)
+    return _init(_audio_abstract(cfg), seed)
 
 
 def _from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) -> nnx.Module:
@@ -176,7 +197,7 @@ def _from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) -
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def _face_encoders(cfg, variant, seed: int) -> nnx.Module:
+def face_encoders(cfg, variant, seed: int) -> nnx.Module:
     from emotivetalk_jax.models.face_encoders import FaceEncoders
 
     abstract = _abstract(lambda: FaceEncoders(variant.face, rngs=nnx.Rngs(0)))
@@ -186,7 +207,7 @@ def _face_encoders(cfg, variant, seed: int) -> nnx.Module:
     return _init(abstract, seed)
 
 
-def _vaid(cfg, variant, seed: int) -> nnx.Module:
+def vaid_model(cfg, variant, seed: int) -> nnx.Module:
     from emotivetalk_jax.models.vaid import VAID
 
     abstract = _abstract(lambda: VAID(variant, rngs=nnx.Rngs(0)))
@@ -202,7 +223,7 @@ def _vae_abstract(variant) -> nnx.Module:
     return _abstract(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0)))
 
 
-def _vae(cfg, variant, seed: int) -> nnx.Module:
+def vae_model(cfg, variant, seed: int) -> nnx.Module:
     from emotivetalk_jax.convert import svd
 
     abstract = _vae_abstract(variant)
@@ -297,8 +318,13 @@ def _stage_encoders(cfg, seed: int) -> Stage:
         return masked_reconstruction_loss(pred.astype(jnp.float32), inp["x_drv"], inp["configs"],
                                           inp["lip_mask"], inp["face_mask"]), {}
 
+    def gate(model, frozen):
+        from emotivetalk_jax.eval import probes
+
+        return probes.face_gates(model.encoders, *_probe_clips(cfg, size))
+
     return Stage("encoders", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
-                 dict(frames=1, size=size, mask_sizes=(size,), audio_context=0), "EncoderPretrainer")
+                 dict(frames=1, size=size, mask_sizes=(size,), audio_context=0), "EncoderPretrainer", gate=gate)
 
 
 def _stage_vaid(cfg, seed: int) -> Stage:
@@ -312,12 +338,13 @@ def _stage_vaid(cfg, seed: int) -> Stage:
     model = _init(_abstract(lambda: VAID(v, rngs=nnx.Rngs(0))), seed)
     groups = {"main": STAGE1_MAIN, "club": STAGE1_CLUB}
     graphdef, params, rest = _split(model, groups, "vaid", cfg)
-    fgraph, fstate = _split_frozen(Frozen(audio=_audio_encoder(cfg, seed + 1), face=_face_encoders(cfg, v, seed + 2)))
+    encoder = audio_encoder(cfg, seed + 1)
+    fgraph, fstate = _split_frozen(Frozen(face=face_encoders(cfg, v, seed + 2)))
 
     def prepare(frozen, batch, key):
         frames_f = to_float_image(batch["frames"])
         l_v, e_v = frozen.face(frames_f)
-        return dict(vb=VAIDBatch(_windows(frozen, batch, frames, ctx), to_float_image(batch["reference"]), l_v, e_v))
+        return dict(vb=VAIDBatch(_windows(batch, frames, ctx), to_float_image(batch["reference"]), l_v, e_v))
 
     def main(model, inp, key, aux):
         total, a = vaid_loss(model, inp["vb"], key)
@@ -326,8 +353,15 @@ def _stage_vaid(cfg, seed: int) -> Stage:
     def club(model, inp, key, aux):
         return club_loss(model, aux["l_a"], aux["e_a"]), {}
 
+    def gate(model, frozen):
+        from emotivetalk_jax.eval import probes
+
+        fit, ev = _probe_clips(cfg, size)
+        return probes.lip_audio_gates(model, encoder, fit, ev, frames=frames)
+
     return Stage("vaid", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": main, "club": club},
-                 prepare, dict(frames=frames, size=size, mask_sizes=(), audio_context=ctx), "VAID")
+                 prepare, dict(frames=frames, size=size, mask_sizes=(), audio_context=ctx), "VAID",
+                 audio_encoder=encoder, gate=gate)
 
 
 def _stage_ethd(cfg, seed: int) -> Stage:
@@ -347,13 +381,17 @@ def _stage_ethd(cfg, seed: int) -> Stage:
     model = _ethd(cfg, ev, seed)
     groups = {"main": stage2_trainable(tr.train_backbone)}
     graphdef, params, rest = _split(model, groups, "ethd", cfg)
-    vae = _vae(cfg, ev, seed + 3)
-    fgraph, fstate = _split_frozen(Frozen(audio=_audio_encoder(cfg, seed + 1), face=_face_encoders(cfg, vv, seed + 2),
-                                          vaid=_vaid(cfg, vv, seed + 4), vae=vae))
+    vae = vae_model(cfg, ev, seed + 3)
+    encoder = audio_encoder(cfg, seed + 1)
+    fgraph, fstate = _split_frozen(Frozen(face=face_encoders(cfg, vv, seed + 2), vaid=vaid_model(cfg, vv, seed + 4),
+                                          vae=vae))
     scaling = float(vae.config.get("scaling_factor", 0.18215))
     ic = ev.inference
     time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
+    lip_weight = float(cfg.get("lip_loss_weight", 1.0))
+    if lip_weight <= 0:
+        raise ValueError(f"lip_loss_weight must be > 0, got {lip_weight}")
 
     def prepare(frozen, batch, key):
         k_aug, k_ea = jax.random.split(key)
@@ -363,7 +401,7 @@ def _stage_ethd(cfg, seed: int) -> Stage:
         latents = (mean * scaling).reshape(b, frames, *mean.shape[1:])
         ref = to_float_image(batch["reference"])
         ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
-        windows = _windows(frozen, batch, frames, ctx)
+        windows = _windows(batch, frames, ctx)
         _, e_v = frozen.face(x)
         e_ref = frozen.face.encode_expression(ref)
         l_a = frozen.vaid.lip(windows)
@@ -373,7 +411,8 @@ def _stage_ethd(cfg, seed: int) -> Stage:
                                  batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
 
     def loss(model, inp, key, aux):
-        l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr)
+        l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
+                         lip_weight=lip_weight)
         return l, dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
 
     def sample(model, frozen, inp, key):
@@ -387,8 +426,36 @@ def _stage_ethd(cfg, seed: int) -> Stage:
                          eb.lip_mask, eb.face_mask)
         return frozen.vae.decode(d[0] / scaling, frames)
 
+    gate_sigma = float(cfg.get("gate_sigma", 4.0))
+
+    @jax.jit
+    def _x0(params, rest, frozen_state, batch):
+        from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
+
+        model = nnx.merge(graphdef, *(params[g] for g in groups), rest)
+        frozen = nnx.merge(fgraph, frozen_state)
+        key = jax.random.key(0)
+        eb = prepare(frozen, batch, key)["eb"]
+        b = eb.latents.shape[0]
+        sigma = jnp.full((b,), gate_sigma, jnp.float32)
+        x_t = eb.latents + gate_sigma * jax.random.normal(jax.random.fold_in(key, 1), eb.latents.shape)
+        d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
+                         eb.lip_mask, eb.face_mask)
+        flat = (d / scaling).reshape(-1, frames, *d.shape[2:])
+        return jax.vmap(lambda z: frozen.vae.decode(z, frames))(flat)
+
+    def gate(model, frozen):
+        from emotivetalk_jax.eval import probes
+
+        _, ev = _probe_clips(cfg, size)
+        _, *states = nnx.split(model, *groups.values(), ...)
+        params = {g: st.to_pure_dict() for g, st in zip(groups, states[:-1])}
+        fn = lambda batch: _x0(params, states[-1].to_pure_dict(), fstate, batch)  # noqa: E731
+        return probes.denoiser_gates(fn, encoder, ev, frames=frames, context=ctx, latent=latent)
+
     return Stage("ethd", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
-                 dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), "ETHD", sample)
+                 dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), "ETHD", sample,
+                 audio_encoder=encoder, gate=gate)
 
 
 # vae_train: what stage `vae` updates. "decoder" keeps the encoder (and so every latent stage 2
@@ -439,7 +506,54 @@ def _stage_vae(cfg, seed: int) -> Stage:
                  dict(frames=frames, size=size, mask_sizes=(), audio_context=0), "AutoencoderKLTemporalDecoder")
 
 
-STAGES = {"encoders": _stage_encoders, "vaid": _stage_vaid, "ethd": _stage_ethd, "vae": _stage_vae}
+def _stage_audio(cfg, seed: int) -> Stage:
+    from emotivetalk_jax.losses import lip_loss
+    from emotivetalk_jax.models.audio_lip import AudioLipModel, LipHead
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    v = get_vaid_variant(cfg.variant)
+    frames = int(cfg.frames or AUDIO_STAGE_FRAMES)
+    ctx = v.perceiver.window_half_width
+    size = int(cfg.image_size or v.face.image_size)
+    encoder = audio_encoder(cfg, seed + 1)
+    width = int(encoder.config["hidden_size"])
+    head = _init(_abstract(lambda: LipHead(2 * ctx + 1, width, v.face.lip_dim, rngs=nnx.Rngs(0))), seed)
+    model = AudioLipModel(encoder, head)
+    groups = {"main": nnx.Param}
+    graphdef, params, rest = _split(model, groups, "audio", cfg)
+    fgraph, fstate = _split_frozen(Frozen(face=face_encoders(cfg, v, seed + 2)))
+    lw = v.loss
+
+    def prepare(frozen, batch, key):
+        return dict(l_v=frozen.face.encode_lip(to_float_image(batch["frames"])), wave=batch["audio"])
+
+    def loss(model, inp, key, aux):
+        feats = audio_frames(model.encoder, inp["wave"], frames + 2 * ctx)
+        pred = model.head(audio_windows(feats, frames, ctx)).astype(jnp.float32)
+        return lip_loss(pred, inp["l_v"], alpha=lw.lip_alpha, beta=lw.lip_beta, tau=lw.tau), {}
+
+    def gate(model, frozen):
+        from emotivetalk_jax.eval import probes
+
+        fit, ev = _probe_clips(cfg, size)
+        return probes.audio_window_gate(probes.inference_windows(model.encoder, fit, ctx),
+                                        probes.inference_windows(model.encoder, ev, ctx), fit, ev)
+
+    return Stage("audio", graphdef, tuple(groups), params, rest, fgraph, fstate, {"main": loss}, prepare,
+                 dict(frames=frames, size=size, mask_sizes=(), audio_context=ctx), "AudioLipModel", gate=gate)
+
+
+def _probe_clips(cfg, size: int):
+    """(fit, eval) clips of the learning gates (`eval.probes`), rendered at `size`."""
+    from emotivetalk_jax.eval import probes
+
+    n, seed = int(cfg.get("gate_clips", 16)), int(cfg.data.data_seed)
+    motion = float(cfg.data.get("head_motion", 1.0))
+    return probes.probe_clips("train", n, size, seed, motion), probes.probe_clips("test", n, size, seed, motion)
+
+
+STAGES = {"encoders": _stage_encoders, "audio": _stage_audio, "vaid": _stage_vaid, "ethd": _stage_ethd,
+          "vae": _stage_vae}
 
 
 def build_stage(cfg, *, abstract: bool = False) -> Stage:
@@ -456,21 +570,28 @@ def build_stage(cfg, *, abstract: bool = False) -> Stage:
 # ----------------------------------------------------------------------------- the step
 
 
-def init_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int) -> TrainState:
-    """The step-0 state (host arrays; `loop` places it on the mesh)."""
+def init_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int, *,
+               ema_decay: float = 0.0) -> TrainState:
+    """The step-0 state (host arrays; `loop` places it on the mesh). With `ema_decay` > 0,
+    `params["ema"]` holds an exponential moving average of the first group's parameters
+    (what `export-bundle` ships: `checkpoint.restore_model_arrays(..., ema=True)`)."""
     opt = {g: txs[g].init(stage.init_params[g]) for g in stage.groups}
+    params = dict(stage.init_params)
+    if ema_decay > 0:
+        params[EMA] = jax.tree.map(lambda x: x, stage.init_params[stage.groups[0]])
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(stage.init_params, stage.init_rest, opt, zero, zero, zero,
-                      jax.random.key_data(jax.random.key(seed)))
+    return TrainState(params, stage.init_rest, opt, zero, zero, zero, jax.random.key_data(jax.random.key(seed)))
 
 
-def abstract_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int) -> TrainState:
-    return jax.eval_shape(lambda: init_state(stage, txs, seed))
+def abstract_state(stage: Stage, txs: dict[str, optax.GradientTransformation], seed: int, *,
+                   ema_decay: float = 0.0) -> TrainState:
+    return jax.eval_shape(lambda: init_state(stage, txs, seed, ema_decay=ema_decay))
 
 
 def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedules: dict[str, optax.Schedule],
-              *, compute_dtype=jnp.float32, mesh=None) -> Callable:
-    """step(state, frozen_state, batch) -> (state, metrics): every update group in order.
+              *, compute_dtype=jnp.float32, mesh=None, ema_decay: float = 0.0) -> Callable:
+    """step(state, frozen_state, batch) -> (state, metrics): every update group in order, then
+    the EMA of the first group (`ema_decay` > 0; a skipped step leaves it unchanged).
 
     Metrics (scalars): loss (the first group's), loss/<group>, every aux scalar, grad_norm/<group>,
     lr/<group>, finite, skipped, bad_streak.
@@ -506,6 +627,9 @@ def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedu
             metrics[f"grad_norm/{g}"] = gnorm
             metrics[f"lr/{g}"] = jnp.asarray(schedules[g](state.step), jnp.float32)
             metrics.update({f"{k}": v.astype(jnp.float32) for k, v in a.items() if jnp.ndim(v) == 0})
+        if ema_decay > 0:
+            params[EMA] = jax.tree.map(lambda e, p: jnp.where(all_ok, ema_decay * e + (1 - ema_decay) * p, e),
+                                       params[EMA], params[stage.groups[0]])
         metrics["loss"] = metrics[f"loss/{stage.groups[0]}"]
         bad = jnp.where(all_ok, 0, state.bad_streak + 1)
         skipped = state.skipped + (~all_ok).astype(jnp.int32)

@@ -1,0 +1,217 @@
+"""The learning fixes: one audio feature path, the learning gates, the neutral reference,
+stage 2's EMA and lip weighting, and the audio stage chained into stage 1."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emotivetalk_jax.data import audio_cache
+from emotivetalk_jax.data.pipeline import ClipWindow
+from emotivetalk_jax.data.synthetic import SyntheticDomain
+from emotivetalk_jax.eval import probes
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from emotivetalk_jax.bundle import random_bundle
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+
+    return EmotiveTalkPipeline(random_bundle("tiny", seed=3), progress=False)
+
+
+def test_training_loader_and_pipeline_give_identical_audio_windows(pipe, tmp_path):
+    """The A_w of every training window (cached features -> loader slice -> stage windows) equals,
+    bit for bit, the rows the pipeline's `encode_audio` feeds the projector for the same frames,
+    at the clip's edges too (where the windows repeat the first / last frame)."""
+    from emotivetalk_jax.train.stages import audio_windows
+
+    domain = SyntheticDomain(0)
+    clips = [domain.clip(i, "train") for i in range(3)]
+    feats = audio_cache.source_features(pipe.bundle.audio, clips, cache_dir=tmp_path)
+    hw, frames = 2, 8
+    window = ClipWindow(frames=frames, size=32, audio_context=hw, features=feats)
+    seen_edges = set()
+    for clip in clips:
+        want = pipe.encode_audio(clip.audio).windows  # (N, W, D): the pipeline's own
+        n = clip.num_frames
+        for seed in range(6):
+            ex = window.random_map(clip, np.random.default_rng(seed))
+            start = int(ex["start"])
+            got = np.asarray(audio_windows(jnp.asarray(ex["frame_features"][None]), frames, hw))[0]
+            np.testing.assert_array_equal(got, want[start : start + frames])
+        for start in (0, n - frames):  # both edges, through the loader's slice
+            rows = audio_cache.feature_window(feats[clip.index], start, frames, hw)
+            got = np.asarray(audio_windows(jnp.asarray(rows[None]), frames, hw))[0]
+            np.testing.assert_array_equal(got, want[start : start + frames])
+            seen_edges.add(start == 0)
+    assert seen_edges == {True, False}
+
+
+def test_feature_cache_is_reused_and_keyed_by_encoder(pipe, tmp_path):
+    from emotivetalk_jax.convert.audio import build_audio_encoder
+    from emotivetalk_jax.convert.engine import random_params
+
+    clips = [SyntheticDomain(0).clip(i, "train") for i in range(2)]
+    first = audio_cache.source_features(pipe.bundle.audio, clips, cache_dir=tmp_path)
+    path = tmp_path / audio_cache.CACHE_NAME
+    stamp = path.stat().st_mtime_ns
+    again = audio_cache.source_features(pipe.bundle.audio, clips, cache_dir=tmp_path)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not rewritten
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    other = random_params(build_audio_encoder(dict(pipe.bundle.audio.config), abstract=True), seed=99)
+    changed = audio_cache.source_features(other, clips, cache_dir=tmp_path)
+    assert not np.allclose(changed[0], first[0])  # another encoder: recomputed
+    path.write_bytes(b"not a zip")  # a damaged cache is recomputed, not trusted
+    np.testing.assert_array_equal(audio_cache.source_features(other, clips, cache_dir=tmp_path)[1], changed[1])
+
+
+def test_probe_readouts_known_answers():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0, 0.0, 3.0]) + 0.3
+    assert probes.ridge_r(x[:200], y[:200], x[200:], y[200:], lam=1e-6) > 0.9999
+    noise = rng.normal(size=400)
+    assert abs(probes.ridge_r(x[:200], noise[:200], x[200:], noise[200:])) < 0.2
+    labels = np.repeat(np.arange(4), 50)
+    centres = rng.normal(size=(4, 6)) * 10
+    pts = centres[labels] + rng.normal(size=(200, 6))
+    assert probes.nearest_mean_accuracy(pts, labels, pts[::-1], labels[::-1]) == 1.0
+    assert probes.passed({"gate/l_v_r": 0.96, "gate/e_v_acc": 0.5, "gate/l_a_r_inference": 0.91,
+                          "gate/l_a_r_training": 0.87}) == {
+        "gate/l_v_r": True, "gate/e_v_acc": False, "gate/l_a_r_inference": True, "gate/l_a_r_training": False}
+
+
+def test_face_gate_reads_the_truth_from_an_oracle():
+    """A 'face encoder' that returns the true mouth opening and emotion scores the bars' top."""
+
+    class Oracle:
+        def __init__(self, table):
+            self.table = table
+
+        def encode_lip(self, x):
+            return self.table(x)[..., :1]
+
+        def encode_expression(self, x):
+            return self.table(x)[..., 1:]
+
+    fit, ev = probes.probe_clips("train", 8, 32), probes.probe_clips("test", 4, 32)
+    assert len(set(fit.emotion.tolist())) == 8  # balanced fit set: every class has a mean
+    lookup = {}
+    for clips in (fit, ev):
+        for f, o, e in zip(clips.frames, clips.opening, clips.emotion):
+            for img, op in zip(f, o):
+                lookup[img.tobytes()] = np.concatenate([[op], np.eye(8)[e]]).astype(np.float32)
+
+    def table(x):
+        px = np.round((np.asarray(x) + 1.0) * 127.5).astype(np.uint8)
+        return jnp.asarray(np.stack([lookup[p.tobytes()] for p in px]))
+
+    def latents(face, clips):
+        x = np.concatenate(clips.frames).astype(np.float32) / 127.5 - 1.0
+        return np.asarray(face.encode_lip(x)), np.asarray(face.encode_expression(x))
+
+    orig = probes.face_latents
+    probes.face_latents = latents
+    try:
+        g = probes.face_gates(Oracle(table), fit, ev)
+    finally:
+        probes.face_latents = orig
+    assert g["gate/l_v_r"] > 0.999 and g["gate/e_v_acc"] == 1.0
+
+
+def test_reference_neutral_gives_the_portrait_and_its_boxes():
+    from emotivetalk_jax.data import face as facelib
+
+    clip = SyntheticDomain(0).clip(1, "train")
+    always = ClipWindow(frames=4, size=32, mask_sizes=(8,), reference_neutral=1.0)
+    ex = always.random_map(clip, np.random.default_rng(0))
+    np.testing.assert_array_equal(ex["reference"], clip.portrait(32))
+    lm = clip.portrait_landmarks(32)
+    np.testing.assert_array_equal(ex["mask_lip_8"], facelib.box_mask(facelib.lip_box(lm), 32, 8))
+    never = ClipWindow(frames=4, size=32, reference_neutral=0.0)
+    refs = [never.random_map(clip, np.random.default_rng(s))["reference"] for s in range(4)]
+    assert not any(np.array_equal(r, clip.portrait(32)) for r in refs)  # frames of the clip (head motion)
+    with pytest.raises(ValueError, match="reference_neutral is a probability"):
+        from emotivetalk_jax.train.commands import load_config
+        from emotivetalk_jax.train.inputs import make_dataset
+
+        c = load_config("configs/train.py:stage=encoders,variant=tiny")
+        c.data.reference_neutral = 1.5
+        make_dataset(c.data, dict(frames=1, size=32, mask_sizes=(), audio_context=0), batch_size=2, seed=0)
+
+
+def test_lip_weight_known_answer():
+    from emotivetalk_jax.diffusion.ethd_loss import x0_loss
+
+    x0 = jnp.zeros((1, 1, 2, 2, 1))
+    d = jnp.asarray([1.0, 0.0, 0.0, 3.0]).reshape(1, 1, 2, 2, 1)
+    sigma = jnp.ones((1,))  # lambda(1) = 2
+    lip = jnp.asarray([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1)
+    w = 1.0 + 3.0 * lip  # lip_weight 4
+    # weighted mean: (4 * 1 + 9) / (4 + 3) times lambda 2
+    np.testing.assert_allclose(float(x0_loss(d, x0, sigma, w)), 2 * 13 / 7, rtol=1e-6)
+    np.testing.assert_allclose(float(x0_loss(d, x0, sigma)), 2 * 10 / 4, rtol=1e-6)
+
+
+def test_ema_is_the_decayed_average_of_the_trained_group():
+    from emotivetalk_jax.train import loop
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.inputs import make_dataset
+
+    c = load_config("configs/train.py:stage=encoders,variant=tiny")
+    c.ema_decay, c.batch_size, c.data.num_clips = 0.75, 2, 4
+    prog = loop.build_program(c, donate=False)
+    state, frozen = loop.initial_state(prog, 0), loop.place_frozen(prog)
+    batch = prog.global_batch(next(iter(make_dataset(c.data, prog.stage.data, batch_size=2, seed=0))))
+    init = jax.device_get(state.params["main"])
+    np.testing.assert_equal(jax.device_get(state.params["ema"]), init)
+    new, _ = prog.step_fn(state, frozen, batch)
+    trained = jax.device_get(new.params["main"])
+    want = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, init, trained)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(new.params["ema"]), want)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(init)))
+
+
+@pytest.mark.slow
+def test_audio_stage_feeds_vaid_and_gates_are_logged(tmp_path):
+    """encoders -> audio -> vaid (tiny, 2 steps each): every stage logs its gates at its
+    checkpoint, stage 1 runs on the audio stage's trained encoder (loaded from its workdir), and
+    its l_a gate computed the training way equals the inference way."""
+    from emotivetalk_jax.train import stages as S
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.loop import train
+
+    def run(stage, **init):
+        c = load_config(f"configs/train.py:stage={stage},variant=tiny")
+        c.total_steps, c.log_every, c.checkpoint.every, c.gate_clips = 2, 1, 2, 3
+        c.data.num_clips, c.progress, c.checkpoint.async_save = 4, False, False
+        c.compiler_options = {"xla_backend_optimization_level": 0}
+        if stage != "encoders":
+            c.frames = 6
+        for k, v in init.items():
+            c.init[k] = str(v)
+        train(c, tmp_path / stage)
+        rows = [json.loads(l) for l in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        return c, {k: v for r in rows for k, v in r.items() if k.startswith("gate/")}
+
+    _, g0 = run("encoders")
+    assert {"gate/l_v_r", "gate/e_v_acc"} <= set(g0)
+    c1, g1 = run("audio", face_encoders=tmp_path / "encoders")
+    assert np.isfinite(g1["gate/a_w_r"])
+    c2, g2 = run("vaid", face_encoders=tmp_path / "encoders", audio=tmp_path / "audio")
+    assert g2["gate/l_a_r_training"] == g2["gate/l_a_r_inference"]
+    assert g2["gate/a_w_r"] == g1["gate/a_w_r"]  # the same trained encoder, read from the audio workdir
+    trained = S.audio_encoder(c2, 0)
+    from flax import nnx
+
+    random = S.audio_encoder(load_config("configs/train.py:stage=vaid,variant=tiny"), 1)
+    a, b = nnx.state(trained, nnx.Param).to_pure_dict(), nnx.state(random, nnx.Param).to_pure_dict()
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert (tmp_path / "vaid" / audio_cache.CACHE_NAME).exists()
