@@ -139,6 +139,9 @@ def test_bench_synthetic_json(bundle, capsys):
     assert out["settings"]["clips"] == 1 and out["settings"]["split"] == "test"
     assert out["settings"]["frames"] == _frames(SPEECH)
     assert 0.0 <= out["emotion_accuracy"] <= 1.0 and out["identity_psnr"] > 0
+    # the ceiling: the bundle VAE's own reconstruction of the ground truth (random weights: poor,
+    # but a real PSNR), and the domain the bundle was trained on (a random bundle: the default)
+    assert out["identity_psnr_ceiling"] > 0 and out["settings"]["head_motion"] == 1.0
 
 
 def test_bench_metrics_on_ground_truth():

@@ -33,6 +33,7 @@ import os
 import time
 
 import numpy as np
+from flax import nnx
 
 from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SynthConfig, SyntheticDomain
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
@@ -100,16 +101,19 @@ def _clean(v):
     return v
 
 
+@nnx.jit
+def _vae_mean(vae, x):
+    return vae.encode(x)[0]
+
+
 def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
     """(N, R, R, 3) uint8 -> the bundle VAE's reconstruction (posterior mean, decoded in the
     pipeline's chunks), uint8."""
     import jax.numpy as jnp
 
-    from emotivetalk_jax.pipeline import _ref_encode
-
-    vae, face = pipe.bundle.vae, pipe.bundle.face
+    vae = pipe.bundle.vae
     x = jnp.asarray(frames.astype(np.float32) / 127.5 - 1.0)
-    means = [np.asarray(_ref_encode(face, vae, x[i : i + 1], jnp.zeros_like(x[i : i + 1]))[1]) for i in range(len(x))]
+    means = [np.asarray(_vae_mean(vae, x[i : i + 1])) for i in range(len(x))]  # one frame a call: one compile
     z = jnp.asarray(np.concatenate(means))[None] * float(vae.config.get("scaling_factor", 0.18215))
     return pipe.decode(z)
 
