@@ -10,11 +10,17 @@ Layout:
     codebook/         `emotion.codebook.save_codebook` layout
     speech_head/      optional, `emotion.speech.save_speech_head` layout
 
+    manifest.json     size and sha256 of every file; per part its component, variant and
+                      parameter shapes (`emotivetalk_jax.manifest`)
+
 `make_random_bundle` writes a random-weight bundle (tiny by default) in seconds: models are
 built abstractly (`nnx.eval_shape`) and filled on the host (`convert.engine.random_params`),
-never initialised eagerly. `load_bundle` checks that the parts fit together (widths of lip
-and expression latents, audio features) and that the bundle is the variant / resolution
-asked for, each failure a one-line `BundleError`.
+never initialised eagerly. `save_bundle` writes the whole folder or nothing (a temporary
+sibling renamed into place). `load_bundle` checks, before orbax reads anything, the
+manifest (sizes always, sha256 with `verify=True`; a part from a checkpoint of another
+variant is named), then that the parts fit together (widths of lip and expression latents,
+audio features) and that the bundle is the variant / resolution asked for, each failure a
+one-line `BundleError`. A bundle without a manifest (an older one) loads with a notice.
 """
 
 from __future__ import annotations
@@ -196,8 +202,10 @@ def _read_json(path: Path, what: str) -> dict:
 def read_settings(path: str | os.PathLike) -> BundleSettings:
     """The settings of the bundle at `path` (BundleError if it is not one)."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise BundleError(f"checkpoint {folder} is a file, not a folder; pass a pipeline checkpoint folder")
     if not folder.is_dir():
-        raise BundleError(f"checkpoint {folder} does not exist or is not a folder; pass a pipeline checkpoint folder")
+        raise BundleError(f"checkpoint {folder} does not exist; pass a pipeline checkpoint folder")
     meta = _read_json(folder / "config.json", "pipeline checkpoint")
     if meta.get("component") != COMPONENT:
         raise BundleError(f"{folder} is a {meta.get('component')!r} component checkpoint, not a pipeline checkpoint "
@@ -214,22 +222,55 @@ def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
     from emotivetalk_jax.emotion.codebook import save_codebook
     from emotivetalk_jax.emotion.sources import save_expression_encoder
 
+    from emotivetalk_jax import manifest
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(bundle.ethd, out / "ethd", "ethd")
-    save_model(bundle.vae, out / "vae", "vae")
-    save_model(bundle.audio, out / "audio", "audio")
-    save_vaid(bundle.vaid, out / "vaid")
-    save_expression_encoder(bundle.face_encoders, out / "face_encoders")
-    save_codebook(bundle.codebook, out / "codebook")
-    if bundle.speech_head is not None:
-        from emotivetalk_jax.emotion.speech import save_speech_head
+    _check_parts(bundle)
+    s = bundle.settings
+    with manifest.atomic_folder(out) as tmp:
+        save_model(bundle.ethd, tmp / "ethd", "ethd", variant=s.variant)
+        save_model(bundle.vae, tmp / "vae", "vae", variant=s.variant)
+        save_model(bundle.audio, tmp / "audio", "audio", variant=s.variant)
+        save_model(bundle.vaid, tmp / "vaid", "vaid", vaid_variant_to_dict(bundle.vaid.variant), variant=s.vaid_variant)
+        save_expression_encoder(bundle.face_encoders, tmp / "face_encoders")
+        save_codebook(bundle.codebook, tmp / "codebook")
+        if bundle.speech_head is not None:
+            from emotivetalk_jax.emotion.speech import save_speech_head
 
-        save_speech_head(bundle.speech_head, out / "speech_head")
-    (out / "config.json").write_text(json.dumps(bundle.settings.to_json(), indent=2, sort_keys=True) + "\n")
+            save_speech_head(bundle.speech_head, tmp / "speech_head")
+        (tmp / "config.json").write_text(json.dumps(s.to_json(), indent=2, sort_keys=True) + "\n")
+        manifest.write_manifest(tmp, _components(bundle))
     return out
+
+
+def _components(b: Bundle) -> dict[str, dict]:
+    """The manifest's record of each part: component, variant and parameter shapes."""
+    from emotivetalk_jax.manifest import component_entry, model_shapes
+
+    s = b.settings
+    parts = {"ethd": ("ethd", s.variant, model_shapes(b.ethd)), "vae": ("vae", s.variant, model_shapes(b.vae)),
+             "audio": ("audio", s.variant, model_shapes(b.audio)),
+             "vaid": ("vaid", s.vaid_variant, model_shapes(b.vaid)),
+             "face_encoders": ("face_encoders", None, model_shapes(b.face_encoders)),
+             "codebook": ("codebook", None, {"means": list(np.shape(b.codebook.means))})}
+    return {k: component_entry(*v) for k, v in parts.items()}
+
+
+def verify_bundle(path: str | os.PathLike, *, hashes: bool = True) -> dict | None:
+    """Check a bundle folder against its manifest (BundleError naming the first bad file);
+    returns the manifest, or None (with a notice) for a bundle written before manifests."""
+    from emotivetalk_jax import manifest
+
+    folder = Path(path)
+    try:
+        meta = manifest.verify(folder, hashes=hashes)
+    except manifest.IntegrityError as e:
+        raise BundleError(str(e)) from None
+    if meta is None:
+        manifest.notice_unverified(folder, "pipeline checkpoint")
+    return meta
 
 
 def check_request(settings: BundleSettings, path: Path | str, variant: str | None = None,
@@ -246,7 +287,7 @@ def _check_parts(b: Bundle) -> None:
     """The parts of a bundle must fit: variant, lip / expression widths, audio features."""
     from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS, get_ethd_variant
 
-    s, where = b.settings, b.path
+    s, where = b.settings, b.path or "the bundle"
     ethd_cfg = b.ethd.ethd_config
     if s.variant in ETHD_VARIANTS:
         want = get_ethd_variant(s.variant).ethd
@@ -275,8 +316,11 @@ def vae_factor(vae: nnx.Module) -> int:
     return 2 ** (len(vae.config["block_out_channels"]) - 1)
 
 
-def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None) -> Bundle:
-    """Load a bundle written by `save_bundle`, checked (see `check_request`, `_check_parts`)."""
+def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
+                verify: bool = False) -> Bundle:
+    """Load a bundle written by `save_bundle`, checked (see `verify_bundle` (sizes; sha256 with
+    `verify`), `check_request`, `_check_parts`)."""
+    from emotivetalk_jax import interrupts
     from emotivetalk_jax.convert.engine import ConversionError
     from emotivetalk_jax.convert.native import load_model
     from emotivetalk_jax.emotion.codebook import load_codebook
@@ -288,16 +332,18 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
     missing = [p for p in PARTS if not (folder / p).is_dir()]
     if missing:
         raise BundleError(f"checkpoint {folder} lacks {', '.join(p + '/' for p in missing)}; it is incomplete")
+    verify_bundle(folder, hashes=verify)
     try:
-        models = {k: load_model(folder / k) for k in ("ethd", "vae", "audio")}
-        vaid = load_vaid(folder / "vaid")
-        face = load_expression_encoder(folder / "face_encoders")
-        book = load_codebook(folder / "codebook")
-        head = None
-        if (folder / "speech_head").is_dir():
-            from emotivetalk_jax.emotion.speech import load_speech_head
+        with interrupts.deferred():  # a signal mid-restore is raised after it (orbax's threads stay quiet)
+            models = {k: load_model(folder / k, check=False) for k in ("ethd", "vae", "audio")}
+            vaid = load_vaid(folder / "vaid")
+            face = load_expression_encoder(folder / "face_encoders")
+            book = load_codebook(folder / "codebook")
+            head = None
+            if (folder / "speech_head").is_dir():
+                from emotivetalk_jax.emotion.speech import load_speech_head
 
-            head = load_speech_head(folder / "speech_head")
+                head = load_speech_head(folder / "speech_head")
     except (ConversionError, BundleError) as e:
         raise BundleError(str(e).splitlines()[0]) from None
     except (ValueError, KeyError, FileNotFoundError) as e:  # orbax shape / tree mismatches
@@ -501,7 +547,8 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     return save_bundle(b, out)
 
 __all__ = [
-    "Bundle", "BundleError", "BundleSettings", "load_bundle", "save_bundle", "read_settings", "check_request",
+    "Bundle", "BundleError", "BundleSettings", "load_bundle", "save_bundle", "verify_bundle", "read_settings",
+    "check_request",
     "random_bundle", "make_random_bundle", "save_vaid", "load_vaid", "vae_factor", "bundle_from_training",
     "synthetic_codebook", "training_config", "parse_settings",
 ]

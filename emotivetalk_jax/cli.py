@@ -1,16 +1,37 @@
-"""`emotivetalk` command line: parse, call the package, print. No logic lives here."""
+"""`emotivetalk` command line: parse, check at the boundary (`validate`), call the package, print.
+
+Contract: stdout carries the result only (JSON, or a path); progress, warnings and errors
+go to stderr. A bad input is one `emotivetalk: error:` line and exit 2, with no output left
+behind and no folder the command created; SIGINT / SIGTERM are one line and exit 130 / 143
+(`interrupts`), temporary files removed on the way out.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (printed as the CLI's one error line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors instead of usage + error."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emotivetalk", description="EmotiveTalk in JAX: convert, check, generate.")
+    p = _Parser(prog="emotivetalk", description="EmotiveTalk in JAX: convert, check, generate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", help="convert PyTorch checkpoints to emotivetalk_jax (orbax) and back")
@@ -48,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.eval.synthetic_bench import add_bench_arguments
 
     add_bench_arguments(b)
+    b.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     rb = sub.add_parser("random-bundle", help="write a random-weight pipeline checkpoint (for trying generate)")
     rb.add_argument("out")
     rb.add_argument("--variant", default="tiny")
@@ -74,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> object:
+    from emotivetalk_jax.validate import check_command
+
+    check_command(args)
     if args.command == "convert":
         from emotivetalk_jax import convert
 
@@ -103,6 +128,13 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "bench-synthetic":
         from emotivetalk_jax.eval.synthetic_bench import bench_main
 
+        if args.verify:
+            from emotivetalk_jax.bundle import verify_bundle
+            from emotivetalk_jax.pipeline import default_checkpoint
+
+            ckpt = args.checkpoint or default_checkpoint()
+            if ckpt is not None:
+                verify_bundle(ckpt, hashes=True)
         return bench_main(args)
     if args.command == "random-bundle":
         from emotivetalk_jax.bundle import make_random_bundle, parse_settings
@@ -112,9 +144,12 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "export-bundle":
         from emotivetalk_jax.bundle import bundle_from_training, parse_settings
 
-        return str(bundle_from_training(args.out, args.ethd_workdir, codebook=args.codebook,
-                                        resolution=args.resolution, vae=args.vae,
-                                        **parse_settings(args.set)))
+        from emotivetalk_jax.bundle import verify_bundle
+
+        out = bundle_from_training(args.out, args.ethd_workdir, codebook=args.codebook, resolution=args.resolution,
+                                   vae=args.vae, **parse_settings(args.set))
+        verify_bundle(out, hashes=True)  # the bundle as written, read back against its manifest
+        return str(out)
     if args.command == "random-svd":
         from emotivetalk_jax.smoke import write_random_svd
 
@@ -130,17 +165,119 @@ def _run(args: argparse.Namespace) -> object:
     raise AssertionError(args.command)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _outputs(args: argparse.Namespace):
+    """The output paths this command may create (removed again if it fails), and which of them
+    hold resumable work that a failure or an interrupt must not remove."""
+    from emotivetalk_jax.interrupts import Outputs
+
+    cmd = args.command
+    paths = {"convert": "out", "random-svd": "out", "random-bundle": "out", "export-bundle": "out",
+             "codebook": "out", "prepare": "out_dir", "synth": "out_dir", "train": "workdir"}
+    if cmd == "generate":
+        return Outputs([Path(args.out).parent])
+    attr = paths.get(cmd)
+    if attr is None or getattr(args, attr, None) is None:
+        return Outputs([])
+
+    def resumable(path: Path) -> bool:
+        if cmd == "train":
+            return any(p.name.isdigit() for p in (path / "checkpoints").glob("*"))
+        if cmd == "prepare":
+            return any((path / ".work").glob("*.npz"))
+        return False
+
+    return Outputs([getattr(args, attr)], keep=resumable)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    return text or type(e).__name__
+
+
+@contextmanager
+def _warnings_to_stderr():
+    """Each distinct `InputWarning` as one `emotivetalk: warning:` line on stderr."""
+    from emotivetalk_jax.validate import InputWarning
+
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+        warnings.simplefilter("always", InputWarning)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, InputWarning):
+                return original(message, category, filename, lineno, file, line)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"emotivetalk: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
+
+
+def _errors() -> tuple[type[BaseException], ...]:
     from emotivetalk_jax.convert.engine import ConversionError
 
-    try:
-        result = _run(args)
-    except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"emotivetalk: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
-    return 0
+    return ConversionError, ValueError, OSError
+
+
+def _interrupted_line(name: str, outputs) -> str:
+    removed = outputs.remove_created() if outputs is not None else []
+    kept = [str(p) for _, p in (outputs.items if outputs is not None else []) if outputs.keep(p)]
+    tail = (f"; finished work is kept in {', '.join(kept)}: run the same command to resume" if kept
+            else "; removed the partial output" if removed else "")
+    return f"emotivetalk: interrupted by {name}{tail}"
+
+
+def _leave(code: int, program: bool) -> int:
+    """The exit code; run as the program, an interrupted command leaves without interpreter
+    teardown, which can crash while JAX's threads are still mid-computation."""
+    if program and code >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from emotivetalk_jax import interrupts
+
+    program = argv is None
+    outputs = None
+
+    def last_words(signum: int) -> None:  # the main thread is stuck in C (an XLA compile): leave from here
+        print(_interrupted_line(interrupts.Interrupted(signum).name, outputs), file=sys.stderr, flush=True)
+
+    with interrupts.handle_signals(on_stuck=last_words if program else None), _warnings_to_stderr():
+        try:
+            args = _parser().parse_args(argv)
+            outputs = _outputs(args)
+            result = _run(args)
+        except KeyboardInterrupt as e:
+            interrupts.mark_handled()
+            name = e.name if isinstance(e, interrupts.Interrupted) else "SIGINT"
+            print(_interrupted_line(name, outputs), file=sys.stderr)
+            return _leave(e.exit_code if isinstance(e, interrupts.Interrupted) else 130, program)
+        except _errors() as e:
+            interrupts.mark_handled()
+            if outputs is not None:
+                outputs.remove_created()
+            print(f"emotivetalk: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
+        if args.command == "train" and isinstance(result, dict) and result.get("status") == "preempted":
+            print(f"emotivetalk: stopped by SIGTERM after saving step {result.get('step')} in {args.workdir}; "
+                  "run the same command to resume", file=sys.stderr)
+            return _leave(143, program)
+        held = interrupts.received()
+        if held is not None:  # arrived too late to stop the work: the result stands
+            interrupts.mark_handled()
+            name = interrupts.Interrupted(held).name
+            print(f"emotivetalk: interrupted by {name} after the work was done", file=sys.stderr)
+            return _leave(128 + held, program)
+        return 0
 
 
 if __name__ == "__main__":

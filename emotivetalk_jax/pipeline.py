@@ -22,6 +22,10 @@ Stages (each a method, each timed in `result.timings`, each with a progress bar)
    audio muxed in (written to a temporary file and renamed: no partial output).
 Ablations (`ablate="lip"` zeroes the lip tokens, `ablate="expression"` sets e_dri = e_ref)
 reproduce the paper's Tab. 2 on the synthetic benchmark.
+
+Inputs are checked by `emotivetalk_jax.validate` (the CLI's checks, the same messages): a bad
+one raises a typed error (`GenerationError`, `AudioError`, `PortraitError`, `BundleError`,
+`EmotionError`, `validate.NumberError`, ...), all ValueErrors with one-line messages.
 """
 
 from __future__ import annotations
@@ -38,14 +42,15 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from emotivetalk_jax import interrupts, validate
 from emotivetalk_jax.bundle import Bundle, BundleSettings, load_bundle, vae_factor
-from emotivetalk_jax.data.portrait import Portrait, prepare_portrait
+from emotivetalk_jax.data.portrait import Portrait, PortraitError, prepare_portrait
 
 SR = 16000
 ABLATIONS = (None, "lip", "expression")
 
 
-class GenerationError(ValueError):
+class GenerationError(validate.InputError):
     """A generation request that cannot be served; one-line message."""
 
 
@@ -121,15 +126,18 @@ class EmotiveTalkPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
-                        progress: bool = True, text_options: dict | None = None) -> "EmotiveTalkPipeline":
-        """Load a bundle folder; `variant` / `resolution` if given must match it (else a BundleError)."""
-        return cls(load_bundle(path, variant=variant, resolution=resolution), progress=progress,
+                        progress: bool = True, text_options: dict | None = None,
+                        verify: bool = False) -> "EmotiveTalkPipeline":
+        """Load a bundle folder; `variant` / `resolution` if given must match it (else a BundleError).
+        `verify`: check every file's sha256 against the bundle's manifest (sizes are always checked)."""
+        return cls(load_bundle(path, variant=variant, resolution=resolution, verify=verify), progress=progress,
                    text_options=text_options)
 
     # -- helpers
 
     @contextmanager
     def _stage(self, name: str, total: int | None = None, unit: str = "it"):
+        interrupts.check()
         bar = tqdm(total=total if total is not None else 1, desc=f"{name:>10}", unit=unit, disable=not self.progress,
                    leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -159,20 +167,21 @@ class EmotiveTalkPipeline:
                     raise GenerationError(f"portrait prepared at {portrait.resolution} px; the model works at "
                                           f"{self.resolution} px")
                 return portrait
+            if isinstance(portrait, (str, os.PathLike)):
+                validate.check_file(portrait, "portrait", error=PortraitError)
             return prepare_portrait(portrait, self.resolution, face_box=face_box, crop=crop,
                                     crop_scale=self.settings.crop_scale, boxes=boxes)
 
     def encode_audio(self, audio: str | os.PathLike | np.ndarray) -> AudioInput:
         """A path or a 16 kHz mono waveform -> windows A_w, one per video frame."""
-        from emotivetalk_jax.data.audio import EmptyAudioError, audio_features, frame_windows, load_audio
+        from emotivetalk_jax.data.audio import audio_features, frame_windows
 
         s = self.settings
         with self._stage("audio"):
-            wave = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else np.asarray(audio, np.float32)
-            if wave.ndim != 1:
-                raise GenerationError(f"audio waveform has shape {wave.shape}; pass a mono (S,) array at 16 kHz")
-            if wave.size == 0:
-                raise EmptyAudioError("the audio has no samples; pass speech")
+            if isinstance(audio, (str, os.PathLike)):
+                wave = validate.check_audio_file(audio, "audio", sr=SR, fps=s.fps)
+            else:
+                wave = validate.check_wave(audio, "audio", sr=SR, fps=s.fps)
             feats = audio_features(wave, self.bundle.audio, fps=s.fps, layers=s.audio_layer,
                                    chunk_s=s.audio_chunk_s, context_s=s.audio_context_s)
             return AudioInput(wave, len(feats), frame_windows(feats.astype(np.float32), s.half_width))
@@ -200,9 +209,14 @@ class EmotiveTalkPipeline:
         if isinstance(emotion, EmotionCondition):
             return emotion
         source = emotion if isinstance(emotion, EmotionSource) else EmotionSource.text(str(emotion))
-        return resolve_emotion(source, num_frames=num_frames, expression_encoder=b.face_encoders, codebook=b.codebook,
+        check_emotion_source(source)
+        cond = resolve_emotion(source, num_frames=num_frames, expression_encoder=b.face_encoders, codebook=b.codebook,
                                speech=self._speech_recognizer() if source.kind == "audio" else None,
                                fps=self.settings.fps, **self.text_options)
+        if source.kind in ("image", "video") and cond.detail.get("crop") == "center":
+            validate.warn(f"no face found in the emotion {source.kind} {source.value}; using its centre square "
+                          "(crop it around the face for a closer match)")
+        return cond
 
     def _speech_recognizer(self):
         from emotivetalk_jax.emotion.speech import SpeechEmotionRecognizer, feature_fn
@@ -283,6 +297,7 @@ class EmotiveTalkPipeline:
                            noise=x / scale, sigmas=pair)
                 x = jax.block_until_ready(x)
                 bar.update(1)
+                interrupts.check()
         return x
 
     def decode(self, latents: jax.Array) -> np.ndarray:
@@ -301,6 +316,7 @@ class EmotiveTalkPipeline:
                 x = np.asarray(_decode(vae, z[s0:s0 + c], c))
                 px = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
                 out[done:s0 + c] = px[done - s0:]
+                interrupts.check()
                 bar.update(s0 + c - done)
                 done = s0 + c
         return out
@@ -318,9 +334,12 @@ class EmotiveTalkPipeline:
         """
         if ablate not in ABLATIONS:
             raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
+        seed = validate.check_seed(seed, "seed", error=GenerationError)
+        validate.check_steps(steps, "steps", error=GenerationError)
+        validate.check_steps(dicte_steps, "dicte_steps", error=GenerationError)
         out_path = check_output_path(out) if out is not None else None
         self.timings = {}
-        key = jax.random.key(int(seed))
+        key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
         p = self.prepare_portrait(portrait, face_box=face_box, crop=crop, boxes=boxes)
         a = self.encode_audio(audio)
@@ -342,31 +361,41 @@ class EmotiveTalkPipeline:
         written = None
         if out_path is not None:
             from emotivetalk_jax.data.video import write_mp4
+            from emotivetalk_jax.manifest import remove_created
 
-            with self._stage("write"):
-                written = write_mp4(out_path, frames, self.settings.fps, a.wave, SR)
+            made = validate.missing_ancestors(out_path.parent)
+            try:
+                with self._stage("write"):
+                    written = write_mp4(out_path, frames, self.settings.fps, a.wave, SR)
+            except BaseException:
+                remove_created(made)
+                raise
         info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate,
                     portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
         return Result(frames, a.wave, written, dict(self.timings), info)
 
 
 def check_output_path(out: str | os.PathLike) -> Path:
-    """The output .mp4 path, checked writable before any work (GenerationError otherwise)."""
-    path = Path(out)
-    if path.suffix.lower() != ".mp4":
-        raise GenerationError(f"output {path} must end in .mp4")
-    if path.is_dir():
-        raise GenerationError(f"output {path} is a folder; pass a file path ending in .mp4")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{path.stem}.probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise GenerationError(f"cannot write the output {path} ({e.strerror or type(e).__name__}); "
-                              "choose a writable location") from None
+    """The output .mp4 path, checked writable before any work (GenerationError otherwise).
+    Creates nothing (its folder is made when the video is written); removes the temporary file
+    a killed earlier run may have left beside it."""
+    from emotivetalk_jax.data.video import temp_path
+
+    path = validate.check_output_file(out, "the output", suffix=".mp4", error=GenerationError)
+    temp_path(path).unlink(missing_ok=True)
     return path
+
+
+def check_emotion_source(source) -> None:
+    """An emotion file exists and is readable (the file is named before any model is asked)."""
+    from emotivetalk_jax.emotion import EmotionError
+
+    if source.kind == "image":
+        validate.check_image_file(source.value, "emotion image", error=EmotionError)
+    elif source.kind == "audio":
+        validate.check_file(source.value, "emotion audio", error=EmotionError)
+    elif source.kind == "video":
+        validate.check_file(source.value, "emotion video", error=EmotionError)
 
 
 def default_checkpoint() -> Path | None:
@@ -376,7 +405,7 @@ def default_checkpoint() -> Path | None:
 
 
 __all__ = ["EmotiveTalkPipeline", "GenerationError", "Result", "AudioInput", "check_output_path",
-           "default_checkpoint"]
+           "check_emotion_source", "default_checkpoint"]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -398,58 +427,62 @@ def add_generate_arguments(p) -> None:
     p.add_argument("--no-crop", action="store_true", help="use the whole (square) portrait as the model input")
     p.add_argument("--out", required=True, metavar="OUT.mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _face_box(text: str | None):
-    if text is None:
-        return None
-    try:
-        box = [float(v) for v in text.split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4:
-        raise GenerationError(f"--face-box must be four numbers X0,Y0,X1,Y1, got {text!r}")
-    return box
+    p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
 
 
 def generate_main(args) -> dict:
-    """Run `emotivetalk generate`; returns the summary cli.py prints."""
+    """Run `emotivetalk generate`; returns the summary cli.py prints. Every input is checked
+    first, cheapest first, so a bad one fails in about a second, before any model loads."""
+    from emotivetalk_jax.bundle import BundleError, check_request, read_settings
+    from emotivetalk_jax.emotion import EmotionError, EmotionSource, text_to_keyword
     from emotivetalk_jax.emotion.commands import source_from_args
 
-    if args.steps is not None and args.steps < 1:
-        raise GenerationError(f"--steps must be >= 1, got {args.steps}")
-    from emotivetalk_jax.bundle import check_request, read_settings
-    from emotivetalk_jax.data.audio import load_audio
-    from emotivetalk_jax.emotion import EmotionSource, text_to_keyword
-
-    # Every cheap check first, so a bad input fails in a second, before any model loads.
+    steps = validate.check_steps(args.steps, "--steps", error=GenerationError)
+    seed = validate.check_seed(args.seed, "--seed", error=GenerationError)
     out = check_output_path(args.out)
-    face_box = _face_box(args.face_box)
+    face_box = validate.parse_face_box(args.face_box, error=GenerationError)
+    if args.variant is not None:
+        validate.check_variant(args.variant, error=GenerationError)
     ckpt = args.checkpoint or default_checkpoint()
     if ckpt is None:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR "
                               "(a random one for trying: emotivetalk random-bundle DIR)")
+    validate.check_folder(ckpt, "checkpoint", error=BundleError)
     settings = read_settings(ckpt)
     check_request(settings, ckpt, args.variant)
+    validate.check_image_file(args.portrait, "portrait", error=PortraitError)
+    wave = validate.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
+    for flag in ("codebook", "speech_head"):
+        if getattr(args, flag):
+            validate.check_folder(getattr(args, flag), f"--{flag.replace('_', '-')}", error=EmotionError)
     text = {k: v for k, v in (("model_dir", args.text_model), ("endpoint", args.emotion_endpoint),
                               ("endpoint_model", args.emotion_endpoint_model)) if v is not None}
     emotion = source_from_args(args)
+    if emotion is not None:
+        check_emotion_source(emotion)
+        if emotion.kind == "audio":
+            validate.check_audio_file(emotion.value, "emotion audio", sr=SR, fps=settings.fps)
     if emotion is not None and emotion.kind == "text":  # unknown words fail here, listing the eight
         emotion = EmotionSource.text(text_to_keyword(emotion.value, **text).keyword)
     portrait = prepare_portrait(args.portrait, settings.resolution, face_box=face_box, crop=not args.no_crop,
                                 crop_scale=settings.crop_scale)
-    wave = load_audio(args.audio)  # AudioError for missing, undecodable or empty files
     text = {("text_model_dir" if k == "model_dir" else k): v for k, v in text.items()}
-    pipe = EmotiveTalkPipeline.from_pretrained(ckpt, variant=args.variant, progress=not args.quiet, text_options=text)
+    codebook = speech_head = None
     if args.codebook:
         from emotivetalk_jax.emotion.codebook import load_codebook
 
-        pipe.bundle.codebook = load_codebook(args.codebook)
+        codebook = load_codebook(args.codebook)
     if args.speech_head:
         from emotivetalk_jax.emotion.speech import load_speech_head
 
-        pipe.bundle.speech_head = load_speech_head(args.speech_head)
-    r = pipe(portrait, wave, emotion=emotion, seed=args.seed, steps=args.steps, out=out, paste=args.paste_back)
+        speech_head = load_speech_head(args.speech_head)
+    pipe = EmotiveTalkPipeline.from_pretrained(ckpt, variant=args.variant, progress=not args.quiet, text_options=text,
+                                               verify=args.verify)
+    if codebook is not None:
+        pipe.bundle.codebook = codebook
+    if speech_head is not None:
+        pipe.bundle.speech_head = speech_head
+    r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
     video_s = r.info["num_frames"] / pipe.settings.fps
     return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
             "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],

@@ -113,9 +113,13 @@ def write_component(
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.safetensors"
     tmp = weights.with_suffix(".safetensors.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, weights)
     cfg_tmp = folder / "config.json.tmp"
-    cfg_tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-    os.replace(cfg_tmp, folder / "config.json")
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, weights)
+        cfg_tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        os.replace(cfg_tmp, folder / "config.json")
+    finally:  # interrupted or failed: no temporary file stays
+        tmp.unlink(missing_ok=True)
+        cfg_tmp.unlink(missing_ok=True)
     return folder

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax import validate
 from emotivetalk_jax.models.wav2vec2 import Wav2Vec2Model, conv_geometry, feature_lengths, select_layers
 
 SAMPLE_RATE = 16000
@@ -36,7 +37,7 @@ NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff"}
 
 
-class AudioError(ValueError):
+class AudioError(validate.InputError):
     """Audio that cannot be used; the message says what is wrong and what to do."""
 
 
@@ -54,6 +55,14 @@ class EmptyAudioError(AudioError):
 
 class AudioTooShortError(AudioError):
     """The audio is shorter than one video frame."""
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than generation's limit (`validate.MAX_AUDIO_SECONDS`, with the reason)."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The audio holds NaN or Inf samples (a damaged float file)."""
 
 
 # ---------------------------------------------------------------------------- reading
@@ -101,15 +110,14 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     return _parse_wav_stream(proc.stdout)
 
 
-def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, *, what: str = "audio file") -> np.ndarray:
     """Mono float32 waveform at `sr` Hz from wav/flac/ogg (soundfile) or mp3/m4a/mp4/mov/mkv/webm
     (the ffmpeg binary bundled with imageio-ffmpeg; for videos, the first audio track).
 
     Channels are averaged; other rates are resampled with librosa (soxr). Not normalised.
+    NaN / Inf samples are refused (`NonFiniteAudioError`): they would turn every frame black.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioNotFoundError(f"audio file {path} does not exist; check the path")
+    path = validate.check_file(path, what, error=AudioError, missing_error=AudioNotFoundError)
     errors = []
     readers = (_read_soundfile, _read_ffmpeg) if path.suffix.lower() in _SOUNDFILE_SUFFIXES else (_read_ffmpeg,)
     for reader in readers:
@@ -124,6 +132,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         )
     if data.size == 0:
         raise EmptyAudioError(f"{path} contains no audio samples; pass a file with sound in it")
+    validate.check_finite_audio(data, file_sr, f"{what} {path}")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if file_sr != sr:
         import librosa
@@ -286,6 +295,7 @@ def audio_features(
         raise AudioError(f"waveform has shape {wave.shape}; pass a mono (S,) array (average the channels)")
     if wave.size == 0:
         raise EmptyAudioError("the waveform has no samples; pass audio with sound in it")
+    validate.check_finite_audio(wave, sr, "the waveform")
     duration = len(wave) / sr
     frames = num_video_frames(duration, fps)
     if duration < 1 / fps:

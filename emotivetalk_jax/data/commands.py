@@ -5,7 +5,8 @@
     if args.command in DATA_COMMANDS: return run_data_command(args)   # in _run()
 
 Errors are exceptions with one-line messages (ValueError / FileNotFoundError /
-FileExistsError); cli.py prints `emotivetalk: error: ...` and exits 2.
+FileExistsError, `validate`'s checks); cli.py prints `emotivetalk: error: ...` and exits 2.
+Both commands print only their JSON summary on stdout; progress and skip lines go to stderr.
 """
 
 from __future__ import annotations
@@ -53,9 +54,18 @@ def add_data_commands(sub) -> None:
 
 
 def run_data_command(args: argparse.Namespace) -> object:
+    from emotivetalk_jax import validate as V
+
     if args.command == "synth":
         from emotivetalk_jax.data.synthetic import SynthConfig, synth_main
 
+        V.check_output_folder(args.out_dir, "output folder")
+        V.check_seed(args.seed)
+        V.check_int(args.clips, "--clips", 1, 1_000_000)
+        V.check_int(args.workers, "--workers", 1, 256)
+        V.check_float(args.head_motion, "--head-motion", 0.0, 10.0)
+        lo = V.check_float(args.min_seconds, "--min-seconds", 0.0, 600.0, lo_open=True)
+        V.check_float(args.max_seconds, "--max-seconds", lo, 600.0)
         cfg = SynthConfig(head_motion=args.head_motion, min_seconds=args.min_seconds, max_seconds=args.max_seconds)
         return synth_main(args.out_dir, args.clips, args.seed, args.size, split=args.split, workers=args.workers,
                           config=cfg)
@@ -67,7 +77,7 @@ def run_data_command(args: argparse.Namespace) -> object:
                             audio_features=args.audio_features)
         rep = prepare_main(args.video_dir, args.out_dir, cfg, workers=args.workers, progress=not args.no_progress)
         return {"dataset": rep["dataset"], "counts": rep["counts"], "newly_prepared": len(rep["newly_prepared"]),
-                "reused": len(rep["reused"]), "skipped": rep["skipped"]}
+                "reused": len(rep["reused"]), "rebuilt": rep["rebuilt"], "skipped": rep["skipped"]}
     raise ValueError(f"not a data command: {args.command}")
 
 

@@ -13,12 +13,14 @@ For each video (HDTF / MEAD layouts: any tree of .mp4/.mov/.avi/.mkv/.webm with 
    sidecar's), lip / face boxes per frame, reference-frame masks, optional log-mel
    features; frames stored as JPEG.
 
-Each finished clip is cached atomically under OUT_DIR/.work/ (a rerun skips it; a crash
-never leaves half-written output), files run in parallel worker processes, and a bad
-file never stops the run. Then the clips are split 90/10 by clip (or by speaker), with
-no overlap, and written as the tfds dataset OUT_DIR/emotivetalk_prepared/1.0.0
-(array_record; read it with `open_prepared`, no tensorflow needed). Every skipped clip
-and its reason is listed in OUT_DIR/prepare_report.json and returned.
+Each finished clip is cached atomically under OUT_DIR/.work/ (a rerun reuses it after
+loading it back: a damaged entry is rebuilt and reported; a crash never leaves half-written
+output, and temporary files left by a killed run are removed by the next), files run in
+parallel worker processes, and a bad file never stops the run. Then the clips are split
+90/10 by clip (or by speaker), with no overlap, and written as the tfds dataset
+OUT_DIR/emotivetalk_prepared/1.0.0 (array_record, built aside and renamed into place; read
+it with `open_prepared`, no tensorflow needed). Every skipped clip and its reason is listed
+in OUT_DIR/prepare_report.json and returned; skip and rebuild lines go to stderr.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import traceback
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emotivetalk_jax import validate
 from emotivetalk_jax.data import face as facelib
 from emotivetalk_jax.data import video as vid
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
@@ -47,6 +51,9 @@ DATASET_VERSION = "1.0.0"
 _MEAD_EMOTIONS = {"fear": "fearful", "disgust": "disgusted", "surprise": "surprised", "happiness": "happy",
                   "anger": "angry", "sadness": "sad"}
 N_MELS = 80
+# What a cached clip must hold to be reused (the dataset's features).
+_RECORD_KEYS = {"id", "source", "speaker", "landmark_source", "emotion", "intensity_level", "num_frames", "frames",
+                "audio", "landmarks", "lip_boxes", "face_boxes", "lip_mask", "face_mask", "crop", "audio_features"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +71,19 @@ class PrepareConfig:
     jpeg_quality: int = 95
 
     def __post_init__(self):
-        if self.size < 16 or self.size % 2:
-            raise ValueError(f"--size must be an even number >= 16, got {self.size}")
+        validate.check_int(self.size, "--size", 16, 4096)
+        if self.size % 2:
+            raise validate.NumberError(f"--size must be an even number >= 16, got {self.size}")
+        validate.check_int(self.min_frames, "--min-frames", 1)
+        if self.max_frames is not None:
+            validate.check_int(self.max_frames, "--max-frames", self.min_frames)
+        validate.check_float(self.crop_scale, "--crop-scale", 1.0, 10.0)
+        validate.check_int(self.detect_every, "detect_every", 1)
         if self.split_by not in ("clip", "speaker"):
             raise ValueError(f"--split-by must be 'clip' or 'speaker', got {self.split_by!r}")
         if self.audio_features not in (None, "mel"):
             raise ValueError(f"--audio-features must be 'mel' or omitted, got {self.audio_features!r}")
-        if not 0.0 < self.test_fraction < 1.0:
+        if not (isinstance(self.test_fraction, (int, float)) and 0.0 < self.test_fraction < 1.0):
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
 
 
@@ -245,9 +258,27 @@ def _work(args) -> tuple[str, str | None]:
         last = traceback.format_exception_only(type(e), e)[-1].strip()
         return cid, f"error: {last[:200]}"
     tmp = work / f".{cid}.{os.getpid()}.tmp"
-    _save_record(tmp, rec)
-    tmp.replace(dst)
+    try:
+        _save_record(tmp, rec)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return cid, None
+
+
+def check_record(path: Path) -> str | None:
+    """Why a cached clip cannot be reused (None if it loads whole); reading it back checks
+    every member's CRC."""
+    try:
+        rec = _load_record(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read back means rebuild
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+    missing = sorted(_RECORD_KEYS - set(rec))
+    if missing:
+        return f"lacks {missing[0]}"
+    if len(rec["frames"]) != int(rec["num_frames"]):
+        return f"{len(rec['frames'])} frames, its header says {int(rec['num_frames'])}"
+    return None
 
 
 def find_videos(video_dir: Path) -> list[Path]:
@@ -309,61 +340,118 @@ def _build_tfds(out: Path, work: Path, splits: dict[str, list[str]], cfg: Prepar
     absl_logging.set_verbosity(absl_logging.ERROR)
     tmp = out / ".build"
     shutil.rmtree(tmp, ignore_errors=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
-        EmotivetalkPrepared(data_dir=str(tmp), file_format="array_record").download_and_prepare()
-    built = tmp / "emotivetalk_prepared" / DATASET_VERSION
     final = out / DATASET_NAME / DATASET_VERSION
-    final.parent.mkdir(parents=True, exist_ok=True)
     old = final.with_name(f".{DATASET_VERSION}.old")
-    if final.exists():
-        final.replace(old)
-    built.replace(final)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
+            EmotivetalkPrepared(data_dir=str(tmp), file_format="array_record").download_and_prepare()
+        built = tmp / "emotivetalk_prepared" / DATASET_VERSION
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            final.replace(old)
+        built.replace(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:  # whatever happened: the previous dataset back in place, no build folder left
+        if old.exists() and not final.exists():
+            old.replace(final)
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
+def _remove_temporaries(out: Path, work: Path) -> None:
+    """Temporary files and folders a killed or interrupted run left behind."""
+    for p in work.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(out / ".build", ignore_errors=True)
+    (out / "prepare_report.tmp").unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _stop_pool(ex: ProcessPoolExecutor) -> None:
+    """Stop the workers now (an interrupt or an error in the parent): cancel what has not
+    started, terminate what runs."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+    ex.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the queues
+
+
 def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, config: PrepareConfig | None = None,
-                 workers: int = 2, progress: bool = True, log=print) -> dict:
+                 workers: int = 2, progress: bool = True) -> dict:
     """Prepare every video under `video_dir` into `out_dir`; returns the report dict."""
     from tqdm import tqdm
 
+    from emotivetalk_jax.interrupts import ignore_sigint
+
+    workers = validate.check_int(workers, "--workers", 1, 256)
+
     cfg = config or PrepareConfig()
-    root, out = Path(video_dir), Path(out_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"video folder {root} does not exist")
+    root = validate.check_folder(video_dir, "video folder")
+    out = validate.check_output_folder(out_dir, "output folder")
     videos = find_videos(root)
     if not videos:
         raise ValueError(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {root}")
-    work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    cfg_file = work / "config.json"
-    if cfg_file.exists() and json.loads(cfg_file.read_text()) != dataclasses.asdict(cfg):
-        raise ValueError(f"{out} was prepared with different settings; use a new OUT_DIR or delete {work}")
-    cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
     ids = [clip_id(p, root) for p in videos]
     if len(set(ids)) != len(ids):
         raise ValueError("two videos map to the same clip id (same path without extension)")
-    done = {i for i, p in zip(ids, videos) if (work / f"{i}.npz").exists()}
-    todo = [(p, root, cfg, work) for i, p in zip(ids, videos) if i not in done]
+    work = out / ".work"
+    cfg_file = work / "config.json"
+    if cfg_file.exists():
+        old_cfg = _read_json(cfg_file)
+        if old_cfg is None:
+            raise ValueError(f"the cache settings {cfg_file} are damaged; delete {work} (or use a new OUT_DIR)")
+        if old_cfg != dataclasses.asdict(cfg):
+            raise ValueError(f"{out} was prepared with different settings; use a new OUT_DIR or delete {work}")
+    work.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out, work)
+    cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
     skipped: dict[str, str] = {}
+    rebuilt: dict[str, str] = {}
+    cached = {i for i in ids if (work / f"{i}.npz").exists()}
+    for i in sorted(cached):
+        reason = check_record(work / f"{i}.npz")
+        if reason is not None:
+            rebuilt[i] = reason
+            (work / f"{i}.npz").unlink(missing_ok=True)
+            print(f"prepare: cached clip {i} is damaged ({reason}); rebuilding it", file=sys.stderr)
+    done = cached - set(rebuilt)
+    todo = [(p, root, cfg, work) for i, p in zip(ids, videos) if i not in done]
     bar = tqdm(total=len(videos), initial=len(done), desc="prepare", unit="clip", disable=not progress)
-    if todo:
-        if workers <= 1:
-            results = map(_work, todo)
-        else:
-            # spawn, not fork: a forked child of a process running JAX threads can deadlock.
-            ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
-            futs = {ex.submit(_work, t): t for t in todo}
-            results = (_result(f, futs[f], root) for f in as_completed(futs))
-        for cid, reason in results:
-            if reason is not None:
-                skipped[cid] = reason
-                bar.write(f"skipped {cid}: {reason}")
-            bar.update()
-        if workers > 1:
-            ex.shutdown()
-    bar.close()
+    try:
+        if todo:
+            ex = None
+            if workers <= 1:
+                results = map(_work, todo)
+            else:
+                # spawn, not fork: a forked child of a process running JAX threads can deadlock.
+                ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=ignore_sigint)
+                futs = {ex.submit(_work, t): t for t in todo}
+                results = (_result(f, futs[f], root) for f in as_completed(futs))
+            try:
+                for cid, reason in results:
+                    if reason is not None:
+                        skipped[cid] = reason
+                        bar.write(f"skipped {cid}: {reason}", file=sys.stderr)
+                    bar.update()
+            except BaseException:
+                if ex is not None:
+                    _stop_pool(ex)
+                raise
+            if ex is not None:
+                ex.shutdown()
+    finally:
+        bar.close()
+        _remove_temporaries(out, work)
     finished = sorted(i for i in ids if (work / f"{i}.npz").exists())
     if not finished:
         raise ValueError(f"no clip could be prepared ({len(skipped)} skipped); see the reasons above")
@@ -373,12 +461,12 @@ def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, confi
             speakers[i] = path_labels(p, root)["speaker"]
     splits = split_ids(finished, speakers, cfg)
     report_file = out / "prepare_report.json"
-    prev = json.loads(report_file.read_text()) if report_file.exists() else {}
+    prev = _read_json(report_file) or {}
     final = out / DATASET_NAME / DATASET_VERSION
-    if prev.get("splits") != splits or not final.exists():
+    if rebuilt or prev.get("splits") != splits or not final.exists():
         _build_tfds(out, work, splits, cfg)
     report = {"dataset": str(final), "prepared": finished, "newly_prepared": sorted(set(finished) - done),
-              "reused": sorted(done), "skipped": skipped, "splits": splits,
+              "reused": sorted(done), "rebuilt": rebuilt, "skipped": skipped, "splits": splits,
               "counts": {s: len(v) for s, v in splits.items()}}
     tmp = report_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))

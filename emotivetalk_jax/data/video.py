@@ -117,22 +117,30 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, au
         raise ValueError(f"H.264 needs even frame sizes, got {w}x{h}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.mp4")
-    with tempfile.TemporaryDirectory() as td:
-        cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-               "-r", str(fps), "-i", "-"]
-        if audio is not None:
-            wav = Path(td) / "a.wav"
-            soundfile.write(wav, np.asarray(audio, np.float32), sr, subtype="PCM_16")
-            cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "128k"]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", str(tmp)]
-        r = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
-    if r.returncode != 0:
+    tmp = temp_path(out)
+    try:
+        with tempfile.TemporaryDirectory() as td:
+            cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+                   "-r", str(fps), "-i", "-"]
+            if audio is not None:
+                wav = Path(td) / "a.wav"
+                soundfile.write(wav, np.asarray(audio, np.float32), sr, subtype="PCM_16")
+                cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "128k"]
+            cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+                    "-movflags", "+faststart", str(tmp)]
+            r = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
+        if r.returncode != 0:
+            raise VideoError(f"ffmpeg failed writing {out.name}: {r.stderr.decode(errors='replace').strip()[-200:]}")
+        tmp.replace(out)
+    finally:  # failures and interrupts alike: no temporary file stays beside the output
         tmp.unlink(missing_ok=True)
-        raise VideoError(f"ffmpeg failed writing {out.name}: {r.stderr.decode(errors='replace').strip()[-200:]}")
-    tmp.replace(out)
     return out
+
+
+def temp_path(out: str | os.PathLike) -> Path:
+    """The temporary file `write_mp4` writes before renaming it to `out` (hidden, beside it)."""
+    out = Path(out)
+    return out.with_name(f".{out.stem}.tmp.mp4")
 
 
 def atomic_write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

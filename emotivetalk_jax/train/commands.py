@@ -37,7 +37,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def add_train_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a stage (encoders | vaid | ethd | vae); resumes from WORKDIR",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.__class__ = _TrainParser
+    base = type(p)  # keep the CLI parser's behaviour (one-line errors) under the override handling
+    p.__class__ = _TrainParser if issubclass(_TrainParser, base) else type("TrainParser", (_TrainParser, base), {})
     _add_arguments(p)
     return p
 
@@ -105,6 +106,10 @@ def load_config(spec: str, overrides: list[str] = ()):
 def run_train_command(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from emotivetalk_jax import validate
+
+    validate.check_output_folder(args.workdir, "--workdir")
+    validate.check_file(resolve_config_path(args.config).partition(":")[0], "--config file")
     cfg = load_config(args.config, getattr(args, "overrides", []))
     from emotivetalk_jax.train.loop import train
 
@@ -118,9 +123,19 @@ def train_from_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The launch scripts' entry: a SIGTERM saves and exits 0 (status "preempted"; the scheduler
+    requeues); SIGINT ends with one line and exit 130, keeping the last checkpoint."""
     import json
 
-    result = train_from_args(sys.argv[1:] if argv is None else argv)
+    from emotivetalk_jax.interrupts import Interrupted, handle_signals
+
+    with handle_signals():
+        try:
+            result = train_from_args(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt as e:
+            name = e.name if isinstance(e, Interrupted) else "SIGINT"
+            print(f"emotivetalk train: interrupted by {name}; the last checkpoint is kept", file=sys.stderr)
+            return e.exit_code if isinstance(e, Interrupted) else 130
     print(json.dumps(result, indent=2))
     return 0 if result.get("status") in ("done", "preempted") else 1
 

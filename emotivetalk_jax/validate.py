@@ -1,0 +1,360 @@
+"""Checks at the boundary: every user input (numbers, paths, audio, images) is checked once,
+here, before any model loads.
+
+The CLI and the Python pipeline call the same functions. A failure is an `InputError` (a
+ValueError) or, where a caller passes `error=`, that domain's error (`AudioError`,
+`PortraitError`, `GenerationError`, ...); either way its message is one line that says what
+is wrong and what to do. Soft problems (all-silent audio, an emotion image without a face,
+a checkpoint without a manifest) are `InputWarning`s; the CLI prints each as one
+`emotivetalk: warning:` line.
+
+Limits and why:
+- seeds are 0 .. 2**32 - 1 (what `jax.random.key` and numpy accept on every platform);
+- sampler steps are 1 .. 1000 (the EDM schedule has no more distinct noise levels to visit);
+- audio lasts at most `MAX_AUDIO_SECONDS`: generation keeps every frame in memory and
+  denoises the whole length at once (windows fused every step), so memory grows with length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 1000
+MAX_AUDIO_SECONDS = 600.0
+AUDIO_LIMIT_REASON = ("generation keeps every frame in memory and denoises the whole length at once; "
+                      "split the speech into parts and join the videos")
+
+
+class InputError(ValueError):
+    """An input that cannot be used; the message says what is wrong and what to do, in one line."""
+
+
+class NumberError(InputError):
+    """A number out of its range."""
+
+
+class PathError(InputError):
+    """A path that is missing or of the wrong kind."""
+
+
+class MissingPathError(PathError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class NotAFileError(PathError, IsADirectoryError):
+    """A folder where a file is expected."""
+
+
+class NotAFolderError(PathError, NotADirectoryError):
+    """A file where a folder is expected."""
+
+
+class InputWarning(UserWarning):
+    """A usable input that is probably not what the user meant."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, InputWarning, stacklevel=2)
+
+
+def _raise(error, fallback, message: str):
+    raise (error or fallback)(message)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def check_int(value, name: str, lo: int, hi: int | None = None, *, error=None) -> int:
+    """`value` as an int in [lo, hi] (a float with an integral value passes)."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok and isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value, ok = int(value), True
+    if not ok:
+        _raise(error, NumberError, f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        span = f"in {lo} .. {hi}" if hi is not None else f">= {lo}"
+        _raise(error, NumberError, f"{name} must be {span}, got {value}")
+    return value
+
+
+def check_float(value, name: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                error=None) -> float:
+    """`value` as a finite float in [lo, hi] ((lo, hi] with `lo_open`)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not math.isfinite(v):
+        _raise(error, NumberError, f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        _raise(error, NumberError, f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and v > hi:
+        _raise(error, NumberError, f"{name} must be <= {hi}, got {value}")
+    return v
+
+
+def check_seed(seed, name: str = "--seed", *, error=None) -> int:
+    return check_int(seed, name, 0, MAX_SEED, error=error)
+
+
+def check_steps(steps, name: str = "--steps", *, error=None) -> int | None:
+    """Sampler steps (None: the checkpoint's own)."""
+    return None if steps is None else check_int(steps, name, 1, MAX_STEPS, error=error)
+
+
+def check_variant(name: str, what: str = "--variant", *, error=None) -> str:
+    """A known ETHD variant name (the message lists them)."""
+    from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS
+
+    if name not in ETHD_VARIANTS:
+        _raise(error, InputError, f"{what} {name!r} is not a variant; choose one of {', '.join(ETHD_VARIANTS)}")
+    return name
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def check_file(path, what: str, *, error=None, missing_error=None) -> Path:
+    """An existing regular file (a folder is named as such)."""
+    p = Path(path)
+    if p.is_dir():
+        _raise(error, NotAFileError, f"{what} {p} is a folder, not a file; pass the file itself")
+    if not p.exists():
+        _raise(missing_error or error, MissingPathError, f"{what} {p} does not exist; check the path")
+    if not p.is_file():
+        _raise(error, NotAFileError, f"{what} {p} is not a regular file; pass a file")
+    return p
+
+
+def check_folder(path, what: str, *, error=None, missing_error=None) -> Path:
+    """An existing folder (a file is named as such)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        _raise(error, NotAFolderError, f"{what} {p} is a file, not a folder; pass a folder")
+    if not p.exists():
+        _raise(missing_error or error, MissingPathError, f"{what} {p} does not exist; check the path")
+    return p
+
+
+def _blocking_file(p: Path) -> Path | None:
+    """The first existing non-folder among `p`'s ancestors, if any."""
+    for a in reversed(p.absolute().parents):
+        if a.exists() and not a.is_dir():
+            return a
+    return None
+
+
+def missing_ancestors(path) -> list[Path]:
+    """`path` and those of its ancestors that do not exist yet, outermost first."""
+    p = Path(path).absolute()
+    out = []
+    for a in [p, *p.parents]:
+        if a.exists():
+            break
+        out.append(a)
+    return out[::-1]
+
+
+def _writable_ancestor(p: Path, what: str, error) -> None:
+    """Fail unless the nearest existing ancestor of `p` accepts new files."""
+    base = next((a for a in p.absolute().parents if a.exists()), None)
+    try:
+        if base is None:
+            raise OSError(2, "no existing parent folder")
+        probe = base / f".emotivetalk-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        _raise(error, PathError, f"cannot write {what} {p} ({e.strerror or type(e).__name__}); "
+                                 "choose a writable location")
+
+
+def check_output_folder(path, what: str, *, error=None, empty: bool = False) -> Path:
+    """A folder to write into: absent (it will be made) or a folder (`empty`: with nothing in it);
+    never a file, nor under a file; its nearest existing ancestor writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        _raise(error, NotAFolderError, f"{what} {p} is a file, not a folder; pass a folder path")
+    blocker = _blocking_file(p)
+    if blocker is not None:
+        _raise(error, NotAFolderError, f"{what} {p}: {blocker} is a file, not a folder; choose another path")
+    if empty and p.is_dir() and any(p.iterdir()):
+        _raise(error, PathError, f"{what} {p} exists and is not empty; choose a new folder")
+    if not p.exists():
+        _writable_ancestor(p, what, error)
+    return p
+
+
+def check_output_file(path, what: str, *, suffix: str | None = None, error=None) -> Path:
+    """A file to (over)write: not a folder, not under a file, its folder writable. Makes nothing."""
+    p = Path(path)
+    if p.is_dir():
+        _raise(error, NotAFileError, f"{what} {p} is a folder; pass a file path ending in {suffix or 'a file name'}")
+    if suffix is not None and p.suffix.lower() != suffix:
+        _raise(error, PathError, f"{what} {p} must end in {suffix}")
+    blocker = _blocking_file(p.parent)
+    if blocker is not None or (p.parent.exists() and not p.parent.is_dir()):
+        _raise(error, NotAFolderError, f"{what} {p}: {blocker or p.parent} is a file, not a folder; "
+                                       "choose another path")
+    _writable_ancestor(p, what, error)
+    return p
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def check_finite_audio(samples: np.ndarray, sr: int, what: str) -> None:
+    """NaN / Inf samples make every frame black downstream: refuse them, naming where."""
+    from emotivetalk_jax.data.audio import NonFiniteAudioError
+
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(len(samples), -1).any(axis=1))) if samples.ndim > 1 else int(np.argmax(bad))
+        raise NonFiniteAudioError(f"{what} has {int(bad.sum())} NaN / Inf samples (the first at {first / sr:.3f} s); "
+                                  "the file is damaged: re-export it, e.g. as 16-bit PCM WAV")
+
+
+def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
+               max_seconds: float = MAX_AUDIO_SECONDS, path=None) -> np.ndarray:
+    """A mono waveform at `sr` Hz, checked: finite, at least one video frame, at most
+    `max_seconds`; all-silent passes with a warning. AudioError family otherwise. `path`:
+    the file it came from, named in the errors."""
+    from emotivetalk_jax.data.audio import AudioError, AudioTooLongError, AudioTooShortError, EmptyAudioError
+
+    quiet_what = what
+    what = f"{what} {path}" if path is not None else what
+    wave = np.asarray(wave)
+    if wave.ndim != 1:
+        raise AudioError(f"{what} waveform has shape {wave.shape}; pass a mono (S,) array at {sr} Hz")
+    if wave.size == 0:
+        raise EmptyAudioError(f"{what} has no samples; pass speech")
+    check_finite_audio(wave, sr, what)
+    duration = wave.size / sr
+    if duration < 1 / fps:
+        raise AudioTooShortError(f"{what} lasts {duration * 1000:.1f} ms, shorter than one video frame "
+                                 f"({1000 / fps:.0f} ms at {fps:g} fps); pass a longer clip")
+    if duration > max_seconds:
+        raise AudioTooLongError(f"{what} lasts {duration:.1f} s, over the {max_seconds:g} s limit: "
+                                f"{AUDIO_LIMIT_REASON}")
+    if not np.any(wave):
+        warn(f"the {quiet_what} is silent (every sample is zero); the video will show a closed mouth")
+    return wave.astype(np.float32, copy=False)
+
+
+def check_audio_file(path, what: str = "audio", *, sr: int = 16000, fps: float = 25,
+                     max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
+    """Load and check an audio file (see `check_wave`); long soundfile-readable files are
+    refused from their header, before decoding."""
+    from emotivetalk_jax.data.audio import AudioError, AudioNotFoundError, AudioTooLongError, load_audio
+
+    p = check_file(path, what, error=AudioError, missing_error=AudioNotFoundError)
+    try:
+        import soundfile
+
+        info = soundfile.info(str(p))
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 - not soundfile-readable: ffmpeg decodes it below
+        seconds = 0.0
+    if seconds > max_seconds:
+        raise AudioTooLongError(f"{what} {p} lasts {seconds:.1f} s, over the {max_seconds:g} s limit: "
+                                f"{AUDIO_LIMIT_REASON}")
+    return check_wave(load_audio(p, sr, what=what), what, sr=sr, fps=fps, max_seconds=max_seconds, path=p)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def check_image_file(path, what: str = "portrait", *, error=None) -> Path:
+    """A file PIL can decode as an image."""
+    p = check_file(path, what, error=error)
+    try:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
+        _raise(error, InputError, f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo")
+    return p
+
+
+def parse_face_box(text: str | None, name: str = "--face-box", *, error=None) -> list[float] | None:
+    """"X0,Y0,X1,Y1" -> four finite numbers with x0 < x1, y0 < y1 (the image bounds are checked
+    when the image is read)."""
+    if text is None:
+        return None
+    try:
+        box = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        _raise(error, InputError, f"{name} must be four numbers X0,Y0,X1,Y1, got {text!r}")
+    if not (box[0] < box[2] and box[1] < box[3]):
+        _raise(error, InputError, f"{name} {text!r} is empty: need X0 < X1 and Y0 < Y1 (pixels, top-left origin)")
+    return box
+
+
+# ----------------------------------------------------------------------------- command lines
+
+
+def check_command(args) -> None:
+    """The boundary checks of a parsed `emotivetalk` command line whose command does not check
+    its own (`generate`, `prepare`, `synth` and `train` do, from the Python API too)."""
+    cmd = args.command
+    if getattr(args, "seed", None) is not None and cmd != "generate":
+        check_seed(args.seed)
+    if cmd == "convert":
+        if args.what == "export":
+            check_folder(args.ckpt, "checkpoint")
+        elif not Path(args.src).exists():
+            raise MissingPathError(f"source {args.src} does not exist; pass the model folder")
+        check_output_folder(args.out, "output folder")
+    elif cmd in ("random-svd", "random-bundle"):
+        check_output_folder(args.out, "output folder", empty=True)
+        if cmd == "random-bundle":
+            check_variant(args.variant)
+            if args.resolution is not None:
+                check_int(args.resolution, "--resolution", 16, 4096)
+    elif cmd == "forward":
+        check_folder(args.ckpt, "checkpoint")
+        if args.frames is not None:
+            check_int(args.frames, "--frames", 1, 10_000)
+    elif cmd == "info":
+        check_variant(args.variant)
+    elif cmd == "bench-synthetic":
+        if args.checkpoint is not None:
+            check_folder(args.checkpoint, "checkpoint")
+        check_int(args.clips, "--clips", 1, 100_000)
+        if args.frames is not None:
+            check_int(args.frames, "--frames", 1, int(MAX_AUDIO_SECONDS * 25))
+        check_steps(args.steps)
+        check_seed(args.data_seed, "--data-seed")
+        if args.head_motion is not None:
+            check_float(args.head_motion, "--head-motion", 0.0, 10.0)
+    elif cmd == "export-bundle":
+        check_folder(args.ethd_workdir, "ethd workdir")
+        check_output_folder(args.out, "output folder", empty=True)
+        for name in ("codebook", "vae"):
+            if getattr(args, name):
+                check_folder(getattr(args, name), f"--{name}")
+        if args.resolution is not None:
+            check_int(args.resolution, "--resolution", 16, 4096)
+    elif cmd == "codebook":
+        check_folder(args.images_dir, "images folder")
+        check_folder(args.checkpoint, "--checkpoint")
+        check_output_folder(args.out, "output folder")
+
+
+__all__ = [
+    "InputError", "NumberError", "PathError", "MissingPathError", "NotAFileError", "NotAFolderError",
+    "InputWarning", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
+    "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
+    "missing_ancestors", "check_finite_audio", "check_wave", "check_audio_file", "check_image_file",
+    "parse_face_box", "warn", "check_command",
+]
