@@ -215,3 +215,25 @@ def test_audio_stage_feeds_vaid_and_gates_are_logged(tmp_path):
     a, b = nnx.state(trained, nnx.Param).to_pure_dict(), nnx.state(random, nnx.Param).to_pure_dict()
     assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert (tmp_path / "vaid" / audio_cache.CACHE_NAME).exists()
+
+
+def test_residual_reconstruction_decoder_starts_from_the_reference():
+    """With `residual`, the stage-0 renderer predicts reference + correction: a zero output conv
+    returns the reference exactly, whatever the latents (the demo's stage 0 uses it)."""
+    from flax import nnx
+
+    from emotivetalk_jax.models.face_encoders import ReconstructionDecoder
+    from emotivetalk_jax.models.vaid_variants import DecoderConfig, get_vaid_variant
+
+    assert get_vaid_variant("demo").decoder.residual and not get_vaid_variant("emotivetalk_512").decoder.residual
+    dec = ReconstructionDecoder(DecoderConfig(channels=(8, 16), residual=True), 4, 3, rngs=nnx.Rngs(0))
+    dec.conv_out.kernel[...] = jnp.zeros_like(dec.conv_out.kernel[...])
+    dec.conv_out.bias[...] = jnp.zeros_like(dec.conv_out.bias[...])
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    keep = jnp.array([True, False])
+    out = dec(x, jnp.ones((2, 4)), jnp.ones((2, 3)), keep, keep)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+    plain = ReconstructionDecoder(DecoderConfig(channels=(8, 16)), 4, 3, rngs=nnx.Rngs(0))
+    plain.conv_out.kernel[...] = jnp.zeros_like(plain.conv_out.kernel[...])
+    plain.conv_out.bias[...] = jnp.zeros_like(plain.conv_out.bias[...])
+    assert float(jnp.abs(plain(x, jnp.ones((2, 4)), jnp.ones((2, 3)), keep, keep)).max()) == 0.0

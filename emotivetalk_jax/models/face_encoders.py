@@ -139,6 +139,7 @@ class ReconstructionDecoder(nnx.Module):
 
     def __init__(self, cfg: DecoderConfig, lip_dim: int, expr_dim: int, *, rngs: nnx.Rngs):
         ch = cfg.channels
+        self.residual = bool(getattr(cfg, "residual", False))
         self.null_lip = nnx.Param(jnp.zeros((lip_dim,)))
         self.null_expression = nnx.Param(jnp.zeros((expr_dim,)))
         self.conv_in = conv(3, ch[0], 3, padding=1, rngs=rngs)
@@ -165,7 +166,8 @@ class ReconstructionDecoder(nnx.Module):
         h = self.mid(h * (1 + scale[:, None, None]) + shift[:, None, None])
         for up, skip in zip(self.ups, skips[-2::-1]):
             h = jax.nn.silu(up(jnp.concatenate([_upsample(h), skip], axis=-1)))
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))
+        out = self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return x_ref + out if self.residual else out
 
 
 class EncoderPretrainer(nnx.Module):
