@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from emotivetalk_jax.models.attention import attend
 from emotivetalk_jax.models.layers import layer_norm, linear
 
 ACTIVATIONS = {
@@ -84,6 +85,7 @@ class BertSelfAttention(nnx.Module):
     def __init__(self, c: Mapping[str, Any], *, rngs: nnx.Rngs, dtype=None):
         d = c["hidden_size"]
         self.num_heads = c["num_attention_heads"]
+        self.attention_impl: str | None = None  # the backend policy's choice (attention.py)
         self.query = linear(d, d, rngs=rngs, dtype=dtype)
         self.key = linear(d, d, rngs=rngs, dtype=dtype)
         self.value = linear(d, d, rngs=rngs, dtype=dtype)
@@ -91,8 +93,8 @@ class BertSelfAttention(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         b, t, d = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)  # (B, T, N, H)
-        out = jax.nn.dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                           mask=mask[:, None, None, :])
+        out = attend(split(self.query(x)), split(self.key(x)), split(self.value(x)), mask=mask[:, None, None, :],
+                     implementation=self.attention_impl)
         return out.reshape(b, t, d)
 
 

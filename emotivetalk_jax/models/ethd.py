@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax.models.attention import attend
 from emotivetalk_jax.models.ethd_variants import ETHDConfig
 from emotivetalk_jax.models.layers import Attention, cast_params, layer_norm, linear, timestep_embedding, trace_safe_rngs
 from emotivetalk_jax.models.transformer import (
@@ -67,7 +68,7 @@ def _heads(attn: Attention, t: jax.Array) -> jax.Array:
 def _attend(attn: Attention, q: jax.Array, context: jax.Array) -> jax.Array:
     """Attention core without to_out: q (N, S, heads, dh), context (N, T, Dc) -> (N, S, inner)."""
     k, v = _heads(attn, attn.to_k(context)), _heads(attn, attn.to_v(context))
-    out = jax.nn.dot_product_attention(q, k, v)
+    out = attend(q, k, v, implementation=attn.attention_impl)
     return out.reshape(*out.shape[:-2], -1)
 
 

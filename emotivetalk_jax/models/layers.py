@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from emotivetalk_jax.models.attention import attend
+
 
 def group_norm(num_channels: int, *, eps: float, rngs: nnx.Rngs, groups: int = 32, dtype=None) -> nnx.GroupNorm:
     """torch.nn.GroupNorm(groups, num_channels, eps) over channels-last input.
@@ -59,7 +61,8 @@ def linear(din: int, dout: int, *, rngs: nnx.Rngs, bias: bool = True, dtype=None
 class Attention(nnx.Module):
     """diffusers `Attention` for token inputs: (B, T, D) queries, optional (B, S, Dc) context.
 
-    Keys: `to_q`, `to_k`, `to_v`, `to_out.0`. Computed by `jax.nn.dot_product_attention`.
+    Keys: `to_q`, `to_k`, `to_v`, `to_out.0`. Computed by `attention.attend` (the backend policy);
+    `attention_impl` None follows the process default.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Attention(nnx.Module):
         inner = heads * dim_head
         kv_dim = cross_attention_dim or query_dim
         self.heads = heads
+        self.attention_impl: str | None = None
         self.to_q = linear(query_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
         self.to_k = linear(kv_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
         self.to_v = linear(kv_dim, inner, bias=bias, rngs=rngs, dtype=dtype)
@@ -86,7 +90,7 @@ class Attention(nnx.Module):
         context = x if context is None else context
         split = lambda t: t.reshape(*t.shape[:-1], self.heads, t.shape[-1] // self.heads)
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = attend(q, k, v, mask=mask, implementation=self.attention_impl)
         return self.to_out[0](out.reshape(*out.shape[:-2], -1))
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax.models.attention import attend
 from emotivetalk_jax.models.layers import group_norm, layer_norm, linear, trace_safe_rngs
 
 ACTIVATIONS = {
@@ -224,6 +225,7 @@ class SelfAttention(nnx.Module):
     def __init__(self, config: Mapping[str, Any], layer_id: int, *, rngs: nnx.Rngs, dtype=None):
         d = config["hidden_size"]
         self.num_heads = config["num_attention_heads"]
+        self.attention_impl: str | None = None  # the backend policy's choice (attention.py)
         self.k_proj = linear(d, d, rngs=rngs, dtype=dtype)
         self.v_proj = linear(d, d, rngs=rngs, dtype=dtype)
         self.q_proj = linear(d, d, rngs=rngs, dtype=dtype)
@@ -236,7 +238,7 @@ class SelfAttention(nnx.Module):
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if bias is not None:
             bias = bias.astype(q.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+        out = attend(q, k, v, bias=bias, mask=mask, implementation=self.attention_impl)
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, position_bias: jax.Array | None = None):
