@@ -56,6 +56,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.compute_dtype = "float32" if tiny else "bfloat16"
     c.remat = "none" if tiny else "blocks"  # none | blocks | layers | comma-separated class names
     c.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
+    # auto | xla | cudnn | pallas: attention kernels (models/attention.py; auto = cuDNN flash on
+    # NVIDIA GPUs, the Pallas flash kernel on TPU, XLA elsewhere); `emotivetalk train --attention`.
+    c.attention = "auto"
     c.e_a_steps = 0  # DDIM steps for V-AID's e_a in stage 2 (0 = Di-CTE's sample_steps)
     c.sample_sigma = 1.0  # noise level of the stage-2 sample videos
     c.vae_kl = 1e-6  # stage vae: weight of the KL term next to the L1 reconstruction

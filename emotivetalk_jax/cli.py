@@ -115,6 +115,10 @@ def _run(args: argparse.Namespace) -> object:
 
     if args.command in DATA_COMMANDS:
         return run_data_command(args)
+    if args.command in ("train", "generate"):  # compile once per machine: before the first compile
+        from emotivetalk_jax.accelerators import setup_compilation_cache
+
+        setup_compilation_cache()
     if args.command == "train":
         from emotivetalk_jax.train.commands import run_train_command
 

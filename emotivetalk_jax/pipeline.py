@@ -112,10 +112,27 @@ class _Backbone(nnx.Module):
 # ----------------------------------------------------------------------------- the pipeline
 
 
+_PRECISION_PARTS = ("ethd", "vae", "audio", "vaid", "face_encoders")
+
+
 class EmotiveTalkPipeline:
     """Everything to generate from one bundle; stage methods are public for tests and benchmarks."""
 
-    def __init__(self, bundle: Bundle, *, progress: bool = True, text_options: dict | None = None):
+    def __init__(self, bundle: Bundle, *, progress: bool = True, text_options: dict | None = None,
+                 precision: str = "auto", attention: str | None = None):
+        """`precision`: auto (bf16 on an accelerator, float32 on CPU) | float32 | bfloat16, applied to
+        the bundle's models in place (`accelerators.apply_precision`). `attention`: auto | xla | cudnn |
+        pallas for every attention layer (`models/attention.py`); None keeps the process default."""
+        from emotivetalk_jax.accelerators import apply_precision, resolve_precision
+        from emotivetalk_jax.models.attention import set_attention
+
+        self.dtype = resolve_precision(precision)
+        for name in _PRECISION_PARTS:
+            part = getattr(bundle, name)
+            if self.dtype != jnp.float32:
+                apply_precision(part, self.dtype)
+            if attention is not None:
+                set_attention(part, attention)
         self.bundle = bundle
         self.text_options = dict(text_options or {})  # text_model_dir / endpoint / endpoint_model
         self.settings: BundleSettings = bundle.settings
@@ -127,11 +144,13 @@ class EmotiveTalkPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
                         progress: bool = True, text_options: dict | None = None,
-                        verify: bool = False) -> "EmotiveTalkPipeline":
+                        verify: bool = False, precision: str = "auto",
+                        attention: str | None = None) -> "EmotiveTalkPipeline":
         """Load a bundle folder; `variant` / `resolution` if given must match it (else a BundleError).
-        `verify`: check every file's sha256 against the bundle's manifest (sizes are always checked)."""
+        `verify`: check every file's sha256 against the bundle's manifest (sizes are always checked).
+        `precision`, `attention`: as in `__init__`."""
         return cls(load_bundle(path, variant=variant, resolution=resolution, verify=verify), progress=progress,
-                   text_options=text_options)
+                   text_options=text_options, precision=precision, attention=attention)
 
     # -- helpers
 
@@ -428,6 +447,11 @@ def add_generate_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="OUT.mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="weights and compute: auto = bfloat16 on GPU/TPU, float32 on CPU")
+    p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default="auto",
+                   help="attention kernels: auto = cuDNN flash on NVIDIA, Pallas flash on TPU, XLA otherwise; "
+                        "a call a kernel does not take falls back to XLA (logged once)")
 
 
 def generate_main(args) -> dict:
@@ -477,7 +501,8 @@ def generate_main(args) -> dict:
 
         speech_head = load_speech_head(args.speech_head)
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, variant=args.variant, progress=not args.quiet, text_options=text,
-                                               verify=args.verify)
+                                               verify=args.verify, precision=getattr(args, "precision", "auto"),
+                                               attention=getattr(args, "attention", None))
     if codebook is not None:
         pipe.bundle.codebook = codebook
     if speech_head is not None:

@@ -32,6 +32,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config file and argument, e.g. configs/train.py:stage=ethd,variant=tiny")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/ and samples/")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default=None,
+                   help="attention kernels (overrides --config.attention; auto = cuDNN flash on NVIDIA, "
+                        "Pallas flash on TPU, XLA otherwise)")
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
@@ -111,7 +114,14 @@ def run_train_command(args: argparse.Namespace) -> dict:
     validate.check_output_folder(args.workdir, "--workdir")
     validate.check_file(resolve_config_path(args.config).partition(":")[0], "--config file")
     cfg = load_config(args.config, getattr(args, "overrides", []))
+    from emotivetalk_jax.accelerators import setup_compilation_cache
+    from emotivetalk_jax.models import attention
     from emotivetalk_jax.train.loop import train
+
+    if getattr(args, "attention", None):
+        cfg.attention = args.attention
+    attention.set_default(cfg.get("attention", "auto"))  # before the step is traced
+    setup_compilation_cache()
 
     return train(cfg, args.workdir)
 
