@@ -393,7 +393,7 @@ def job_audio(a, arg):
                last_parts=parts, peak_gib=_peak_gib(), **r))
 
 
-def _train_batch(stage, batch_size: int, program):
+def _train_batch(stage, batch_size: int, program, cfg):
     import numpy as np
 
     d = stage.data
@@ -408,6 +408,9 @@ def _train_batch(stage, batch_size: int, program):
         lip = np.zeros_like(box)
         lip[:, m // 2: 3 * m // 4, 3 * m // 8: 5 * m // 8] = 1.0
         b[f"mask_lip_{m}"], b[f"mask_face_{m}"] = lip, box
+    if stage.audio_encoder is not None:  # the loader's cached whole-utterance features (`frame_features`)
+        dim = int(cfg.audio_encoder.hidden_size)
+        b["frame_features"] = rng.standard_normal((batch_size, f + 2 * d["audio_context"], dim)).astype(np.float32)
     return program.global_batch(b)
 
 
@@ -439,7 +442,7 @@ def job_train(a, arg):
                    trained_params=int(sum(x.size for x in jax.tree.leaves(program.abstract.params))),
                    params_gib=state_bytes(program.abstract.params) / GIB,
                    opt_state_gib=state_bytes(program.abstract.opt) / GIB)
-        batch = _train_batch(stage, 1, program)
+        batch = _train_batch(stage, 1, program, cfg)
         frozen = loop.place_frozen(program)
         row["build_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
