@@ -92,9 +92,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Stage 2: the x0 error inside the reference's lip box weighs this much more than elsewhere
     # (1 = eq. 11 as written). The mouth is a few percent of the frame; not in the paper.
     c.lip_loss_weight = 1.0
-    # Held-out clips (fit and score, each) of the learning gates (`eval.probes`) logged at every
-    # checkpoint of the encoders / audio / vaid stages; 0 = off.
-    c.gate_clips = 16
+    # Held-out synthetic clips (fit and score, each) of the learning gates (`eval.probes`) logged at
+    # every checkpoint of the encoders / audio / vaid / ethd stages; 0 = off. On for the demo (the
+    # synthetic recipe); opt-in elsewhere (the probes read synthetic clips, not a prepared dataset).
+    c.gate_clips = 16 if variant == "demo" else 0
 
     c.init = ml_collections.ConfigDict(dict(
         svd="",  # diffusers SVD folder or `emotivetalk convert svd` output (ETHD + VAE)

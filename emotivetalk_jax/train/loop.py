@@ -272,10 +272,11 @@ def _train(cfg, workdir: Path, pre: "_Preemption") -> dict:
             writer.write_video(step, frames)
         if step % every == 0 or step == total:
             ckpt.save(mngr, step, state, iterator, cfg_json)
-            if stage.gate is not None and pid == 0 and cfg.get("gate_clips", 16) > 0:
-                gates = run_gate(stage, state)
-                writer.write(step, gates)
-                log.info("step %d gates: %s", step, " ".join(f"{k[5:]}={v:.3f}" for k, v in gates.items()))
+            if stage.gate is not None and pid == 0 and cfg.get("gate_clips", 0) > 0:
+                gates = run_gate(stage, state)  # {} on multi-process runs (the gates gather to one host)
+                if gates:
+                    writer.write(step, gates)
+                    log.info("step %d gates: %s", step, " ".join(f"{k[5:]}={v:.3f}" for k, v in gates.items()))
         if pre.requested():
             if mngr.latest_step() != step:
                 ckpt.save(mngr, step, state, iterator, cfg_json, force=True)
