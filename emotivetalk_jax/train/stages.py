@@ -255,17 +255,18 @@ def vae_scaling_factor(workdir: str, rows: int = 20) -> float:
 
 
 def _ethd(cfg, variant, seed: int) -> nnx.Module:
+    from emotivetalk_jax.convert.ethd import inherit_svd, load_ethd_from_svd
     from emotivetalk_jax.models import ethd as E
     from emotivetalk_jax.models.unet import UNetSpatioTemporal
 
     if _ABSTRACT[0]:
         return _abstract(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd, rngs=nnx.Rngs(0)))
     if cfg.init.svd:
-        return E.load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
+        return load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
     log.info("no SVD checkpoint configured (init.svd): ETHD starts from a random SVD UNet")
     unet = host_init(_abstract(lambda: UNetSpatioTemporal.from_diffusers_config(dict(variant.svd.unet),
                                                                                  rngs=nnx.Rngs(0))), seed)
-    return E.inherit_svd(unet, variant.ethd, seed=seed)
+    return inherit_svd(unet, variant.ethd, seed=seed)
 
 
 def _remat_names(cfg, stage: str) -> tuple[str, ...]:
@@ -328,7 +329,8 @@ def _stage_encoders(cfg, seed: int) -> Stage:
 
 
 def _stage_vaid(cfg, seed: int) -> Stage:
-    from emotivetalk_jax.models.vaid import STAGE1_CLUB, STAGE1_MAIN, VAID, VAIDBatch, club_loss, vaid_loss
+    from emotivetalk_jax.losses import club_loss, vaid_loss
+    from emotivetalk_jax.models.vaid import STAGE1_CLUB, STAGE1_MAIN, VAID, VAIDBatch
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
 
     v = get_vaid_variant(cfg.variant)
@@ -366,6 +368,7 @@ def _stage_vaid(cfg, seed: int) -> Stage:
 
 def _stage_ethd(cfg, seed: int) -> Stage:
     from emotivetalk_jax.diffusion.ethd_loss import ETHDBatch, ethd_loss, stage2_trainable
+    from emotivetalk_jax.diffusion.long_dicte import vaid_expression
     from emotivetalk_jax.models.ethd_variants import get_ethd_variant
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
 
@@ -405,7 +408,7 @@ def _stage_ethd(cfg, seed: int) -> Stage:
         _, e_v = frozen.face(x)
         e_ref = frozen.face.encode_expression(ref)
         l_a = frozen.vaid.lip(windows)
-        e_a = frozen.vaid.expression(windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
+        e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
         ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
         return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
                                  batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
