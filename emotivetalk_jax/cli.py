@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(b)
     b.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
+    ev = sub.add_parser("evaluate", help="FID, FVD, Sync-C/D, E-FID of generated vs reference videos (JSON)")
+    from emotivetalk_jax.eval.evaluate import add_evaluate_arguments
+
+    add_evaluate_arguments(ev)
     rb = sub.add_parser("random-bundle", help="write a random-weight pipeline checkpoint (for trying generate)")
     rb.add_argument("out")
     rb.add_argument("--variant", default="tiny")
@@ -140,6 +144,10 @@ def _run(args: argparse.Namespace) -> object:
             if ckpt is not None:
                 verify_bundle(ckpt, hashes=True)
         return bench_main(args)
+    if args.command == "evaluate":
+        from emotivetalk_jax.eval.evaluate import evaluate
+
+        return evaluate(args)
     if args.command == "random-bundle":
         from emotivetalk_jax.bundle import make_random_bundle, parse_settings
 
