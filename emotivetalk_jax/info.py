@@ -30,7 +30,8 @@ def param_counts(variant: str) -> dict[str, int]:
     """Parameters per component: SVD UNet part, ETHD additions by kind, VAE, audio encoder, V-AID."""
     from emotivetalk_jax.convert.audio import build_audio_encoder
     from emotivetalk_jax.convert.svd import build
-    from emotivetalk_jax.models.ethd import ETHD, NEW_PARAMS, SVD_PARAMS, param_count
+    from emotivetalk_jax.models.ethd import ETHD, NEW_PARAMS, SVD_PARAMS
+    from emotivetalk_jax.models.layers import param_count
     from emotivetalk_jax.models.vaid import vaid_param_counts
 
     v = get_ethd_variant(variant)

@@ -1,18 +1,24 @@
 """Training losses, as pure functions of arrays (and of callables for the model terms).
 
-Sections: lip (eq. 4-6), CLUB (3.2), Di-CTE (eq. 7), encoder pretraining (6.1).
+Sections: lip (eq. 4-6), CLUB (3.2), Di-CTE (eq. 7), V-AID's stage-1 objectives (eq. 8),
+encoder pretraining (6.1).
 Shape legend: B batch, F frames, N pairs/frames, D width, E expression width,
 H, W image size, C channels.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 
-from emotivetalk_jax.models.dicte import DiCTECond, Denoiser, add_noise
+from emotivetalk_jax.diffusion.dicte import add_noise
+from emotivetalk_jax.models.dicte import DiCTECond, Denoiser
+from emotivetalk_jax.models.layers import frozen
+
+if TYPE_CHECKING:  # models.face_encoders imports this module (dropout_keep)
+    from emotivetalk_jax.models.vaid import VAID, VAIDBatch
 
 # ---------------------------------------------------------------------------- lip (eq. 4-6)
 
@@ -120,6 +126,29 @@ def dicte_loss(
     """L_exp (eq. 7): ||e_v - S(e_t, t, x_ref, A_w, e_cond)||^2 over the non-prefix frames."""
     pred, w = dicte_denoise(model, x0, cond, key, prefix_frames=prefix_frames, prefix_ratio=prefix_ratio)
     return weighted_mse(pred, x0, w)
+
+
+# ---------------------------------------------------------------------------- V-AID stage 1 (eq. 8)
+
+
+def vaid_loss(vaid: VAID, batch: VAIDBatch, key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Main stage-1 objective (eq. 8); e_cond is the first ground-truth frame (3.2)."""
+    v = vaid.variant
+    l_a = vaid.lip(batch.windows)
+    cond = DiCTECond(batch.windows, batch.x_ref, batch.e_v[:, 0])
+    e_a, weights = dicte_denoise(
+        vaid.dicte, batch.e_v, cond, key, prefix_frames=v.dicte.prefix_frames, prefix_ratio=v.dicte.prefix_ratio
+    )
+    l_lip = lip_loss(l_a, batch.l_v, alpha=v.loss.lip_alpha, beta=v.loss.lip_beta, tau=v.loss.tau)
+    l_exp = weighted_mse(e_a, batch.e_v, weights)
+    club = club_upper_bound(frozen(vaid.club), l_a, e_a)
+    total = l_lip + l_exp + v.loss.club_weight * club
+    return total, dict(lip=l_lip, exp=l_exp, club=club, l_a=l_a, e_a=e_a)
+
+
+def club_loss(vaid: VAID, l_a: jax.Array, e_a: jax.Array) -> jax.Array:
+    """q's stage-1 update: NLL of (l_a, e_a) from the main step (inputs stopped)."""
+    return club_q_loss(vaid.club, l_a, e_a)
 
 
 # ---------------------------------------------------------------------------- encoder pretraining (6.1)

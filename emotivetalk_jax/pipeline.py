@@ -43,6 +43,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from emotivetalk_jax import interrupts, validate
+from emotivetalk_jax.data import audio as audio_lib
 from emotivetalk_jax.bundle import Bundle, BundleSettings, load_bundle, vae_factor
 from emotivetalk_jax.data.portrait import Portrait, PortraitError, prepare_portrait
 
@@ -88,7 +89,7 @@ def _lip(vaid, windows):
 
 @nnx.jit(static_argnames=("num_new", "steps"))
 def _dicte_chunk(dicte, cond, num_new, key, steps, prefix):
-    from emotivetalk_jax.models.dicte import sample_dicte
+    from emotivetalk_jax.diffusion.dicte import sample_dicte
 
     return sample_dicte(dicte, cond, num_new, key, steps, prefix)
 
@@ -198,7 +199,7 @@ class EmotiveTalkPipeline:
         s = self.settings
         with self._stage("audio"):
             if isinstance(audio, (str, os.PathLike)):
-                wave = validate.check_audio_file(audio, "audio", sr=SR, fps=s.fps)
+                wave = audio_lib.check_audio_file(audio, "audio", sr=SR, fps=s.fps)
             else:
                 wave = validate.check_wave(audio, "audio", sr=SR, fps=s.fps)
             feats = audio_features(wave, self.bundle.audio, fps=s.fps, layers=s.audio_layer,
@@ -475,7 +476,7 @@ def generate_main(args) -> dict:
     settings = read_settings(ckpt)
     check_request(settings, ckpt, args.variant)
     validate.check_image_file(args.portrait, "portrait", error=PortraitError)
-    wave = validate.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
+    wave = audio_lib.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
     for flag in ("codebook", "speech_head"):
         if getattr(args, flag):
             validate.check_folder(getattr(args, flag), f"--{flag.replace('_', '-')}", error=EmotionError)
@@ -485,7 +486,7 @@ def generate_main(args) -> dict:
     if emotion is not None:
         check_emotion_source(emotion)
         if emotion.kind == "audio":
-            validate.check_audio_file(emotion.value, "emotion audio", sr=SR, fps=settings.fps)
+            audio_lib.check_audio_file(emotion.value, "emotion audio", sr=SR, fps=settings.fps)
     if emotion is not None and emotion.kind == "text":  # unknown words fail here, listing the eight
         emotion = EmotionSource.text(text_to_keyword(emotion.value, **text).keyword)
     portrait = prepare_portrait(args.portrait, settings.resolution, face_box=face_box, crop=not args.no_crop,

@@ -210,10 +210,36 @@ def check_output_file(path, what: str, *, suffix: str | None = None, error=None)
 # ----------------------------------------------------------------------------- audio
 
 
+class AudioError(InputError):
+    """Audio that cannot be used; the message says what is wrong and what to do."""
+
+
+class AudioNotFoundError(AudioError, FileNotFoundError):
+    """The audio path does not exist."""
+
+
+class AudioDecodeError(AudioError):
+    """The file exists but holds no decodable audio track."""
+
+
+class EmptyAudioError(AudioError):
+    """The audio has no samples."""
+
+
+class AudioTooShortError(AudioError):
+    """The audio is shorter than one video frame."""
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than generation's limit (`validate.MAX_AUDIO_SECONDS`, with the reason)."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The audio holds NaN or Inf samples (a damaged float file)."""
+
+
 def check_finite_audio(samples: np.ndarray, sr: int, what: str) -> None:
     """NaN / Inf samples make every frame black downstream: refuse them, naming where."""
-    from emotivetalk_jax.data.audio import NonFiniteAudioError
-
     bad = ~np.isfinite(samples)
     if bad.any():
         first = int(np.argmax(bad.reshape(len(samples), -1).any(axis=1))) if samples.ndim > 1 else int(np.argmax(bad))
@@ -226,8 +252,6 @@ def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
     """A mono waveform at `sr` Hz, checked: finite, at least one video frame, at most
     `max_seconds`; all-silent passes with a warning. AudioError family otherwise. `path`:
     the file it came from, named in the errors."""
-    from emotivetalk_jax.data.audio import AudioError, AudioTooLongError, AudioTooShortError, EmptyAudioError
-
     quiet_what = what
     what = f"{what} {path}" if path is not None else what
     wave = np.asarray(wave)
@@ -246,26 +270,6 @@ def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
     if not np.any(wave):
         warn(f"the {quiet_what} is silent (every sample is zero); the video will show a closed mouth")
     return wave.astype(np.float32, copy=False)
-
-
-def check_audio_file(path, what: str = "audio", *, sr: int = 16000, fps: float = 25,
-                     max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
-    """Load and check an audio file (see `check_wave`); long soundfile-readable files are
-    refused from their header, before decoding."""
-    from emotivetalk_jax.data.audio import AudioError, AudioNotFoundError, AudioTooLongError, load_audio
-
-    p = check_file(path, what, error=AudioError, missing_error=AudioNotFoundError)
-    try:
-        import soundfile
-
-        info = soundfile.info(str(p))
-        seconds = info.frames / info.samplerate if info.samplerate else 0.0
-    except Exception:  # noqa: BLE001 - not soundfile-readable: ffmpeg decodes it below
-        seconds = 0.0
-    if seconds > max_seconds:
-        raise AudioTooLongError(f"{what} {p} lasts {seconds:.1f} s, over the {max_seconds:g} s limit: "
-                                f"{AUDIO_LIMIT_REASON}")
-    return check_wave(load_audio(p, sr, what=what), what, sr=sr, fps=fps, max_seconds=max_seconds, path=p)
 
 
 # ----------------------------------------------------------------------------- images
@@ -353,8 +357,9 @@ def check_command(args) -> None:
 
 __all__ = [
     "InputError", "NumberError", "PathError", "MissingPathError", "NotAFileError", "NotAFolderError",
-    "InputWarning", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
+    "InputWarning", "AudioError", "AudioNotFoundError", "AudioDecodeError", "EmptyAudioError",
+    "AudioTooShortError", "AudioTooLongError", "NonFiniteAudioError", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
     "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
-    "missing_ancestors", "check_finite_audio", "check_wave", "check_audio_file", "check_image_file",
+    "missing_ancestors", "check_finite_audio", "check_wave", "check_image_file",
     "parse_face_box", "warn", "check_command",
 ]

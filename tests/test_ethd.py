@@ -14,11 +14,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from emotivetalk_jax.convert.engine import random_params
+from emotivetalk_jax.convert.ethd import inherit_svd
 from emotivetalk_jax.diffusion.edm import precondition
 from emotivetalk_jax.diffusion.ethd_loss import ETHDBatch, ethd_loss, stage2_trainable, x0_loss
 from emotivetalk_jax.models.ethd import (
-    ETHD, NEW_PARAMS, SVD_PARAMS, ETHDSpatialBlock, ETHDTemporalBlock, ExpressionDecouplingInjector, param_count,
+    ETHD, NEW_PARAMS, SVD_PARAMS, ETHDSpatialBlock, ETHDTemporalBlock, ExpressionDecouplingInjector,
 )
+from emotivetalk_jax.models.layers import param_count
 from emotivetalk_jax.models.ethd_variants import TINY, get_ethd_variant
 from emotivetalk_jax.models.unet import UNetSpatioTemporal
 
@@ -63,7 +65,7 @@ def _masks():
 def models():
     unet = random_params(nnx.eval_shape(
         lambda: UNetSpatioTemporal.from_diffusers_config(dict(TINY.svd.unet), rngs=nnx.Rngs(0))), seed=1)
-    ethd = ETHD.from_svd_unet(unet, CFG, rngs=nnx.Rngs(0))
+    ethd = inherit_svd(unet, CFG, seed=0)
     return unet, ethd
 
 
@@ -285,7 +287,7 @@ def test_info_tiny():
 def test_load_ethd_from_svd_checkpoint(models, tmp_path, fmt):
     from emotivetalk_jax.convert.native import save_model
     from emotivetalk_jax.convert.svd import export_diffusers_unet
-    from emotivetalk_jax.models.ethd import load_ethd_from_svd
+    from emotivetalk_jax.convert.ethd import load_ethd_from_svd
 
     unet, _ = models
     if fmt == "diffusers":

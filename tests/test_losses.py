@@ -11,7 +11,9 @@ from flax import nnx
 
 from emotivetalk_jax import losses
 from emotivetalk_jax.models.club import CLUB
-from emotivetalk_jax.models.dicte import DiCTECond, generate_expression, sample_dicte
+from emotivetalk_jax.diffusion.dicte import sample_dicte
+from emotivetalk_jax.diffusion.long_dicte import generate_expression
+from emotivetalk_jax.models.dicte import DiCTECond
 from emotivetalk_jax.models.vaid_variants import CLUBConfig
 
 

@@ -13,13 +13,14 @@ import pytest
 from flax import nnx
 
 from emotivetalk_jax.data.audio import frame_windows
-from emotivetalk_jax.losses import club_upper_bound, masked_reconstruction_loss
+from emotivetalk_jax.diffusion.long_dicte import vaid_expression
+from emotivetalk_jax.losses import club_loss, club_upper_bound, masked_reconstruction_loss, vaid_loss
 from emotivetalk_jax.models.club import CLUB
 from emotivetalk_jax.models.dicte import DiCTE
 from emotivetalk_jax.models.face_encoders import EncoderPretrainer, FaceEncoders, stage0_trainable
 from emotivetalk_jax.models.perceiver import AudioLipProjector
 from emotivetalk_jax.models.vaid import (
-    STAGE1_CLUB, STAGE1_MAIN, VAID, VAIDBatch, club_loss, frozen, vaid_loss, vaid_param_counts,
+    STAGE1_CLUB, STAGE1_MAIN, VAID, VAIDBatch, frozen, vaid_param_counts,
 )
 from emotivetalk_jax.models.vaid_variants import TINY, VAID_VARIANTS
 from emotivetalk_jax.models.wav2vec2 import Wav2Vec2Model
@@ -94,7 +95,9 @@ def test_vaid_generates_any_length_in_chunks():
     vaid = _build(lambda: VAID.from_config(TINY, rngs=nnx.Rngs(0)))
     n = TINY.dicte.train_frames + 6  # two chunks: 24 from noise, then 4 prefix + 6 new
     windows = _rand(1, 1, n, 2 * HALF + 1, TINY.perceiver.audio_dim)
-    l_a, e_a = vaid(windows, _rand(2, 1, 20, 20, 3), _rand(3, 1, TINY.dicte.expr_dim), jax.random.key(0), steps=2)
+    l_a = vaid.lip(windows)
+    e_a = vaid_expression(vaid, windows, _rand(2, 1, 20, 20, 3), _rand(3, 1, TINY.dicte.expr_dim), jax.random.key(0),
+                          steps=2)
     assert l_a.shape == (1, n, TINY.perceiver.out_dim) and e_a.shape == (1, n, TINY.dicte.expr_dim)
     assert bool(jnp.all(jnp.isfinite(e_a)))
 

@@ -261,6 +261,36 @@ def fill_params(model: nnx.Module, seed: int, draw: Callable[[str, tuple, np.ran
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
 
+def fill_from_arrays(abstract: nnx.Module, arrays: Mapping[str, np.ndarray], what: str, *,
+                     subtree: str | None = None) -> nnx.Module:
+    """`abstract` with every variable taken from `arrays` ({dotted path: array}; under
+    `subtree.` when given), strict: a ConversionError names a mis-shaped or the missing arrays."""
+    if subtree:
+        arrays = {k[len(subtree) + 1:]: v for k, v in arrays.items() if k.startswith(subtree + ".")}
+    graphdef, state = nnx.split(abstract)
+    flat, missing = [], []
+    for path, var in nnx.to_flat_state(state):
+        key = _path_str(path)
+        if key not in arrays:
+            missing.append(key)
+        elif tuple(arrays[key].shape) != tuple(var.shape):
+            raise ConversionError(f"{what}: {key} has shape {arrays[key].shape}, the model wants {tuple(var.shape)}")
+        else:
+            flat.append((path, var.replace(jnp.asarray(arrays[key], var.dtype))))
+    if missing:
+        raise ConversionError(f"{what}: the checkpoint lacks {len(missing)} model arrays, e.g. {missing[:5]}")
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def truncated_lecun_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """flax's default kernel initialiser drawn on the host: normal truncated to +-2 std, std =
+    1 / sqrt(fan_in) / 0.8796 (fan_in = all but the last axis), as float64."""
+    z = rng.standard_normal(shape)
+    while (bad := np.abs(z) > 2).any():
+        z[bad] = rng.standard_normal(int(bad.sum()))
+    return z / np.sqrt(max(1, int(np.prod(shape[:-1])))) / 0.87962566103423978
+
+
 def random_params(model: nnx.Module, seed: int = 0, *, scale: float = 1.0) -> nnx.Module:
     """A concrete copy of a (usually abstract) model with random parameters drawn on the host.
 

@@ -30,39 +30,20 @@ import numpy as np
 from flax import nnx
 
 from emotivetalk_jax import validate
+from emotivetalk_jax.validate import (  # the audio errors live with the other input checks
+    AudioDecodeError,
+    AudioError,
+    AudioNotFoundError,
+    AudioTooLongError,
+    AudioTooShortError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+)
 from emotivetalk_jax.models.wav2vec2 import Wav2Vec2Model, conv_geometry, feature_lengths, select_layers
 
 SAMPLE_RATE = 16000
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff"}
-
-
-class AudioError(validate.InputError):
-    """Audio that cannot be used; the message says what is wrong and what to do."""
-
-
-class AudioNotFoundError(AudioError, FileNotFoundError):
-    """The audio path does not exist."""
-
-
-class AudioDecodeError(AudioError):
-    """The file exists but holds no decodable audio track."""
-
-
-class EmptyAudioError(AudioError):
-    """The audio has no samples."""
-
-
-class AudioTooShortError(AudioError):
-    """The audio is shorter than one video frame."""
-
-
-class AudioTooLongError(AudioError):
-    """The audio is longer than generation's limit (`validate.MAX_AUDIO_SECONDS`, with the reason)."""
-
-
-class NonFiniteAudioError(AudioError):
-    """The audio holds NaN or Inf samples (a damaged float file)."""
 
 
 # ---------------------------------------------------------------------------- reading
@@ -139,6 +120,24 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, *, what: str = "a
 
         wave = librosa.resample(wave, orig_sr=file_sr, target_sr=sr)
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def check_audio_file(path, what: str = "audio", *, sr: int = 16000, fps: float = 25,
+                     max_seconds: float = validate.MAX_AUDIO_SECONDS) -> np.ndarray:
+    """Load and check an audio file (see `validate.check_wave`); long soundfile-readable files are
+    refused from their header, before decoding."""
+    p = validate.check_file(path, what, error=AudioError, missing_error=AudioNotFoundError)
+    try:
+        import soundfile
+
+        info = soundfile.info(str(p))
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 - not soundfile-readable: ffmpeg decodes it below
+        seconds = 0.0
+    if seconds > max_seconds:
+        raise AudioTooLongError(f"{what} {p} lasts {seconds:.1f} s, over the {max_seconds:g} s limit: "
+                                f"{validate.AUDIO_LIMIT_REASON}")
+    return validate.check_wave(load_audio(p, sr, what=what), what, sr=sr, fps=fps, max_seconds=max_seconds, path=p)
 
 
 def normalize(wave: np.ndarray) -> np.ndarray:

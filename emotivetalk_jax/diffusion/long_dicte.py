@@ -11,7 +11,8 @@ training length, 220) long.
 
 The loop is model-agnostic: it drives a `ChunkFn`, "sample these new frames given this
 optional clean prefix", so any Di-CTE sampler plugs in (`dicte_chunk_fn` adapts
-`models.dicte.sample_dicte`).
+`diffusion.dicte.sample_dicte`). `generate_expression` is the loop over a Di-CTE model,
+`vaid_expression` the same for a V-AID's Di-CTE with its variant's settings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from emotivetalk_jax.diffusion.dicte import sample_dicte
+from emotivetalk_jax.models.dicte import Denoiser, DiCTECond
 
 # chunk_fn(start, num_new, prefix, key) -> (B, num_new, E): frames [start, start + num_new) of
 # the sequence, given prefix (B, P, E) = the generated frames [start - P, start) (None at start 0).
@@ -72,8 +76,7 @@ def sample_long(
 
 
 def dicte_chunk_fn(model, cond, steps: int = 25) -> ChunkFn:
-    """Adapt `models.dicte.sample_dicte` with `cond.audio` covering all F frames to a `ChunkFn`."""
-    from emotivetalk_jax.models.dicte import sample_dicte  # the model package is optional here
+    """Adapt `diffusion.dicte.sample_dicte` with `cond.audio` covering all F frames to a `ChunkFn`."""
 
     def fn(start, num_new, prefix, key):
         p = 0 if prefix is None else prefix.shape[1]
@@ -81,3 +84,31 @@ def dicte_chunk_fn(model, cond, steps: int = 25) -> ChunkFn:
         return sample_dicte(model, sub, num_new, key, steps, prefix)
 
     return fn
+
+
+def generate_expression(
+    model: Denoiser,
+    cond: DiCTECond,
+    key: jax.Array,
+    *,
+    steps: int = 25,
+    chunk: int = 220,
+    prefix_frames: int = 20,
+) -> jax.Array:
+    """Any-length e_a (B, F_total, E) for `cond.audio` (B, F_total, W, Da), chunk by chunk.
+
+    The first chunk has `chunk` frames from noise; each later chunk generates
+    `chunk - prefix_frames` frames after the last `prefix_frames` generated ones, which it
+    sees as a clean prefix together with their own audio windows (6.4).
+    """
+    return sample_long(dicte_chunk_fn(model, cond, steps), cond.audio.shape[1], key, chunk=chunk,
+                       prefix_frames=prefix_frames)
+
+
+def vaid_expression(vaid, windows: jax.Array, x_ref: jax.Array, e_cond: jax.Array, key: jax.Array,
+                    steps: int | None = None) -> jax.Array:
+    """A V-AID's any-length e_a (B, F, E) by DDIM: chunks of its Di-CTE's `train_frames` with a
+    clean prefix of `prefix_frames`, `steps` (default: the variant's `sample_steps`)."""
+    cfg = vaid.variant.dicte
+    return generate_expression(vaid.dicte, DiCTECond(windows, x_ref, e_cond), key, steps=steps or cfg.sample_steps,
+                               chunk=cfg.train_frames, prefix_frames=cfg.prefix_frames)

@@ -11,12 +11,8 @@ with each frame token = embed(e_t[f]) + audio window token(A_w[f]) + sinusoidal 
 position + time embedding (+ a learned "clean" embedding on prefix frames).
 The identity token comes from a small conv encoder of the portrait x_ref.
 
-Schedule (our choice; the paper says DDPM): the continuous cosine schedule
-alpha_bar(t) = cos(pi t / 2)^2, t in [0, 1]; e_t = sqrt(ab) e_0 + sqrt(1 - ab) eps; t = 1 is
-pure noise. Sampling is deterministic DDIM on a uniform t grid from 1 to 0 in a `lax.scan`.
-Prefix-guided continuation: P clean frames are concatenated before the noise, marked
-clean, and held fixed at every step; training gives the first `prefix_frames` frames of a
-window clean with probability `prefix_ratio` (see `losses.dicte_loss`).
+The noise schedule and the sampler are in `diffusion.dicte` (one chunk) and
+`diffusion.long_dicte` (any length); the training loss in `losses.dicte_loss`.
 """
 
 from __future__ import annotations
@@ -44,24 +40,6 @@ class DiCTECond(NamedTuple):
 
 # A denoiser: (e_t (B, F, E), t (B,), cond, clean (B, F) bool) -> predicted e_0 (B, F, E).
 Denoiser = Callable[[jax.Array, jax.Array, DiCTECond, jax.Array], jax.Array]
-
-
-def alpha_bar(t: jax.Array) -> jax.Array:
-    """Cosine schedule: 1 at t = 0 (clean), 0 at t = 1 (pure noise)."""
-    return jnp.cos(0.5 * jnp.pi * t) ** 2
-
-
-def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
-    """e_t for per-sample t (B,) and x0, eps (B, F, E)."""
-    ab = alpha_bar(t)[:, None, None]
-    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
-
-
-def ddim_step(x: jax.Array, x0: jax.Array, t: jax.Array, s: jax.Array) -> jax.Array:
-    """Deterministic DDIM from time t to s < t given the predicted clean x0 (scalars t, s)."""
-    ab_t, ab_s = alpha_bar(t), alpha_bar(s)
-    eps = (x - jnp.sqrt(ab_t) * x0) / jnp.sqrt(jnp.maximum(1.0 - ab_t, 1e-12))
-    return jnp.sqrt(ab_s) * x0 + jnp.sqrt(1.0 - ab_s) * eps
 
 
 def sinusoidal_positions(num: int, dim: int) -> jax.Array:
@@ -141,71 +119,3 @@ class DiCTE(nnx.Module):
         for block in self.blocks:
             h = block(h)
         return self.proj_out(self.norm_out(h[:, tokens.shape[1]:]))
-
-
-def _bind(model: Denoiser) -> tuple[Callable[[], Denoiser], object]:
-    """Split an NNX model so a `lax.scan` body can rebuild it from carried-in state."""
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        return (lambda st: nnx.merge(graphdef, st)), state
-    return (lambda st: model), None
-
-
-def sample_dicte(
-    model: Denoiser,
-    cond: DiCTECond,
-    num_frames: int,
-    key: jax.Array,
-    steps: int = 25,
-    prefix: jax.Array | None = None,
-) -> jax.Array:
-    """Deterministic DDIM from pure noise: -> (B, N, E) new expression frames.
-
-    `prefix` (B, P, E) clean frames (the end of the previous chunk) are concatenated before
-    the noise and held fixed; `cond.audio` then covers P + N frames.
-    """
-    b = cond.e_cond.shape[0]
-    e = cond.e_cond.shape[-1]
-    p = 0 if prefix is None else prefix.shape[1]
-    total = p + num_frames
-    if cond.audio.shape[1] != total:
-        raise ValueError(f"cond.audio covers {cond.audio.shape[1]} frames; need prefix {p} + new {num_frames}")
-    clean = jnp.broadcast_to(jnp.arange(total) < p, (b, total))
-    known = jnp.zeros((b, total, e), cond.e_cond.dtype)
-    if prefix is not None:
-        known = known.at[:, :p].set(prefix.astype(known.dtype))
-    x = jax.random.normal(key, (b, total, e), known.dtype)
-    x = jnp.where(clean[..., None], known, x)
-    ts = jnp.linspace(1.0, 0.0, steps + 1)
-    rebuild, state = _bind(model)
-
-    def body(x, ts_pair):
-        t, s = ts_pair
-        x0 = rebuild(state)(x, jnp.full((b,), t), cond, clean)
-        x0 = jnp.where(clean[..., None], known, x0)
-        return jnp.where(clean[..., None], known, ddim_step(x, x0, t, s)), None
-
-    x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:]))
-    return x[:, p:]
-
-
-def generate_expression(
-    model: Denoiser,
-    cond: DiCTECond,
-    key: jax.Array,
-    *,
-    steps: int = 25,
-    chunk: int = 220,
-    prefix_frames: int = 20,
-) -> jax.Array:
-    """Any-length e_a (B, F_total, E) for `cond.audio` (B, F_total, W, Da), chunk by chunk.
-
-    The first chunk has `chunk` frames from noise; each later chunk generates
-    `chunk - prefix_frames` frames after the last `prefix_frames` generated ones, which it
-    sees as a clean prefix together with their own audio windows (6.4). The chunk loop is
-    `diffusion.long_dicte.sample_long`.
-    """
-    from emotivetalk_jax.diffusion.long_dicte import dicte_chunk_fn, sample_long
-
-    return sample_long(dicte_chunk_fn(model, cond, steps), cond.audio.shape[1], key, chunk=chunk,
-                       prefix_frames=prefix_frames)

@@ -31,13 +31,9 @@ exactly what its SVD UNet computes. Masks are given at latent resolution and max
 from __future__ import annotations
 
 import functools
-import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from emotivetalk_jax.models.attention import attend
@@ -53,7 +49,7 @@ from emotivetalk_jax.models.unet import UNetSpatioTemporal, resolve_config
 NEW_KEYS = ("lip_proj", "expr_proj", "edi", "temporal_expr_norm", "temporal_expr_attn")
 NEW_PARAMS = nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(k) for k in NEW_KEYS)))
 SVD_PARAMS = nnx.All(nnx.Param, nnx.Not(NEW_PARAMS))
-_ZERO_OUT = ("edi", "temporal_expr_attn")  # their to_out.0.kernel starts at zero
+ZERO_OUT = ("edi", "temporal_expr_attn")  # their to_out.0.kernel starts at zero
 
 
 def _zero_out(attn: Attention) -> None:
@@ -203,8 +199,8 @@ class ETHDTransformer(TransformerSpatioTemporalModel):
 
 
 class ETHD(UNetSpatioTemporal):
-    """The ETHD backbone. Build with `from_svd_config` (fresh) or `from_svd_unet` / `load_ethd_from_svd`
-    (inheriting every SVD tensor)."""
+    """The ETHD backbone. Build with `from_svd_config` (fresh) or `convert.ethd.inherit_svd` /
+    `convert.ethd.load_ethd_from_svd` (inheriting every SVD tensor)."""
 
     def __init__(self, config: dict, ethd: ETHDConfig, *, rngs: nnx.Rngs, dtype=None):
         """`config`: a resolved SVD UNet config (`unet.resolve_config`)."""
@@ -229,11 +225,6 @@ class ETHD(UNetSpatioTemporal):
         """A freshly initialised ETHD from a diffusers UNet config dict (random SVD part)."""
         model = cls(resolve_config(svd_unet_cfg), ethd_cfg, rngs=trace_safe_rngs(rngs), dtype=dtype)
         return cast_params(model, param_dtype)
-
-    @classmethod
-    def from_svd_unet(cls, unet: UNetSpatioTemporal, ethd_cfg: ETHDConfig, *, rngs: nnx.Rngs) -> ETHD:
-        """ETHD holding every parameter of `unet` (the same arrays) plus freshly initialised additions."""
-        return inherit_svd(unet, ethd_cfg, seed=int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1)))
 
     def __call__(
         self,
@@ -272,88 +263,3 @@ class ETHD(UNetSpatioTemporal):
             edi_dri=dri.reshape(b * f, *dri.shape[2:]), edi_ref=ref.reshape(b * f, *ref.shape[2:]),
             temporal_expr_context=temporal.reshape(b, -1, temporal.shape[-1]),
         )
-
-
-# ----------------------------------------------------------------------------- SVD -> ETHD
-
-
-def _path(p: tuple) -> str:
-    return ".".join(str(k) for k in p)
-
-
-def _is_new(path: str) -> bool:
-    return any(k in path.split(".") for k in NEW_KEYS)
-
-
-def _init_new(path: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """The constructors' initialisation of an added parameter, drawn on the host: zero output
-    kernels of the expression branches, ones / zeros for norm scales / biases, and flax's
-    default lecun-normal kernels (truncated to +-2 std, std = 1 / sqrt(fan_in) / 0.8796)."""
-    parts = path.split(".")
-    leaf = parts[-1]
-    if leaf == "kernel" and "to_out" in parts and any(k in parts for k in _ZERO_OUT):
-        return np.zeros(shape, np.float32)
-    if leaf == "scale":
-        return np.ones(shape, np.float32)
-    if leaf == "bias":
-        return np.zeros(shape, np.float32)
-    z = rng.standard_normal(shape)
-    while (bad := np.abs(z) > 2).any():
-        z[bad] = rng.standard_normal(int(bad.sum()))
-    return (z / np.sqrt(int(np.prod(shape[:-1]))) / 0.87962566103423978).astype(np.float32)
-
-
-def inherit_svd(unet: UNetSpatioTemporal, ethd_cfg: ETHDConfig, *, seed: int = 0) -> ETHD:
-    """ETHD with every SVD parameter taken from `unet` (same arrays, same dtype) and the
-    additions initialised as the constructors would (in the SVD parameters' dtype).
-
-    Strict: fails naming every SVD parameter that ETHD lacks or shapes differently, and
-    every ETHD parameter that has no SVD source and is not one of `NEW_KEYS`.
-    """
-    abstract = nnx.eval_shape(lambda: ETHD.from_svd_config(unet.config, ethd_cfg, rngs=nnx.Rngs(0)))
-    svd = {_path(p): v for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    target = {_path(p): v for p, v in nnx.to_flat_state(params)}
-    missing = sorted(set(svd) - set(target))
-    shapes = [f"{k} {svd[k].shape} vs {target[k].shape}" for k in sorted(set(svd) & set(target))
-              if tuple(svd[k].shape) != tuple(target[k].shape)]
-    orphans = sorted(k for k in set(target) - set(svd) if not _is_new(k))
-    if missing or shapes or orphans:
-        raise ValueError(f"SVD UNet does not fit ETHD: missing in ETHD {missing[:10]}; shape mismatches "
-                         f"{shapes[:10]}; ETHD parameters with no SVD source {orphans[:10]}")
-    dtype = svd["conv_in.kernel"].value.dtype
-    rng = np.random.default_rng(seed)
-    flat = []
-    for p, var in nnx.to_flat_state(params):
-        name = _path(p)
-        value = svd[name].value if name in svd else jnp.asarray(_init_new(name, tuple(var.shape), rng), dtype)
-        flat.append((p, var.replace(value)))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
-
-
-def _native_unet_folder(path: Path) -> Path | None:
-    for folder in (path, path / "unet"):
-        cfg = folder / "config.json"
-        if cfg.exists() and json.loads(cfg.read_text()).get("format") == "emotivetalk_jax":
-            return folder
-    return None
-
-
-def load_ethd_from_svd(path: str | os.PathLike, ethd_cfg: ETHDConfig, *, dtype=None, seed: int = 0,
-                       progress=None) -> ETHD:
-    """ETHD initialised from an SVD checkpoint: a diffusers UNet folder / SVD repository root
-    (through the strict converter, `convert.svd`) or a native orbax one (`convert.native`)."""
-    from emotivetalk_jax.convert import native, svd
-
-    path = Path(path)
-    folder = _native_unet_folder(path)
-    unet = native.load_model(folder, dtype) if folder else svd.load_diffusers_unet(path, dtype, progress=progress)
-    if not isinstance(unet, UNetSpatioTemporal):
-        raise ValueError(f"{path} holds a {type(unet).__name__}, not an SVD UNet")
-    return inherit_svd(unet, ethd_cfg, seed=seed)
-
-
-def param_count(model: nnx.Module, *filters) -> int:
-    """Scalar parameters of a (possibly abstract) model matching all `filters` (default nnx.Param)."""
-    state = nnx.state(model, nnx.All(nnx.Param, *filters) if filters else nnx.Param)
-    return int(sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(state)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from emotivetalk_jax.models.attention import attend
@@ -157,3 +158,15 @@ def cast_params(model: nnx.Module, dtype) -> nnx.Module:
         params = nnx.state(model, nnx.Param)
         nnx.update(model, jax.tree.map(lambda p: p.astype(dtype), params))
     return model
+
+
+def frozen(module: nnx.Module) -> nnx.Module:
+    """A copy of `module` whose parameters pass no gradient."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.lax.stop_gradient(state))
+
+
+def param_count(model: nnx.Module, *filters) -> int:
+    """Scalar parameters of a (possibly abstract) model matching all `filters` (default nnx.Param)."""
+    state = nnx.state(model, nnx.All(nnx.Param, *filters) if filters else nnx.Param)
+    return int(sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(state)))

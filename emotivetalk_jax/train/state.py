@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from emotivetalk_jax.convert.engine import fill_params
+from emotivetalk_jax.convert.engine import fill_params, truncated_lecun_normal
 
 
 class TrainState(NamedTuple):
@@ -42,10 +42,7 @@ def host_init(model: nnx.Module, seed: int = 0) -> nnx.Module:
 
     def draw(leaf: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         if leaf == "kernel":
-            z = rng.standard_normal(shape)
-            while (bad := np.abs(z) > 2).any():
-                z[bad] = rng.standard_normal(int(bad.sum()))
-            return z / np.sqrt(max(1, int(np.prod(shape[:-1])))) / 0.87962566103423978
+            return truncated_lecun_normal(shape, rng)
         if leaf == "bias":
             return np.zeros(shape)
         if leaf == "scale":
