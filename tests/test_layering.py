@@ -33,6 +33,12 @@ KNOWN = {
     ("emotivetalk_jax.models.face_encoders", "emotivetalk_jax.losses"),
     # the learning gates of a stage are computed by eval.probes, which itself rebuilds stages.
     ("emotivetalk_jax.train.stages", "emotivetalk_jax.eval.probes"),
+    # the metric networks (issue 18) are NNX modules kept in eval/; they belong in models/ (or
+    # their rule tables in eval/).
+    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.face3d"),
+    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.i3d"),
+    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.inception"),
+    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.syncnet"),
 }
 
 
