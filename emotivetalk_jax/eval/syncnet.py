@@ -149,7 +149,7 @@ def mfcc(audio: np.ndarray, sr: int = 16000, numcep: int = 13, nfilt: int = 26, 
 
 @dataclasses.dataclass(frozen=True)
 class SyncResult:
-    offset: int  # frames; 0 when audio and video are in sync
+    offset: int  # frames; 0 in sync, > 0 when the audio leads the video (lip frame i matches audio frame i - offset)
     confidence: float  # Sync-C (LSE-C): median - minimum of the mean distances
     min_distance: float  # Sync-D (LSE-D)
     distances: np.ndarray  # (2 vshift + 1,) mean distance per shift
