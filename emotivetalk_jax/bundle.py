@@ -6,7 +6,7 @@ Layout:
                        audio layer, half-width, ...)}
     ethd/ vae/ audio/ component checkpoints of `convert.native` (config.json + orbax state/)
     vaid/             the same layout, component "vaid", config = the `VAIDVariant` as a dict
-    face_encoders/    `emotion.sources.save_expression_encoder` layout
+    face_encoders/    the same layout, component "face_encoders" (`emotion.sources.save_expression_encoder`)
     codebook/         `emotion.codebook.save_codebook` layout
     speech_head/      optional, `emotion.speech.save_speech_head` layout
 
@@ -25,15 +25,37 @@ one-line `BundleError`. A bundle without a manifest (an older one) loads with a 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
+
+from emotivetalk_jax import interrupts, manifest
+from emotivetalk_jax.convert import svd
+from emotivetalk_jax.convert.audio import build_audio_encoder
+from emotivetalk_jax.convert.engine import ConversionError, fill_from_arrays, random_params
+from emotivetalk_jax.convert.native import load_model, save_model
+from emotivetalk_jax.data.synthetic import SyntheticDomain
+from emotivetalk_jax.emotion.codebook import Codebook, load_codebook, save_codebook
+from emotivetalk_jax.emotion.keywords import KEYWORDS
+from emotivetalk_jax.emotion.sources import load_expression_encoder, save_expression_encoder
+from emotivetalk_jax.emotion.speech import load_speech_head, save_speech_head
+from emotivetalk_jax.models.ethd import ETHD
+from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS, InferenceConfig, get_ethd_variant
+from emotivetalk_jax.models.face_encoders import FaceEncoders
+from emotivetalk_jax.models.vaid import VAID
+from emotivetalk_jax.models.vaid_variants import DiCTEConfig, get_vaid_variant
+from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
+from emotivetalk_jax.train import stages as S
+from emotivetalk_jax.train.checkpoint import restore_model_arrays
 
 FORMAT = "emotivetalk_jax"
 COMPONENT = "pipeline"
@@ -51,13 +73,14 @@ class BundleSettings:
     variant: str
     vaid_variant: str
     resolution: int  # pixels of the square face crop the model works at
-    fps: int = 25
-    window: int = 120  # frames per denoising window (3.4)
-    overlap: int = 24
-    steps: int = 25  # DDIM steps of the backbone
+    # The paper's numbers are written once, in models/ethd_variants.py and models/vaid_variants.py.
+    fps: int = InferenceConfig.fps
+    window: int = InferenceConfig.window  # frames per denoising window (3.4)
+    overlap: int = InferenceConfig.overlap
+    steps: int = InferenceConfig.steps  # DDIM steps of the backbone
     lip_scale: float = 1.0  # CFG scales (1: off); `for_variant` takes the variant's (the paper's: two branches)
     expr_scale: float = 1.0
-    dicte_steps: int = 25  # Di-CTE DDIM steps
+    dicte_steps: int = DiCTEConfig.sample_steps  # Di-CTE DDIM steps
     audio_layer: int = -1  # wav2vec2 hidden state used as A
     half_width: int = 2  # audio window A_w = 2 half_width + 1 frames
     audio_chunk_s: float = 30.0  # long audio is encoded in chunks (data.audio.encode_chunked)
@@ -79,9 +102,6 @@ class BundleSettings:
 
     @classmethod
     def for_variant(cls, variant: str, vaid_variant: str | None = None, resolution: int | None = None) -> "BundleSettings":
-        from emotivetalk_jax.models.ethd_variants import get_ethd_variant
-        from emotivetalk_jax.models.vaid_variants import get_vaid_variant
-
         ev = get_ethd_variant(variant)
         vv = get_vaid_variant(vaid_variant or variant)
         ic = ev.inference
@@ -101,8 +121,6 @@ class BundleSettings:
 
 def parse_settings(items: list[str] | None) -> dict:
     """`["window=16", "steps=10"]` (the CLI's repeated --set) -> checked BundleSettings overrides."""
-    import ast
-
     names = {f.name for f in dataclasses.fields(BundleSettings)} - {"variant", "vaid_variant", "resolution"}
     out = {}
     for item in items or []:
@@ -135,53 +153,16 @@ class Bundle:
 # ----------------------------------------------------------------------------- V-AID component
 
 
-def vaid_variant_to_dict(variant) -> dict:
-    return dataclasses.asdict(variant)
-
-
-def vaid_variant_from_dict(d: dict):
-    from emotivetalk_jax.models import vaid_variants as V
-
-    def part(cls, values):
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    return V.VAIDVariant(
-        d["name"], part(V.PerceiverConfig, d["perceiver"]), part(V.DiCTEConfig, d["dicte"]),
-        part(V.CLUBConfig, d["club"]), part(V.FaceEncoderConfig, d["face"]), part(V.DecoderConfig, d["decoder"]),
-        part(V.LossConfig, d["loss"]),
-    )
-
-
-def _save_state(model: nnx.Module, folder: Path, component: str, config: dict) -> Path:
-    from emotivetalk_jax.convert.native import save_model
-
-    return save_model(model, folder, component, config)
-
-
-def _restore_into(abstract: nnx.Module, folder: Path) -> nnx.Module:
-    import orbax.checkpoint as ocp
-
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params))
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(Path(folder).absolute() / "state", target)
-    nnx.replace_by_pure_dict(params, restored)
-    return nnx.merge(graphdef, params, rest)
-
-
 def save_vaid(vaid, folder: str | os.PathLike) -> Path:
     """V-AID (projector, Di-CTE, CLUB) as config.json (its `VAIDVariant`) + orbax state/."""
-    return _save_state(vaid, Path(folder), "vaid", vaid_variant_to_dict(vaid.variant))
+    return save_model(vaid, Path(folder), "vaid")
 
 
 def load_vaid(folder: str | os.PathLike):
-    from emotivetalk_jax.models.vaid import VAID
-
     meta = _read_json(Path(folder) / "config.json", "V-AID checkpoint")
     if meta.get("component") != "vaid":
         raise BundleError(f"{folder} holds component {meta.get('component')!r}, not 'vaid'")
-    variant = vaid_variant_from_dict(meta["config"])
-    return _restore_into(nnx.eval_shape(lambda: VAID(variant, rngs=nnx.Rngs(0))), Path(folder))
+    return load_model(folder, check=False, component="vaid")
 
 
 # ----------------------------------------------------------------------------- bundle save / load
@@ -218,12 +199,6 @@ def read_settings(path: str | os.PathLike) -> BundleSettings:
 
 def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
     """Write every model of `bundle` and its settings under `out` (a new or empty folder)."""
-    from emotivetalk_jax.convert.native import save_model
-    from emotivetalk_jax.emotion.codebook import save_codebook
-    from emotivetalk_jax.emotion.sources import save_expression_encoder
-
-    from emotivetalk_jax import manifest
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
@@ -233,12 +208,10 @@ def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
         save_model(bundle.ethd, tmp / "ethd", "ethd", variant=s.variant)
         save_model(bundle.vae, tmp / "vae", "vae", variant=s.variant)
         save_model(bundle.audio, tmp / "audio", "audio", variant=s.variant)
-        save_model(bundle.vaid, tmp / "vaid", "vaid", vaid_variant_to_dict(bundle.vaid.variant), variant=s.vaid_variant)
+        save_model(bundle.vaid, tmp / "vaid", "vaid", variant=s.vaid_variant)
         save_expression_encoder(bundle.face_encoders, tmp / "face_encoders")
         save_codebook(bundle.codebook, tmp / "codebook")
         if bundle.speech_head is not None:
-            from emotivetalk_jax.emotion.speech import save_speech_head
-
             save_speech_head(bundle.speech_head, tmp / "speech_head")
         (tmp / "config.json").write_text(json.dumps(s.to_json(), indent=2, sort_keys=True) + "\n")
         manifest.write_manifest(tmp, _components(bundle))
@@ -247,8 +220,7 @@ def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
 
 def _components(b: Bundle) -> dict[str, dict]:
     """The manifest's record of each part: component, variant and parameter shapes."""
-    from emotivetalk_jax.manifest import component_entry, model_shapes
-
+    component_entry, model_shapes = manifest.component_entry, manifest.model_shapes
     s = b.settings
     parts = {"ethd": ("ethd", s.variant, model_shapes(b.ethd)), "vae": ("vae", s.variant, model_shapes(b.vae)),
              "audio": ("audio", s.variant, model_shapes(b.audio)),
@@ -261,8 +233,6 @@ def _components(b: Bundle) -> dict[str, dict]:
 def verify_bundle(path: str | os.PathLike, *, hashes: bool = True) -> dict | None:
     """Check a bundle folder against its manifest (BundleError naming the first bad file);
     returns the manifest, or None (with a notice) for a bundle written before manifests."""
-    from emotivetalk_jax import manifest
-
     folder = Path(path)
     try:
         meta = manifest.verify(folder, hashes=hashes)
@@ -285,8 +255,6 @@ def check_request(settings: BundleSettings, path: Path | str, variant: str | Non
 
 def _check_parts(b: Bundle) -> None:
     """The parts of a bundle must fit: variant, lip / expression widths, audio features."""
-    from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS, get_ethd_variant
-
     s, where = b.settings, b.path or "the bundle"
     ethd_cfg = b.ethd.ethd_config
     if s.variant in ETHD_VARIANTS:
@@ -320,12 +288,6 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
                 verify: bool = False) -> Bundle:
     """Load a bundle written by `save_bundle`, checked (see `verify_bundle` (sizes; sha256 with
     `verify`), `check_request`, `_check_parts`)."""
-    from emotivetalk_jax import interrupts
-    from emotivetalk_jax.convert.engine import ConversionError
-    from emotivetalk_jax.convert.native import load_model
-    from emotivetalk_jax.emotion.codebook import load_codebook
-    from emotivetalk_jax.emotion.sources import load_expression_encoder
-
     folder = Path(path)
     settings = read_settings(folder)
     check_request(settings, folder, variant, resolution)
@@ -341,8 +303,6 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
             book = load_codebook(folder / "codebook")
             head = None
             if (folder / "speech_head").is_dir():
-                from emotivetalk_jax.emotion.speech import load_speech_head
-
                 head = load_speech_head(folder / "speech_head")
     except (ConversionError, BundleError) as e:
         raise BundleError(str(e).splitlines()[0]) from None
@@ -359,24 +319,12 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
 def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | None = None,
                   **settings: Any) -> Bundle:
     """A bundle of `variant` with random weights (abstract build + host fill; nothing trained)."""
-    from emotivetalk_jax.convert import svd
-    from emotivetalk_jax.convert.audio import build_audio_encoder
-    from emotivetalk_jax.convert.engine import random_params
-    from emotivetalk_jax.emotion.codebook import Codebook
-    from emotivetalk_jax.models.ethd import ETHD
-    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
-    from emotivetalk_jax.models.face_encoders import FaceEncoders
-    from emotivetalk_jax.models.vaid import VAID
-    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
-
     ev = get_ethd_variant(variant)
     vv = get_vaid_variant(settings.pop("vaid_variant", None) or variant)
     s = dataclasses.replace(BundleSettings.for_variant(variant, vv.name, resolution), **settings)
     abstract = lambda f: nnx.eval_shape(f)
     ethd = random_params(abstract(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))), seed)
     vae = random_params(abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed + 1)
-    from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
-
     audio_cfg = dict(TINY_AUDIO if vv.perceiver.audio_dim == TINY_AUDIO["hidden_size"] else BASE_AUDIO)
     audio = random_params(build_audio_encoder(audio_cfg, abstract=True), seed + 2)
     vaid = random_params(abstract(lambda: VAID(vv, rngs=nnx.Rngs(0))), seed + 3)
@@ -399,8 +347,6 @@ def make_random_bundle(out: str | os.PathLike, variant: str = "tiny", seed: int 
 
 def training_config(workdir: str | os.PathLike) -> dict:
     """The config JSON saved with the latest checkpoint of a training workdir."""
-    import orbax.checkpoint as ocp
-
     if not (Path(workdir) / "checkpoints").is_dir():
         raise BundleError(f"{workdir} is not a training workdir (no checkpoints/); pass the stage-2 workdir")
     mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("config",),
@@ -416,8 +362,6 @@ def training_config(workdir: str | os.PathLike) -> dict:
 def _workdir_arrays(workdir: str | os.PathLike, ema: bool = False) -> dict[str, np.ndarray]:
     """{dotted model path: array} of the latest checkpoint of a training workdir, on the host
     (`ema`: the run's moving average of its trained parameters, where it kept one)."""
-    from emotivetalk_jax.train.checkpoint import restore_model_arrays
-
     if not (Path(workdir) / "checkpoints").is_dir():
         raise BundleError(f"{workdir} is not a training workdir (no checkpoints/)")
     try:
@@ -431,35 +375,16 @@ def _workdir_arrays(workdir: str | os.PathLike, ema: bool = False) -> dict[str, 
 
 def _fill(abstract: nnx.Module, arrays: dict[str, np.ndarray], what: str, subtree: str | None = None) -> nnx.Module:
     """`abstract` with every variable taken from `arrays` (strict: missing or mis-shaped -> BundleError)."""
-    import jax.numpy as jnp
-
-    if subtree:
-        arrays = {k[len(subtree) + 1:]: v for k, v in arrays.items() if k.startswith(subtree + ".")}
-    graphdef, state = nnx.split(abstract)
-    flat, missing = [], []
-    for path, var in nnx.to_flat_state(state):
-        key = ".".join(str(k) for k in path)
-        if key not in arrays:
-            missing.append(key)
-        elif tuple(arrays[key].shape) != tuple(var.shape):
-            raise BundleError(f"{what}: {key} has shape {arrays[key].shape}, the model wants {tuple(var.shape)}")
-        else:
-            flat.append((path, var.replace(jnp.asarray(arrays[key], var.dtype))))
-    if missing:
-        raise BundleError(f"{what}: the checkpoint lacks {len(missing)} model arrays, e.g. {missing[:3]}")
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    try:
+        return fill_from_arrays(abstract, arrays, what, subtree=subtree)
+    except ConversionError as e:
+        raise BundleError(str(e)) from None
 
 
 def synthetic_codebook(face_encoders, resolution: int, *, data_seed: int = 0, clips: int = 64,
                        frames_per_clip: int = 8):
     """Emotion-to-expression codebook from training clips of the synthetic domain: the mean
     expression latent of each keyword's frames (what `codebook build` does with labelled photos)."""
-    import jax.numpy as jnp
-
-    from emotivetalk_jax.data.synthetic import SyntheticDomain
-    from emotivetalk_jax.emotion.codebook import Codebook
-    from emotivetalk_jax.emotion.keywords import KEYWORDS
-
     domain = SyntheticDomain(data_seed)
     sums = np.zeros((len(KEYWORDS), face_encoders.cfg.expr_dim), np.float64)
     counts = np.zeros(len(KEYWORDS), np.int64)
@@ -498,16 +423,6 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     from the run's saved config), and a codebook (given, or from synthetic training clips).
     `vae`: a decoder fine-tune (stage `vae`, `vae_train=decoder`) of stage 2's VAE whose decoder
     replaces the original one (its encoder must be identical)."""
-    import ml_collections
-
-    from emotivetalk_jax.models.ethd import ETHD
-    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
-    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
-    from emotivetalk_jax.train import stages as S
-
-    from emotivetalk_jax.models.face_encoders import FaceEncoders
-    from emotivetalk_jax.models.vaid import VAID
-
     cfg = ml_collections.ConfigDict(training_config(ethd_workdir))
     if cfg.stage != "ethd":
         raise BundleError(f"{ethd_workdir} is a {cfg.stage!r} run; pass the stage-2 (ethd) workdir")
@@ -539,8 +454,6 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     if codebook is None:
         codebook = synthetic_codebook(face, size, data_seed=int(cfg.data.data_seed))
     elif not hasattr(codebook, "means"):
-        from emotivetalk_jax.emotion.codebook import load_codebook
-
         codebook = load_codebook(codebook)
     b = Bundle(s, ethd, vae_model, audio, vaid, face, codebook)
     _check_parts(b)

@@ -1,13 +1,18 @@
 """The project's own model checkpoints: an orbax state tree + the config that builds the model.
 
 Layout of one component folder:
-    config.json   {"format": "emotivetalk_jax", "component": "unet" | "vae" | "audio" | "ethd", "config": {...}}
+    config.json   {"format": "emotivetalk_jax", "component": one of `COMPONENTS`, "config": {...}}
     state/        orbax checkpoint of the model's `nnx.Param` state (float32 or as saved)
     manifest.json size and sha256 of every file, the component's variant and parameter shapes
                   (`emotivetalk_jax.manifest`)
 A converted SVD repository is a folder with `unet/` and `vae/` component folders. A folder is
 written whole or not at all (a temporary sibling renamed into place); loading checks the
 manifest's sizes (hashes with `verify=True`) and shapes before orbax reads a byte.
+
+`COMPONENTS` is the one registry of the checkpointed parts (UNet, VAE, audio encoder, ETHD,
+V-AID, face encoders): how a config builds each and how a model gives back its config.
+Every part saves with `save_model` and loads with `load_model`; nothing else calls orbax on
+a component folder.
 """
 
 from __future__ import annotations
@@ -23,45 +28,76 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from emotivetalk_jax import interrupts, manifest
+from emotivetalk_jax.convert import svd
+from emotivetalk_jax.convert.audio import build_audio_encoder
 from emotivetalk_jax.convert.engine import ConversionError, abstract_model
+from emotivetalk_jax.models.ethd import ETHD
+from emotivetalk_jax.models.ethd_variants import ETHDConfig
+from emotivetalk_jax.models.face_encoders import FaceEncoders
+from emotivetalk_jax.models.vaid import VAID
+from emotivetalk_jax.models.vaid_variants import (
+    CLUBConfig,
+    DecoderConfig,
+    DiCTEConfig,
+    FaceEncoderConfig,
+    LossConfig,
+    PerceiverConfig,
+    VAIDVariant,
+)
 
 FORMAT = "emotivetalk_jax"
 
 
-def _builders() -> dict[str, Callable[..., nnx.Module]]:
-    from emotivetalk_jax.convert import svd
-    from emotivetalk_jax.convert.audio import build_audio_encoder
-    from emotivetalk_jax.models.ethd import ETHD
-    from emotivetalk_jax.models.ethd_variants import ETHDConfig
-
-    return {
-        "unet": lambda cfg, rngs: svd.build("unet", cfg, rngs=rngs),
-        "vae": lambda cfg, rngs: svd.build("vae", cfg, rngs=rngs),
-        "audio": lambda cfg, rngs: build_audio_encoder(cfg, rngs=rngs),
-        "ethd": lambda cfg, rngs: ETHD.from_svd_config(cfg["unet"], ETHDConfig(**cfg["ethd"]), rngs=rngs),
-    }
+def _tuples(d: dict) -> dict:
+    """JSON lists back to the tuples of a config dataclass."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def model_config(model: nnx.Module) -> dict:
-    """The JSON config that rebuilds `model` through `_builders`."""
-    from emotivetalk_jax.models.ethd import ETHD
+def vaid_variant_from_dict(d: dict) -> VAIDVariant:
+    """The `VAIDVariant` that `dataclasses.asdict` wrote (a V-AID checkpoint's config)."""
+    return VAIDVariant(
+        d["name"], PerceiverConfig(**_tuples(d["perceiver"])), DiCTEConfig(**_tuples(d["dicte"])),
+        CLUBConfig(**_tuples(d["club"])), FaceEncoderConfig(**_tuples(d["face"])),
+        DecoderConfig(**_tuples(d["decoder"])), LossConfig(**_tuples(d["loss"])),
+    )
 
-    if isinstance(model, ETHD):
-        return {"unet": model.config, "ethd": dataclasses.asdict(model.ethd_config)}
-    return model.config
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """How a checkpointed part is rebuilt: `build(config, rngs)` and `config(model)` (JSON)."""
+
+    build: Callable[[dict, nnx.Rngs], nnx.Module]
+    config: Callable[[nnx.Module], dict]
+
+
+COMPONENTS: dict[str, Component] = {
+    "unet": Component(lambda cfg, rngs: svd.build("unet", cfg, rngs=rngs), lambda m: m.config),
+    "vae": Component(lambda cfg, rngs: svd.build("vae", cfg, rngs=rngs), lambda m: m.config),
+    "audio": Component(lambda cfg, rngs: build_audio_encoder(cfg, rngs=rngs), lambda m: m.config),
+    "ethd": Component(lambda cfg, rngs: ETHD.from_svd_config(cfg["unet"], ETHDConfig(**cfg["ethd"]), rngs=rngs),
+                      lambda m: {"unet": m.config, "ethd": dataclasses.asdict(m.ethd_config)}),
+    "vaid": Component(lambda cfg, rngs: VAID(vaid_variant_from_dict(cfg), rngs=rngs),
+                      lambda m: dataclasses.asdict(m.variant)),
+    "face_encoders": Component(lambda cfg, rngs: FaceEncoders(FaceEncoderConfig(**_tuples(cfg)), rngs=rngs),
+                               lambda m: dataclasses.asdict(m.cfg)),
+}
 
 
 def save_model(model: nnx.Module, folder: str | os.PathLike, component: str, config: dict | None = None, *,
                variant: str | None = None) -> Path:
     """Write `model` (config + parameters + manifest) as an orbax checkpoint folder, atomically.
 
-    `config` is what rebuilds the model (default: `model_config(model)`); `variant` is recorded
-    in the manifest (a bundle's parts are checked against it when the bundle loads)."""
+    `component` is one of `COMPONENTS`; `config` is what rebuilds the model (default: the
+    component's own); `variant` is recorded in the manifest (a bundle's parts are checked
+    against it when the bundle loads)."""
+    if component not in COMPONENTS:
+        raise ConversionError(f"unknown component {component!r}; expected one of {sorted(COMPONENTS)}")
     folder = Path(folder).absolute()
     if (folder / "state").exists():
         raise FileExistsError(f"{folder} already holds a checkpoint; choose a new output folder or delete it")
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    meta = {"format": FORMAT, "component": component, "config": model_config(model) if config is None else config}
+    config = COMPONENTS[component].config(model) if config is None else config
+    meta = {"format": FORMAT, "component": component, "config": config}
     with manifest.atomic_folder(folder) as tmp:
         with interrupts.deferred(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "state", state)
@@ -114,17 +150,19 @@ def check_folder(folder: str | os.PathLike, model: nnx.Module | None = None, *, 
                                   "config.json and state/ are from different checkpoints")
 
 
-def load_model(folder: str | os.PathLike, dtype=None, *, verify: bool = False, check: bool = True) -> nnx.Module:
+def load_model(folder: str | os.PathLike, dtype=None, *, verify: bool = False, check: bool = True,
+               component: str | None = None) -> nnx.Module:
     """Rebuild the model saved by `save_model`; parameters cast to `dtype` if given. The folder is
     checked against its manifest first (`check_folder`; `check=False` where a bundle's manifest
-    already covered it)."""
+    already covered it). `component`: the part expected (ConversionError if it holds another)."""
     folder = Path(folder).absolute()
     meta = read_meta(folder)
-    builders = _builders()
-    if meta.get("component") not in builders:
+    if meta.get("component") not in COMPONENTS:
         raise ConversionError(f"{folder}: unknown component {meta.get('component')!r}; "
-                              f"expected one of {sorted(builders)}")
-    build = builders[meta["component"]]
+                              f"expected one of {sorted(COMPONENTS)}")
+    if component is not None and meta["component"] != component:
+        raise ConversionError(f"{folder} holds component {meta['component']!r}, not {component!r}")
+    build = COMPONENTS[meta["component"]].build
     try:
         model = abstract_model(lambda: build(meta["config"], nnx.Rngs(0)))
     except (KeyError, TypeError, ValueError) as e:

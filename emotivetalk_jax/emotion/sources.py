@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emotivetalk_jax.convert import native
 from emotivetalk_jax.emotion.codebook import CROP_SCALE, encoder_image_size, expression_fn, prepare_face, read_image
 from emotivetalk_jax.emotion.keywords import EmotionError
 
@@ -89,38 +90,20 @@ class EmotionCondition:
 
 def save_expression_encoder(encoder, folder: str | os.PathLike) -> Path:
     """Write a `FaceEncoders` as config.json + orbax `state/` (the layout `load_expression_encoder` reads)."""
-    from emotivetalk_jax.convert.native import save_model
-
-    return save_model(encoder, folder, ENCODER_COMPONENT, dataclasses.asdict(encoder.cfg))
+    return native.save_model(encoder, folder, ENCODER_COMPONENT)
 
 
 def load_expression_encoder(folder: str | os.PathLike):
     """The `FaceEncoders` saved by `save_expression_encoder` (EmotionError if it is not one)."""
-    import jax
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from emotivetalk_jax.convert.native import FORMAT
-    from emotivetalk_jax.models.face_encoders import FaceEncoders
-    from emotivetalk_jax.models.vaid_variants import FaceEncoderConfig
-
     folder = Path(folder).absolute()
     cfg_file = folder / "config.json"
     if not cfg_file.is_file() or not (folder / "state").is_dir():
         raise EmotionError(f"{folder} is not an expression-encoder checkpoint (config.json + state/); "
                            "pass the folder of the trained face encoders")
     meta = json.loads(cfg_file.read_text())
-    if meta.get("format") != FORMAT or meta.get("component") != ENCODER_COMPONENT:
+    if meta.get("format") != native.FORMAT or meta.get("component") != ENCODER_COMPONENT:
         raise EmotionError(f"{cfg_file} describes {meta.get('component')!r}, not the face encoders ({ENCODER_COMPONENT})")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    cfg = FaceEncoderConfig(**fields)
-    model = nnx.eval_shape(lambda: FaceEncoders(cfg, rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params))
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(folder / "state", target)
-    nnx.replace_by_pure_dict(params, restored)
-    return nnx.merge(graphdef, params, rest)
+    return native.load_model(folder, check=False, component=ENCODER_COMPONENT)
 
 
 # ----------------------------------------------------------------------------- image and video

@@ -177,24 +177,10 @@ def audio_encoder(cfg, seed: int) -> nnx.Module:
 
 def _from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) -> nnx.Module:
     """Fill `abstract` from the latest training checkpoint in `path` (its params + rest)."""
+    from emotivetalk_jax.convert.engine import fill_from_arrays
     from emotivetalk_jax.train.checkpoint import restore_model_arrays
 
-    arrays = restore_model_arrays(path)  # {dotted path: np.ndarray}
-    if subtree:
-        arrays = {k[len(subtree) + 1:]: v for k, v in arrays.items() if k.startswith(subtree + ".")}
-    graphdef, state = nnx.split(abstract)
-    flat, missing = [], []
-    for p, var in nnx.to_flat_state(state):
-        key = shd.path_str(p)
-        if key not in arrays:
-            missing.append(key)
-            continue
-        if tuple(arrays[key].shape) != tuple(var.shape):
-            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, the model wants {var.shape}")
-        flat.append((p, var.replace(jnp.asarray(arrays[key], var.dtype))))
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {len(missing)} model arrays, e.g. {missing[:5]}")
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return fill_from_arrays(abstract, restore_model_arrays(path), path, subtree=subtree)
 
 
 def face_encoders(cfg, variant, seed: int) -> nnx.Module:
