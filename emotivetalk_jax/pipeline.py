@@ -300,24 +300,18 @@ class EmotiveTalkPipeline:
         return Branches(cond, no_expr, null)
 
     def denoise(self, branches, num_frames: int, key: jax.Array, *, steps: int | None = None) -> jax.Array:
-        """Whole-length DDIM with window fusion, one sampler step per call: -> latents (1, N, h, w, 4) x scaling."""
+        """Whole-length DDIM with window fusion, all steps in one program (the bar moves after
+        each): -> latents (1, N, h, w, 4) x scaling."""
         from emotivetalk_jax.diffusion.sampler import sample
 
         config = self.sampler_config(steps)
-        sigmas = np.asarray(config.sigmas(), np.float64)
         h = self.latent_size
         shape = (1, h, h, 4)
         noise = jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(jnp.arange(num_frames))
-        x = jnp.moveaxis(noise, 0, 1) * np.sqrt(sigmas[0] ** 2 + 1.0)
         with self._stage("denoise", total=config.steps, unit="step") as bar:
-            for i in range(config.steps):
-                pair = jnp.asarray(sigmas[i:i + 2], jnp.float32)
-                scale = float(np.sqrt(sigmas[i] ** 2 + 1.0))
-                x = sample(self._backbone, branches, key, config, num_frames=num_frames, latent_shape=(h, h, 4),
-                           noise=x / scale, sigmas=pair)
-                x = jax.block_until_ready(x)
-                bar.update(1)
-                interrupts.check()
+            x = sample(self._backbone, branches, key, config, num_frames=num_frames, latent_shape=(h, h, 4),
+                       noise=jnp.moveaxis(noise, 0, 1), callback=lambda step: bar.update(1))
+        interrupts.check()
         return x
 
     def decode(self, latents: jax.Array) -> np.ndarray:

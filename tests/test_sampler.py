@@ -171,12 +171,12 @@ def test_all_lengths_run_and_a_bucket_compiles_once():
         out = sample(_temporal, _cond(n), jax.random.key(n), cfg)
         assert out.shape == (1, n, HW, HW, C) and np.all(np.isfinite(out)), n
     cfg3 = SamplerConfig(steps=3, window=120, overlap=24)  # fresh config: nothing cached yet
-    traces, programs = sampler_lib.TRACE_COUNT, sampler_lib.cache_size()
+    programs = sampler_lib.compiled_programs()
     sample(_temporal, _cond(1400), jax.random.key(0), cfg3)
     sample(_temporal, _cond(1500), jax.random.key(0), cfg3)
-    assert sampler_lib.TRACE_COUNT - traces == 1 and sampler_lib.cache_size() - programs == 1
+    assert sampler_lib.compiled_programs() - programs == 1
     sample(_temporal, _cond(2000), jax.random.key(0), cfg3)  # next bucket: a new program
-    assert sampler_lib.TRACE_COUNT - traces == 2
+    assert sampler_lib.compiled_programs() - programs == 2
 
 
 def test_same_seed_same_video_and_eta_adds_noise():
@@ -186,6 +186,30 @@ def test_same_seed_same_video_and_eta_adds_noise():
     assert not np.allclose(a, sample(_temporal, cond, jax.random.key(1), SMALL))
     stochastic = SamplerConfig(steps=3, window=8, overlap=3, eta=1.0)
     assert not np.allclose(a, sample(_temporal, cond, jax.random.key(0), stochastic))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_step_by_step_equals_one_program(eta):
+    """The schedule run a step per call (as a caller driving its own loop would) gives the one
+    program's result, eta > 0 included: each step draws its own noise, the same in both; and
+    the one program reports every step to its callback."""
+    cond, noise = _cond(12), _noise(12)
+    cfg = SamplerConfig(steps=3, window=8, overlap=3, eta=eta)
+    seen = []
+    whole = sample(_temporal, cond, jax.random.key(5), cfg, noise=noise, callback=seen.append)
+    assert seen == [0, 1, 2]
+    sigmas = np.asarray(cfg.sigmas())
+    x = noise * np.sqrt(sigmas[0] ** 2 + 1.0)
+    for i in range(cfg.steps):
+        scale = np.sqrt(sigmas[i] ** 2 + 1.0)
+        x = sample(_temporal, cond, jax.random.key(5), cfg, noise=x / scale, sigmas=sigmas[i:i + 2], first_step=i)
+    np.testing.assert_allclose(x, whole, rtol=1e-5, atol=1e-5)
+    if eta:  # the per-step noise differs from step to step: a run that reuses step 0's draw differs
+        y = noise * np.sqrt(sigmas[0] ** 2 + 1.0)
+        for i in range(cfg.steps):
+            y = sample(_temporal, cond, jax.random.key(5), cfg, noise=y / np.sqrt(sigmas[i] ** 2 + 1.0),
+                       sigmas=sigmas[i:i + 2])
+        assert not np.allclose(y, whole, atol=1e-3)
 
 
 # ------------------------------------------------------------------ guidance
@@ -289,11 +313,11 @@ def test_tiny_ethd_windowed_guided_sampling():
     no_expr = cond._replace(frame={**cond.frame, "e_dri": jnp.broadcast_to(cond.video["e_ref"][:, None], (b, n, e.expr_dim))})
     br = Branches(cond, no_expr, drop(no_expr, "lip_tokens", reference=True))
     kw = dict(steps=2, window=4, overlap=2, batch_windows=2, guidance="dual")
-    traces = sampler_lib.TRACE_COUNT
+    traces = sampler_lib.compiled_programs()
     guided = sample(model, br, jax.random.key(0), SamplerConfig(lip_scale=2.0, expr_scale=1.5, **kw))
     same = sample(model, Branches(cond, cond, cond), jax.random.key(0), SamplerConfig(lip_scale=2.0, expr_scale=1.5, **kw))
     unguided = sample(model, br, jax.random.key(0), SamplerConfig(**kw))
-    assert sampler_lib.TRACE_COUNT - traces == 1  # scales are data, not part of the program
+    assert sampler_lib.compiled_programs() - traces == 1  # scales are data, not part of the program
     assert guided.shape == (b, n, h, h, 4) and np.all(np.isfinite(guided))
     np.testing.assert_allclose(same, unguided, rtol=1e-4, atol=1e-4)
     assert not np.allclose(guided, unguided, atol=1e-3)

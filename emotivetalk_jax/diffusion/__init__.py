@@ -11,11 +11,12 @@ from emotivetalk_jax.diffusion.edm import (
 )
 from emotivetalk_jax.diffusion.guidance import Branches, Conditions, combine, drop, guidance_mode
 from emotivetalk_jax.diffusion.long_dicte import sample_long
-from emotivetalk_jax.diffusion.sampler import SamplerConfig, cache_size, lower, plan, sample
+from emotivetalk_jax.diffusion.sampler import SamplerConfig, SamplerState, compiled_programs, lower, plan, sample
 from emotivetalk_jax.diffusion.windows import fusion_weights, num_windows, window_starts
 
 __all__ = [
-    "Branches", "Conditions", "Precond", "SamplerConfig", "ancestral_sigmas", "cache_size", "combine", "ddim_step",
+    "Branches", "Conditions", "Precond", "SamplerConfig", "SamplerState", "ancestral_sigmas", "combine",
+    "compiled_programs", "ddim_step",
     "denoise", "drop", "edm_loss_weight", "fusion_weights", "guidance_mode", "init_noise_sigma", "karras_sigmas",
     "lower", "num_windows", "plan", "precondition", "sample", "sample_long", "window_starts",
 ]

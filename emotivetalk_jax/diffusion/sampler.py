@@ -15,12 +15,17 @@ Compilation: one program per (config, window, overlap, length bucket, shapes of 
 conditions). The real length and the window starts are data; frames beyond N are padding
 that no window covers, so they never influence a real frame. Lengths N <= T run as one
 exact window of N frames (a program per such N; padding a window would leak through the
-backbone's temporal layers).
+backbone's temporal layers). The programs are lowered and compiled ahead of time by
+`sample` itself, keyed by their static settings and input shapes; `compiled_programs()`
+counts them. `sample(callback=...)` is called on the host after every step of the one
+program (progress bars); the step-by-step use (`sigmas` a pair, `first_step` the index)
+draws the same per-step noise as the one program.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -40,11 +45,9 @@ from emotivetalk_jax.diffusion.guidance import (
     ramp_profile,
 )
 from emotivetalk_jax.diffusion.windows import bucket_length, fusion_weights, traced_window_starts
+from emotivetalk_jax.models.ethd_variants import InferenceConfig
 
 Backbone = Callable[..., jax.Array]  # (sample (B, T, H, W, C + Cr), c_noise (B,), **conditions) -> (B, T, H, W, C)
-
-# Incremented each time the core is traced (= compiled): tests and benchmarks read it.
-TRACE_COUNT = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +68,9 @@ class SamplerConfig:
     rounded up a geometric ladder with `bucket_per_octave` rungs per doubling.
     """
 
-    steps: int = 25
-    window: int = 120
-    overlap: int = 24
+    steps: int = InferenceConfig.steps  # the paper's numbers are written once, in models/ethd_variants.py
+    window: int = InferenceConfig.window
+    overlap: int = InferenceConfig.overlap
     eta: float = 0.0
     lip_scale: float = 1.0
     expr_scale: float = 1.0
@@ -104,6 +107,30 @@ class _Static:
     stochastic: bool
     trajectory: bool
     latent_shape: tuple[int, ...]  # (B, Np, H, W, C)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SamplerState:
+    """The data of one sampling program (all arrays; the static part is `_Static`).
+
+    noise (B, Np, H, W, C) standard normal, or None to draw it from `key`; branches: one
+    `Conditions` per guidance branch, padded to Np frames; num_frames () the real N; sigmas
+    (S + 1,); scales (2,) = (lip, expr); profile_video (Np,), profile_window (T,) the
+    guidance ramps; eta (); key; first_step () the index of sigmas[0] in the whole schedule
+    (the per-step noise of step i is drawn from fold_in(key', first_step + i)).
+    """
+
+    noise: jax.Array | None
+    branches: tuple[Conditions, ...]
+    num_frames: jax.Array
+    sigmas: jax.Array
+    scales: jax.Array
+    profile_video: jax.Array
+    profile_window: jax.Array
+    eta: jax.Array
+    key: jax.Array
+    first_step: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,23 +224,21 @@ def _denoise_windows(
     return combine(x0, mode, per_frame(lip), per_frame(expr))
 
 
-def _sample_core(
-    static: _Static,
-    model: nnx.Module,
-    noise: jax.Array | None,
-    branches: tuple[Conditions, ...],
-    num_frames: jax.Array,
-    sigmas: jax.Array,
-    scales: jax.Array,
-    profile_video: jax.Array,
-    profile_window: jax.Array,
-    eta: jax.Array,
-    key: jax.Array,
-):
-    """The jitted loop. noise (B, Np, H, W, C) standard normal, or None to draw it from `key`;
-    sigmas (S + 1,); scales (2,) = (lip, expr)."""
-    global TRACE_COUNT
-    TRACE_COUNT += 1
+def _step_done(step) -> None:
+    """Host side of the per-step callback: the `callback` of the running `sample`, if any."""
+    if _CALLBACK[0] is not None:
+        _CALLBACK[0](int(step))
+
+
+_CALLBACK: list[Callable[[int], None] | None] = [None]  # set by `sample` while its program runs
+
+
+def _sample_core(static: _Static, graphdef: nnx.GraphDef, params, state: SamplerState):
+    """The jitted loop (see `SamplerState`)."""
+    model = nnx.merge(graphdef, params)
+    noise, branches, num_frames, sigmas = state.noise, state.branches, state.num_frames, state.sigmas
+    scales, profile_video, profile_window, eta, key = (state.scales, state.profile_video, state.profile_window,
+                                                       state.eta, state.key)
     t, k, c = static.window, static.max_windows, static.chunk
     b, n_pad = static.latent_shape[:2]
     key_noise, key = jax.random.split(key)
@@ -264,11 +289,12 @@ def _sample_core(
         i, sigma, sigma_next = inp
         x0 = fused_x0(x, sigma)
         if static.stochastic:
-            z = _frame_noise(jax.random.fold_in(key, i), n_pad, (b,) + x.shape[2:]).astype(x.dtype)
+            z = _frame_noise(jax.random.fold_in(key, state.first_step + i), n_pad, (b,) + x.shape[2:]).astype(x.dtype)
             x_next = ddim_step(x, x0, sigma, sigma_next, eta, z)
         else:
             x_next = ddim_step(x, x0, sigma, sigma_next)
         x_next = jnp.where(frame_valid, x_next, x)
+        jax.debug.callback(_step_done, state.first_step + i)
         return x_next, (x_next if static.trajectory else None)
 
     steps = sigmas.shape[0] - 1
@@ -276,12 +302,37 @@ def _sample_core(
     return x, traj
 
 
-_sample_jit = nnx.jit(_sample_core, static_argnames=("static",))
+_PROGRAMS: dict[tuple, jax.stages.Compiled] = {}  # compiled ahead of time by `_program`
 
 
-def cache_size() -> int:
-    """Number of programs compiled so far by the sampler's jitted core."""
-    return _sample_jit.jitted_fn._cache_size()
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)) for x in leaves)
+
+
+def _static_key(graphdef: nnx.GraphDef):
+    try:
+        hash(graphdef)
+        return graphdef
+    except TypeError:  # a module with a dict attribute (a diffusers config): its text stands for it
+        return repr(graphdef)
+
+
+def _lower(static: _Static, graphdef: nnx.GraphDef, params, state: SamplerState) -> jax.stages.Lowered:
+    return jax.jit(functools.partial(_sample_core, static, graphdef)).lower(params, state)
+
+
+def _program(static: _Static, graphdef: nnx.GraphDef, params, state: SamplerState) -> jax.stages.Compiled:
+    """The compiled program for these settings and input shapes (lowered and compiled once)."""
+    key = (static, _static_key(graphdef), _signature((params, state)))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = _lower(static, graphdef, params, state).compile()
+    return _PROGRAMS[key]
+
+
+def compiled_programs() -> int:
+    """Number of sampling programs compiled so far (one per static settings and input shapes)."""
+    return len(_PROGRAMS)
 
 
 def _num_frames(cond: Conditions) -> int | None:
@@ -296,7 +347,8 @@ def _pad_frames(cond: Conditions, n_pad: int) -> Conditions:
     return cond._replace(frame={k: pad(v) for k, v in cond.frame.items()})
 
 
-def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas, return_trajectory):
+def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas, return_trajectory,
+             first_step=0):
     """Validate, pick the bucket and pad: -> (real length, the jitted core's arguments)."""
     branches = conditions if isinstance(conditions, Branches) else Branches(conditions)
     mode = guidance_mode(config.lip_scale, config.expr_scale, config.guidance)
@@ -331,13 +383,14 @@ def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise,
     static = _Static(p.window, config.overlap, p.max_windows, p.chunk, mode, config.eta > 0, return_trajectory,
                      (batch, p.padded) + tuple(latent_shape))
     model = backbone if isinstance(backbone, nnx.Module) else _FunctionBackbone(backbone)
-    args = (
-        static, model, noise, tuple(_pad_frames(c, p.padded) for c in conds),
-        jnp.asarray(n, jnp.int32), sig, jnp.asarray([config.lip_scale, config.expr_scale], jnp.float32),
-        jnp.asarray(profile_video), jnp.asarray(ramp_profile(ramp_w, p.window)),
-        jnp.asarray(config.eta, jnp.float32), key,
+    graphdef, params = nnx.split(model)
+    state = SamplerState(
+        noise, tuple(_pad_frames(c, p.padded) for c in conds), jnp.asarray(n, jnp.int32), sig,
+        jnp.asarray([config.lip_scale, config.expr_scale], jnp.float32), jnp.asarray(profile_video),
+        jnp.asarray(ramp_profile(ramp_w, p.window)), jnp.asarray(config.eta, jnp.float32), key,
+        jnp.asarray(first_step, jnp.int32),
     )
-    return n, args
+    return n, (static, graphdef, params, state)
 
 
 def sample(
@@ -351,6 +404,8 @@ def sample(
     noise: jax.Array | None = None,
     sigmas: jax.Array | None = None,
     return_trajectory: bool = False,
+    first_step: int = 0,
+    callback: Callable[[int], None] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Sample video latents (B, N, H, W, C) for `conditions`.
 
@@ -363,10 +418,19 @@ def sample(
       (frame f from fold_in(key', f), so the same seed gives the same noise in any bucket).
     sigmas: (S + 1,) decreasing, ending in 0; by default `config.sigmas()`.
     return_trajectory: also return the latent after every step, (S, B, N, H, W, C).
+    first_step: the index of `sigmas[0]` in the whole schedule, when a caller runs the schedule
+      a few steps at a time (the per-step noise of eta > 0 then matches the one-program run).
+    callback: called on the host with the step index (first_step + i) after each step, while
+      the one program runs (progress bars); the program is the same with or without it.
     """
     n, args = _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas,
-                       return_trajectory)
-    out, traj = _sample_jit(*args)
+                       return_trajectory, first_step)
+    program = _program(*args)
+    _CALLBACK[0] = callback
+    try:
+        out, traj = jax.block_until_ready(program(*args[2:]))
+    finally:
+        _CALLBACK[0] = None
     out = out[:, :n]
     return (out, traj[:, :, :n]) if return_trajectory else out
 
@@ -375,9 +439,9 @@ def lower(backbone: Backbone, conditions: Conditions | Branches, key: jax.Array,
           config: SamplerConfig = SamplerConfig(), **kwargs) -> jax.stages.Lowered:
     """The lowered (not yet compiled) sampling program for these inputs: ahead-of-time compilation,
     cost and memory analysis (`lower(...).compile().memory_analysis()`). Keywords as `sample`."""
-    names = ("num_frames", "latent_shape", "noise", "sigmas", "return_trajectory")
+    names = ("num_frames", "latent_shape", "noise", "sigmas", "return_trajectory", "first_step")
     if set(kwargs) - set(names):
         raise TypeError(f"unexpected keywords {sorted(set(kwargs) - set(names))}")
-    _, args = _prepare(backbone, conditions, key, config, *(kwargs.get(k) for k in names[:-1]),
-                       bool(kwargs.get("return_trajectory", False)))
-    return _sample_jit.lower(*args)
+    _, args = _prepare(backbone, conditions, key, config, *(kwargs.get(k) for k in names[:4]),
+                       bool(kwargs.get("return_trajectory", False)), int(kwargs.get("first_step", 0)))
+    return _lower(*args)
