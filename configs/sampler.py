@@ -1,15 +1,16 @@
 """Sampler configs: `configs/sampler.py:512` or `configs/sampler.py:1024,lip_scale=2.0`.
 
-The argument is a comma-separated list: a preset name (512 or 1024, paper 6.4) and
-`key=value` overrides of `SamplerConfig` fields; `--config.x=y` works too. Turn the
+The argument (`emotivetalk_jax.config_args`, strict) is a comma-separated list: a preset
+name (512 or 1024, paper 6.4) and `key=value` overrides of `SamplerConfig` fields (an
+unknown one fails listing them); `--config.x=y` works too. Turn the
 result into the sampler's dataclass with `sampler_config(config)`.
 """
 
-import ast
 import dataclasses
 
 import ml_collections
 
+from emotivetalk_jax.config_args import Choice, parse_arg
 from emotivetalk_jax.diffusion.sampler import SamplerConfig
 from emotivetalk_jax.models.ethd_variants import EMOTIVETALK_512, EMOTIVETALK_1024
 
@@ -25,29 +26,13 @@ def _preset(variant) -> dict:
 PRESETS = {"512": _preset(EMOTIVETALK_512), "1024": _preset(EMOTIVETALK_1024)}
 
 
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def get_config(arg: str = "512") -> ml_collections.ConfigDict:
-    preset, overrides = "512", {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if sep:
-            overrides[key.strip()] = _value(value.strip())
-        elif key.strip() in PRESETS:
-            preset = key.strip()
-        else:
-            raise ValueError(f"unknown sampler preset {key!r}; choose one of {', '.join(PRESETS)}")
-    fields = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown sampler settings {sorted(unknown)}")
-    config = ml_collections.ConfigDict({**fields, **PRESETS[preset], **overrides})
-    config.preset = preset
+    spec = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
+    spec["preset"] = Choice("512", tuple(PRESETS))
+    preset = parse_arg(arg, where="configs/sampler.py", positional="preset", **spec)["preset"]
+    # Parsed again with the preset's values as the defaults: an explicit key=value wins.
+    config = ml_collections.ConfigDict(parse_arg(arg, where="configs/sampler.py", positional="preset",
+                                                 **{**spec, **PRESETS[preset]}))
     return config
 
 

@@ -1,6 +1,7 @@
 """Training configs: `configs/train.py:stage=ethd,variant=tiny`.
 
-Argument language: comma-separated `key=value` items, plus bare flags:
+Argument language (`emotivetalk_jax.config_args`, strict: an unknown key, stage or variant
+fails naming the valid ones): comma-separated `key=value` items, plus bare flags:
   stage     encoders | vaid | ethd (stage 0 / 1 / 2) | vae (SVD's VAE as an autoencoder,
             for a domain without a converted VAE: the synthetic demo) | audio (the audio
             encoder learns to hear lips with the lip loss against stage 0's l_v: the demo's
@@ -16,6 +17,8 @@ Per-variant defaults follow the paper (6.4): stage 2 Adam8bit lr 1e-5, batch 1 p
 
 import ml_collections
 
+from emotivetalk_jax.config_args import Choice, parse_arg
+from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS
 from emotivetalk_jax.models.variants import CPU_SIZED, default_audio_config
 
 _STAGE_DEFAULTS = {
@@ -27,21 +30,11 @@ _STAGE_DEFAULTS = {
 }
 
 
-def _parse(arg: str) -> dict:
-    out = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        out[key.strip()] = value.strip() if value else True
-    return out
-
-
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = _parse(arg)
-    stage = args.get("stage", "ethd")
-    variant = args.get("variant", "tiny")
+    args = parse_arg(arg, where="configs/train.py", stage=Choice("ethd", tuple(_STAGE_DEFAULTS)),
+                     variant=Choice("tiny", tuple(ETHD_VARIANTS)), smoke=False)
+    stage, variant = args["stage"], args["variant"]
     tiny = variant in CPU_SIZED
-    if stage not in _STAGE_DEFAULTS:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(_STAGE_DEFAULTS)}")
     d = _STAGE_DEFAULTS[stage]
 
     c = ml_collections.ConfigDict()
@@ -115,7 +108,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # (CPU tests: compiles several times faster, runs slower).
     c.compiler_options = ml_collections.ConfigDict()
 
-    if "smoke" in args:
+    if args["smoke"]:
         c.total_steps = 4
         c.log_every = 1
         c.checkpoint.every = 2

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # The longest matching prefix gives a module's layer.
 LAYERS: list[tuple[str, ...]] = [
     ("models",),  # NNX modules and their typed configs only
-    ("", "accelerators", "sharding", "manifest", "interrupts", "validate"),  # the package root, utilities
+    ("", "accelerators", "sharding", "manifest", "interrupts", "validate", "config_args"),  # root, utilities
     ("diffusion", "convert", "losses"),
     ("data",),
     ("train", "emotion"),
