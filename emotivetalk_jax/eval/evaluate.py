@@ -98,8 +98,8 @@ def _aud_forward(model, mfcc):
 
 
 @nnx.jit
-def _expression_forward(model, faces):
-    return model.expression(faces)
+def _face3d_forward(model, faces):
+    return model(faces)
 
 
 def batched(fn: Callable, model: nnx.Module, x: np.ndarray, batch: int) -> np.ndarray:
@@ -129,9 +129,9 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
                            for i in range(0, len(frames), 16)])
 
 
-def efid_features(model, faces: np.ndarray, batch: int = 8) -> np.ndarray:
-    """uint8 RGB face crops (T, h, w, 3) -> expression coefficients (T, 64)."""
-    return batched(_expression_forward, model, _resize(faces, face3d.SIZE) / 255.0, batch)
+def face3d_coefficients(model, faces: np.ndarray, batch: int = 8) -> np.ndarray:
+    """uint8 RGB face crops (T, h, w, 3) -> the 257 Basel-model coefficients (T, 257)."""
+    return batched(_face3d_forward, model, (_resize(faces, face3d.SIZE) / 255.0).astype(np.float32), batch)
 
 
 def sync_scores(model, faces: np.ndarray, audio: np.ndarray, *, batch: int = 8, vshift: int = syncnet.VSHIFT,
@@ -253,7 +253,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 box = _face_box(frames[0], str(path))
             if "efid" in nets:
                 faces = frames if box is None else face3d_crop(frames, box)
-                stats[side]["efid"].update(efid_features(nets["efid"], faces, args.batch))
+                stats[side]["efid"].update(face3d_coefficients(nets["efid"], faces, args.batch)[:, face3d.EXPRESSION])
             if "sync" in nets and side == "generated":
                 try:
                     audio = read_audio(path)
