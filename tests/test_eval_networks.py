@@ -465,3 +465,13 @@ def test_evaluate_end_to_end(weights, tmp_path, capsys):
     assert result["sync_c"] == pytest.approx(np.mean([r["sync_c"] for r in rows if r["set"] == "generated"]))
     assert "fvd" not in result and "fvd" in result["skipped"] and "fid" in result["skipped"]
     assert "skipping fvd" in out.err
+
+
+@pytest.mark.parametrize("shape,size", [((2, 512, 400, 3), (299, 299)), ((1, 60, 90, 3), (224, 336))])
+def test_resize_matches_torch_bilinear(shape, size):
+    """Real frames shrink (512 -> 299 for FID, -> 224 for I3D / SyncNet): torch's bilinear, no antialiasing."""
+    from emotivetalk_jax.eval.layers import resize_bilinear
+
+    x = np.random.default_rng(6).uniform(0, 1, shape).astype(np.float32)
+    want = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(np.asarray(resize_bilinear(x, size)), want.permute(0, 2, 3, 1).numpy(), atol=1e-5)
