@@ -8,17 +8,16 @@ H, W image size, C channels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from emotivetalk_jax.diffusion.dicte import add_noise
 from emotivetalk_jax.models.dicte import DiCTECond, Denoiser
+from emotivetalk_jax.models.face_encoders import DROP_EXPRESSION, DROP_LIP, USE_BOTH, dropout_keep  # noqa: F401
 from emotivetalk_jax.models.layers import frozen
-
-if TYPE_CHECKING:  # models.face_encoders imports this module (dropout_keep)
-    from emotivetalk_jax.models.vaid import VAID, VAIDBatch
+from emotivetalk_jax.models.vaid import VAID, VAIDBatch
 
 # ---------------------------------------------------------------------------- lip (eq. 4-6)
 
@@ -153,17 +152,9 @@ def club_loss(vaid: VAID, l_a: jax.Array, e_a: jax.Array) -> jax.Array:
 
 # ---------------------------------------------------------------------------- encoder pretraining (6.1)
 
-DROP_LIP, DROP_EXPRESSION, USE_BOTH = 0, 1, 2
-
-
 def sample_dropout_configs(key: jax.Array, batch: int, probs=(1 / 3, 1 / 3, 1 / 3)) -> jax.Array:
     """(B,) int32 dropout configuration per sample: DROP_LIP, DROP_EXPRESSION or USE_BOTH."""
     return jax.random.choice(key, 3, (batch,), p=jnp.asarray(probs)).astype(jnp.int32)
-
-
-def dropout_keep(configs: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B,) configurations -> (keep_lip, keep_expression) booleans (B,)."""
-    return configs != DROP_LIP, configs != DROP_EXPRESSION
 
 
 def reconstruction_weights(configs: jax.Array, lip_mask: jax.Array, face_mask: jax.Array) -> jax.Array:

@@ -29,8 +29,6 @@ LAYERS: list[tuple[str, ...]] = [
 # (importer, imported) pairs allowed for now, each with the reason; remove a line when its
 # import is gone (the test fails on a line that no longer matches an import).
 KNOWN = {
-    # dropout_keep moves into models/ (its owner is editing face_encoders.py).
-    ("emotivetalk_jax.models.face_encoders", "emotivetalk_jax.losses"),
     # the learning gates of a stage are computed by eval.probes, which itself rebuilds stages.
     ("emotivetalk_jax.train.stages", "emotivetalk_jax.eval.probes"),
     # the metric networks (issue 18) are NNX modules kept in eval/; they belong in models/ (or

@@ -24,9 +24,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.losses import dropout_keep
 from emotivetalk_jax.models.layers import conv, group_norm, layer_norm, linear
 from emotivetalk_jax.models.vaid_variants import DecoderConfig, FaceEncoderConfig
+
+
+# Stage-0 dropout configurations (6.1, Fig. 8), one per sample.
+DROP_LIP, DROP_EXPRESSION, USE_BOTH = 0, 1, 2
+
+
+def dropout_keep(configs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B,) configurations -> (keep_lip, keep_expression) booleans (B,)."""
+    return configs != DROP_LIP, configs != DROP_EXPRESSION
 
 
 def _norm(c: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
