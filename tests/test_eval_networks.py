@@ -6,7 +6,9 @@ which has no build for this project's CPU torch. Random weights, batch norms cal
 one batch (so activations keep unit scale through 50 layers) and perturbed; each state
 dict is saved as safetensors, loaded with `load_metric_network` and run through the very
 jitted functions `emotivetalk evaluate` calls, at the shapes the end-to-end run below
-uses (64 x 64 clips of 9 frames, --batch 4), so the two share their compiles.
+uses (64 x 64 clips of 9 frames, --batch 4), so the two share their compiles when one
+worker runs both. The end-to-end run itself writes JAX-random weights through the tables
+backwards (export), so it needs no torch reference.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from emotivetalk_jax import cli
-from emotivetalk_jax.convert.engine import export_tensors
-from emotivetalk_jax.convert.metric_nets import NETWORKS, load_metric_network
+from safetensors.numpy import save_file as save_numpy
+
+from emotivetalk_jax.convert.engine import export_tensors, fill_params
+from emotivetalk_jax.convert.metric_nets import NETWORKS, abstract_network, load_metric_network
 from emotivetalk_jax.data.video import write_mp4
 from emotivetalk_jax.eval import evaluate
 
@@ -344,24 +348,33 @@ def _clip(seed, frames=FRAMES):
     return np.clip(base + rng.integers(-30, 30, (frames, SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
 
 
+_CALIBRATE = {  # network -> (torch reference class, one calibration batch as small as it takes)
+    "fid": (FIDInception, lambda m: m(torch.rand(2, 3, SIDE, SIDE))),
+    "fvd": (I3D, lambda m: m(i3d_preprocess(_clip(9)))),
+    "sync": (SyncNetS, lambda m: (m.forward_lip(torch.rand(2, 3, 5, 224, 224) * 255),
+                                  m.forward_aud(torch.randn(2, 1, 13, 20) * 10))),
+    "face3d": (ReconNet, lambda m: m(torch.rand(2, 3, 128, 128))),
+}
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """metric network -> (torch reference, safetensors path); the e2e run loads the same files."""
-    torch.manual_seed(0)
+    """weights(network) -> (torch reference, safetensors path), built on first use (xdist workers
+    that run one parity test build one network); the e2e run loads the same files."""
     folder = tmp_path_factory.mktemp("metric_weights")
-    refs = {  # calibration batches as small as each network takes
-        "fid": _randomise(FIDInception(), lambda m: m(torch.rand(2, 3, SIDE, SIDE))),
-        "fvd": _randomise(I3D(), lambda m: m(i3d_preprocess(_clip(9)))),
-        "sync": _randomise(SyncNetS(), lambda m: (m.forward_lip(torch.rand(2, 3, 5, 224, 224) * 255),
-                                                  m.forward_aud(torch.randn(2, 1, 13, 20) * 10))),
-        "face3d": _randomise(ReconNet(), lambda m: m(torch.rand(2, 3, 128, 128))),
-    }
-    out = {}
-    for name, ref in refs.items():
-        path = folder / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
-        out[name] = (ref, path)
-    return out
+    built = {}
+
+    def get(name):
+        if name not in built:
+            torch.manual_seed(0)
+            cls, calibrate = _CALIBRATE[name]
+            ref = _randomise(cls(), calibrate)
+            path = folder / f"{name}.safetensors"
+            save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+            built[name] = ref, path
+        return built[name]
+
+    return get
 
 
 def _check(ours, ref, what):
@@ -385,7 +398,7 @@ def _roundtrip(name, model, ref):
 
 
 def test_fid_inception_parity(weights):
-    ref, path = weights["fid"]
+    ref, path = weights("fid")
     model = load_metric_network("fid", path)
     frames = np.concatenate([_clip(1, 2), _clip(2, 2)])  # one chunk (the e2e run below pads its last one)
     with torch.no_grad():
@@ -395,7 +408,7 @@ def test_fid_inception_parity(weights):
 
 
 def test_fvd_i3d_parity(weights):
-    ref, path = weights["fvd"]
+    ref, path = weights("fvd")
     model = load_metric_network("fvd", path)
     clip = _clip(3, FRAMES + 2)  # FVD reads only the first FRAMES frames
     with torch.no_grad():
@@ -405,7 +418,7 @@ def test_fvd_i3d_parity(weights):
 
 
 def test_syncnet_parity(weights):
-    ref, path = weights["sync"]
+    ref, path = weights("sync")
     model = load_metric_network("sync", path)
     rng = np.random.default_rng(4)
     windows = rng.uniform(0, 255, (BATCH, 5, 224, 224, 3)).astype(np.float32)
@@ -419,7 +432,7 @@ def test_syncnet_parity(weights):
 
 
 def test_face3d_resnet50_parity(weights):
-    ref, path = weights["face3d"]
+    ref, path = weights("face3d")
     model = load_metric_network("face3d", path)
     faces = np.random.default_rng(5).integers(0, 256, (3, 224, 224, 3)).astype(np.uint8)
     with torch.no_grad():
@@ -431,8 +444,24 @@ def test_face3d_resnet50_parity(weights):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_evaluate_end_to_end(weights, tmp_path, capsys):
+def _jax_random_weights(name, folder):
+    """A random-weight network written through the table backwards (export -> safetensors): no torch
+    needed, so an xdist worker that runs only this test builds no reference."""
+    def draw(leaf, shape, rng):
+        if leaf == "var":
+            return rng.uniform(0.5, 1.5, shape)
+        if leaf == "kernel":
+            return rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+        return (1.0 if leaf == "scale" else 0.0) + 0.1 * rng.standard_normal(shape)
+
+    path = folder / f"{name}.safetensors"
+    save_numpy(export_tensors(fill_params(abstract_network(name), 0, draw), NETWORKS[name][2]), str(path))
+    return path
+
+
+def test_evaluate_end_to_end(tmp_path, capsys):
     gen, ref = tmp_path / "generated", tmp_path / "reference"
+    paths = {name: _jax_random_weights(name, tmp_path) for name in NETWORKS}
     t = np.arange(FRAMES * 640) / 16000
     for i in range(2):
         speech = (0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
@@ -442,7 +471,7 @@ def test_evaluate_end_to_end(weights, tmp_path, capsys):
     argv = ["evaluate", str(gen), str(ref), "--crop", "none", "--batch", str(BATCH), "--fvd-frames", str(FRAMES),
             "--per-video"]
     for flag, name in flags.items():
-        argv += [flag, str(weights[name][1])]
+        argv += [flag, str(paths[name])]
     # one BLAS thread: FID's 2048 x 2048 eigendecompositions crawl when two busy cores are oversubscribed
     with threadpoolctl.threadpool_limits(1):
         assert cli.main(argv) == 0
@@ -458,7 +487,7 @@ def test_evaluate_end_to_end(weights, tmp_path, capsys):
 
     # a weight file that is not there: that metric is skipped with a line, the others run
     argv = ["evaluate", str(gen), str(ref), "--crop", "none", "--batch", str(BATCH), "--fvd-frames", str(FRAMES),
-            "--syncnet-weights", str(weights["sync"][1]), "--fvd-weights", str(tmp_path / "absent.safetensors")]
+            "--syncnet-weights", str(paths["sync"]), "--fvd-weights", str(tmp_path / "absent.safetensors")]
     assert cli.main(argv) == 0
     out = capsys.readouterr()
     result = json.loads(out.out)
