@@ -157,6 +157,15 @@ def sample_dropout_configs(key: jax.Array, batch: int, probs=(1 / 3, 1 / 3, 1 / 
     return jax.random.choice(key, 3, (batch,), p=jnp.asarray(probs)).astype(jnp.int32)
 
 
+def emotion_label_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of (B, K) logits against (B,) int labels over the labelled rows
+    (label >= 0); 0 when no row has a label."""
+    known = labels >= 0
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(known, nll, 0.0)) / jnp.maximum(jnp.sum(known), 1)
+
+
 def reconstruction_weights(configs: jax.Array, lip_mask: jax.Array, face_mask: jax.Array) -> jax.Array:
     """(B, H, W, 1) loss weights for configs (B,) and binary masks (B, H, W, 1).
 

@@ -198,3 +198,11 @@ def test_dropout_configs_and_keep_flags():
     keep_lip, keep_expr = losses.dropout_keep(jnp.array([0, 1, 2]))
     np.testing.assert_array_equal(keep_lip, [False, True, True])
     np.testing.assert_array_equal(keep_expr, [True, False, True])
+
+
+def test_emotion_label_loss_known_answer():
+    """Cross-entropy over the labelled rows only: log 4 for uniform logits, 0 with no labels."""
+    logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    expect = (np.log(4) + (np.log(np.exp(10.0) + 3) - 0.0)) / 2  # row 0 label 2, row 1 label 1
+    np.testing.assert_allclose(losses.emotion_label_loss(logits, jnp.array([2, 1, -1])), expect, rtol=1e-6)
+    assert float(losses.emotion_label_loss(logits, jnp.array([-1, -1, -1]))) == 0.0

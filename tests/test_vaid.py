@@ -14,7 +14,7 @@ from flax import nnx
 
 from emotivetalk_jax.data.audio import frame_windows
 from emotivetalk_jax.diffusion.long_dicte import vaid_expression
-from emotivetalk_jax.losses import club_loss, club_upper_bound, masked_reconstruction_loss, vaid_loss
+from emotivetalk_jax.losses import club_loss, club_upper_bound, emotion_label_loss, masked_reconstruction_loss, vaid_loss
 from emotivetalk_jax.models.club import CLUB
 from emotivetalk_jax.models.dicte import DiCTE
 from emotivetalk_jax.models.face_encoders import EncoderPretrainer, FaceEncoders, stage0_trainable
@@ -120,13 +120,20 @@ def _stage0_inputs():
 
 
 def _stage0_loss(model, x_ref, x_drv, configs, lip, face):
-    return masked_reconstruction_loss(model(x_ref, x_drv, configs), x_drv, configs, lip, face)
+    pred, logits = model.reconstruct(x_ref, x_drv, configs)
+    loss = masked_reconstruction_loss(pred, x_drv, configs, lip, face)
+    if logits is not None:  # the demo's emotion label term; one row unlabelled
+        loss = loss + emotion_label_loss(logits, jnp.array([3, -1, 0, 7]))
+    return loss
 
 
-@pytest.mark.parametrize("train_backbone", [True, False])
-def test_stage0_gradients_reach_every_trainable_parameter(train_backbone):
+@pytest.mark.parametrize("train_backbone,demo", [(True, False), (False, False), (True, True)])
+def test_stage0_gradients_reach_every_trainable_parameter(train_backbone, demo):
+    """Also for the demo's encoder: a flattened last map and a linear emotion head on e_v."""
     face = TINY.face if train_backbone else TINY.override("t", face=dict(train_backbone=False)).face
-    model = _build(lambda: EncoderPretrainer(face, TINY.decoder, rngs=nnx.Rngs(0)))
+    if demo:
+        face = TINY.override("t", face=dict(image_size=H, backbone_channels=(8, 16, 16), pool="flatten")).face
+    model = _build(lambda: EncoderPretrainer(face, TINY.decoder, emotions=8 if demo else 0, rngs=nnx.Rngs(0)))
     wrt = stage0_trainable(face)
     grads = nnx.jit(nnx.grad(_stage0_loss, argnums=nnx.DiffState(0, wrt)))(model, *_stage0_inputs())
     assert _paths(grads) == _paths(nnx.state(model, wrt))
@@ -134,6 +141,20 @@ def test_stage0_gradients_reach_every_trainable_parameter(train_backbone):
     if not train_backbone:
         assert not any("backbone" in p or "to_mouth" in p or "emo_embed" in p for p in _paths(grads))
         assert any("lip_adapter" in p for p in _paths(grads)) and any("decoder" in p for p in _paths(grads))
+    assert any("emotion_head" in p for p in _paths(grads)) == demo
+
+
+def test_flatten_pool_projects_the_whole_last_map():
+    """pool="flatten": the projection reads the (H/4, W/4, C) map row-major, not its mean."""
+    face = TINY.override("t", face=dict(image_size=16, backbone_channels=(4, 8), pool="flatten")).face
+    bb = _build(lambda: FaceEncoders(face, rngs=nnx.Rngs(0))).backbone
+    x = _rand(0, 2, 16, 16, 3)
+    h = bb.blocks[1](bb.downs[0](bb.blocks[0](bb.conv_in(x))))
+    h = jax.nn.silu(bb.norm_out(h))
+    assert h.shape == (2, 4, 4, 8) and bb.proj.kernel.shape == (8 * 4 * 4, face.feature_dim)
+    np.testing.assert_allclose(bb(x), h.reshape(2, -1) @ bb.proj.kernel[...] + bb.proj.bias[...], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="choose mean or flatten"):
+        FaceEncoders(TINY.override("t", face=dict(pool="max")).face, rngs=nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------- stage 1

@@ -65,9 +65,15 @@ class ImageAdapter(nnx.Module):
 
 
 class FaceBackbone(nnx.Module):
-    """(B, H, W, 3) -> (B, feature_dim): conv stem, strided stages with a res block, mean pool."""
+    """(B, H, W, 3) -> (B, feature_dim): conv stem, strided stages with a res block, then a mean
+    pool (`pool="mean"`) or the whole flattened map (`pool="flatten"`, needs `image_size`) into
+    the projection."""
 
-    def __init__(self, channels: tuple[int, ...], feature_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, channels: tuple[int, ...], feature_dim: int, *, pool: str = "mean",
+                 image_size: int = 0, rngs: nnx.Rngs):
+        if pool not in ("mean", "flatten"):
+            raise ValueError(f"unknown pool {pool!r}; choose mean or flatten")
+        self.pool = pool
         self.conv_in = conv(3, channels[0], 3, stride=2, padding=1, rngs=rngs)
         self.blocks = nnx.List([ResBlock(channels[0], rngs=rngs)])
         self.downs = nnx.List([])
@@ -75,13 +81,16 @@ class FaceBackbone(nnx.Module):
             self.downs.append(conv(c_in, c_out, 3, stride=2, padding=1, rngs=rngs))
             self.blocks.append(ResBlock(c_out, rngs=rngs))
         self.norm_out = _norm(channels[-1], rngs)
-        self.proj = linear(channels[-1], feature_dim, rngs=rngs)
+        side = -(-image_size // 2 ** len(channels))  # the last map's side (convs pad by 1)
+        width = channels[-1] * (side * side if pool == "flatten" else 1)
+        self.proj = linear(width, feature_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.blocks[0](self.conv_in(x))
         for down, block in zip(self.downs, self.blocks[1:]):
             h = block(down(h))
-        return self.proj(jax.nn.silu(self.norm_out(h)).mean(axis=(1, 2)))
+        h = jax.nn.silu(self.norm_out(h))
+        return self.proj(h.reshape(h.shape[0], -1) if self.pool == "flatten" else h.mean(axis=(1, 2)))
 
 
 class Head(nnx.Module):
@@ -103,7 +112,8 @@ class FaceEncoders(nnx.Module):
         self.cfg = cfg
         self.lip_adapter = ImageAdapter(cfg.adapter_channels, rngs=rngs)
         self.expression_adapter = ImageAdapter(cfg.adapter_channels, rngs=rngs)
-        self.backbone = FaceBackbone(cfg.backbone_channels, cfg.feature_dim, rngs=rngs)
+        self.backbone = FaceBackbone(cfg.backbone_channels, cfg.feature_dim, pool=cfg.pool,
+                                     image_size=cfg.image_size, rngs=rngs)
         self.to_mouth = Head(cfg.feature_dim, cfg.lip_dim, rngs=rngs)
         self.to_emo = Head(cfg.feature_dim, cfg.feature_dim, rngs=rngs)
         self.emo_embed = linear(cfg.feature_dim, cfg.expr_dim, rngs=rngs)
@@ -179,25 +189,34 @@ class ReconstructionDecoder(nnx.Module):
 
 
 class EncoderPretrainer(nnx.Module):
-    """Stage 0: encoders + renderer. (x_ref, x_drv (B, H, W, 3), configs (B,)) -> (B, H, W, 3)."""
+    """Stage 0: encoders + renderer. (x_ref, x_drv (B, H, W, 3), configs (B,)) -> (B, H, W, 3),
+    and with `emotions` > 0 also emotion logits (B, emotions) of a linear classifier on e_v
+    (`LossConfig.emotion_label_weight`)."""
 
-    def __init__(self, face: FaceEncoderConfig, decoder: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, face: FaceEncoderConfig, decoder: DecoderConfig, *, emotions: int = 0, rngs: nnx.Rngs):
         self.encoders = FaceEncoders(face, rngs=rngs)
         self.decoder = ReconstructionDecoder(decoder, face.lip_dim, face.expr_dim, rngs=rngs)
+        self.emotion_head = linear(face.expr_dim, emotions, rngs=rngs) if emotions else None
 
     @classmethod
-    def from_config(cls, variant, *, rngs: nnx.Rngs) -> "EncoderPretrainer":
-        return cls(variant.face, variant.decoder, rngs=rngs)
+    def from_config(cls, variant, *, emotions: int = 0, rngs: nnx.Rngs) -> "EncoderPretrainer":
+        return cls(variant.face, variant.decoder, emotions=emotions, rngs=rngs)
 
-    def __call__(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array) -> jax.Array:
+    def reconstruct(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """(driving frame prediction, emotion logits or None)."""
         l, e = self.encoders(x_drv)
         keep_lip, keep_expr = dropout_keep(configs)
-        return self.decoder(x_ref, l, e, keep_lip, keep_expr)
+        logits = self.emotion_head(e) if self.emotion_head is not None else None
+        return self.decoder(x_ref, l, e, keep_lip, keep_expr), logits
+
+    def __call__(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array) -> jax.Array:
+        return self.reconstruct(x_ref, x_drv, configs)[0]
 
 
 def stage0_trainable(cfg: FaceEncoderConfig) -> nnx.filterlib.Filter:
     """Parameters stage 0 trains: adapters + renderer, and the backbone/heads unless frozen."""
     if cfg.train_backbone:
         return nnx.Param
-    parts = nnx.Any(nnx.PathContains("lip_adapter"), nnx.PathContains("expression_adapter"), nnx.PathContains("decoder"))
+    parts = nnx.Any(nnx.PathContains("lip_adapter"), nnx.PathContains("expression_adapter"), nnx.PathContains("decoder"),
+                    nnx.PathContains("emotion_head"))
     return nnx.All(nnx.Param, parts)

@@ -83,6 +83,10 @@ class FaceEncoderConfig:
     lip_dim: int = 512
     expr_dim: int = 30
     train_backbone: bool = True  # False once a pretrained PD-FGC backbone is loaded
+    # How the backbone's last feature map becomes one vector: "mean" (global average, PD-FGC's
+    # pooling) or "flatten" (a linear map of the whole map, which keeps where things are: the
+    # demo's expressions move a brow by one or two pixels, and a global mean loses that).
+    pool: str = "mean"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,12 @@ class LossConfig:
     tau: float = 0.07  # InfoNCE temperature
     club_weight: float = 1.0  # eq. 8 adds CLUB unweighted
     dropout_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)  # drop lip / drop expr / both
+    # Stage 0: weight of a cross-entropy of a linear emotion classifier on e_v against the clip's
+    # emotion label (MEAD and the synthetic domain have one; clips without a label are skipped).
+    # Not in the paper, which starts from PD-FGC's pretrained expression encoder; the demo has
+    # no such encoder, and self-driven reconstruction alone leaves e_v without emotion (see the
+    # DEMO variant).
+    emotion_label_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +151,13 @@ TINY = EMOTIVETALK_512.override(
 # The embedded demo checkpoint's V-AID (see ethd_variants.DEMO): tiny with CLUB weighted 0.1.
 # At weight 1 the main group outran CLUB's q on the synthetic domain (lr 3e-4 and 1e-3): the
 # estimate went to -26, and the Di-CTE and lip losses rose from 0.15 / 3.5 to 9.4 / 8.5.
-DEMO = TINY.override("demo", loss=dict(club_weight=0.1), decoder=dict(residual=True))
+# Stage 0 of the demo (measured by the e_v gate, `eval.probes`): with tiny's 32 px mean-pooled
+# encoder and reconstruction alone, e_v reached 0.13-0.19 accuracy (chance 0.125) in 2400
+# steps; even trained on emotion labels directly, that encoder reached 0.37 on held-out
+# identities (0.55 at 64 px), so the demo's encoder reads 64 px frames through a third stage
+# and keeps the map's layout, and stage 0 adds the label term.
+DEMO = TINY.override("demo", loss=dict(club_weight=0.1, emotion_label_weight=1.0), decoder=dict(residual=True),
+                     face=dict(image_size=64, backbone_channels=(16, 32, 64), pool="flatten"))
 
 VAID_VARIANTS: Mapping[str, VAIDVariant] = MappingProxyType(
     {v.name: v for v in (TINY, DEMO, EMOTIVETALK_512, EMOTIVETALK_1024)}

@@ -284,13 +284,16 @@ def _split_frozen(frozen: Frozen) -> tuple:
 
 
 def _stage_encoders(cfg, seed: int) -> Stage:
-    from emotivetalk_jax.losses import masked_reconstruction_loss, sample_dropout_configs
+    from emotivetalk_jax.data.synthetic_speech import EMOTIONS
+    from emotivetalk_jax.losses import emotion_label_loss, masked_reconstruction_loss, sample_dropout_configs
     from emotivetalk_jax.models.face_encoders import EncoderPretrainer, stage0_trainable
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
 
     v = get_vaid_variant(cfg.variant)
     size = int(cfg.image_size or v.face.image_size)
-    model = _init(_abstract(lambda: EncoderPretrainer(v.face, v.decoder, rngs=nnx.Rngs(0))), seed)
+    label_weight = float(v.loss.emotion_label_weight)
+    emotions = len(EMOTIONS) if label_weight > 0 else 0
+    model = _init(_abstract(lambda: EncoderPretrainer(v.face, v.decoder, emotions=emotions, rngs=nnx.Rngs(0))), seed)
     groups = {"main": stage0_trainable(v.face)}
     graphdef, params, rest = _split(model, groups, "encoders", cfg)
     fgraph, fstate = _split_frozen(Frozen())
@@ -298,12 +301,17 @@ def _stage_encoders(cfg, seed: int) -> Stage:
     def prepare(frozen, batch, key):
         return dict(x_ref=to_float_image(batch["reference"]), x_drv=to_float_image(batch["frames"][:, 0]),
                     configs=sample_dropout_configs(key, batch["reference"].shape[0], v.loss.dropout_probs),
-                    lip_mask=batch[f"mask_lip_{size}"], face_mask=batch[f"mask_face_{size}"])
+                    lip_mask=batch[f"mask_lip_{size}"], face_mask=batch[f"mask_face_{size}"],
+                    emotion=batch.get("emotion", jnp.full(batch["reference"].shape[:1], -1, jnp.int32)))
 
     def loss(model, inp, key, aux):
-        pred = model(inp["x_ref"], inp["x_drv"], inp["configs"])
-        return masked_reconstruction_loss(pred.astype(jnp.float32), inp["x_drv"], inp["configs"],
-                                          inp["lip_mask"], inp["face_mask"]), {}
+        pred, logits = model.reconstruct(inp["x_ref"], inp["x_drv"], inp["configs"])
+        rec = masked_reconstruction_loss(pred.astype(jnp.float32), inp["x_drv"], inp["configs"],
+                                         inp["lip_mask"], inp["face_mask"])
+        if logits is None:
+            return rec, {}
+        emo = emotion_label_loss(logits.astype(jnp.float32), inp["emotion"])
+        return rec + label_weight * emo, dict(reconstruction=rec, emotion_ce=emo)
 
     def gate(model, frozen):
         from emotivetalk_jax.eval import probes
