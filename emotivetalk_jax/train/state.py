@@ -12,7 +12,7 @@ they are rebuilt from their checkpoints (or the seed) at every start.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -74,8 +74,12 @@ def _is_array(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
 
-def _remat_class(cls: type, policy: str) -> type:
-    """A subclass of `cls` whose `__call__` runs under `jax.checkpoint` (same parameter paths)."""
+def remat_class(cls: type, policy: str = "") -> type:
+    """The wrapper of `cls` for rematerialisation: a subclass whose `__call__` runs `cls.__call__`
+    under `jax.checkpoint` (`policy` names a `jax.checkpoint_policies` member, '' = save nothing).
+    Being a subclass with the same attributes, a wrapped module keeps every parameter path, so
+    checkpoints do not depend on the remat setting. Array arguments are traced; anything else
+    (frame counts, flags) stays static."""
     key = (cls, policy)
     if key in _REMAT_CACHE:
         return _REMAT_CACHE[key]
@@ -98,18 +102,22 @@ def _remat_class(cls: type, policy: str) -> type:
     return sub
 
 
-def apply_remat(model: nnx.Module, class_names: Sequence[str], policy: str = "") -> int:
-    """Rematerialise every submodule whose class name is in `class_names` (in place, before
-    `nnx.split`); `policy` names a `jax.checkpoint_policies` member ('' = save nothing).
-    Returns how many modules were wrapped."""
-    names = set(class_names)
-    n = 0
-    for _, m in nnx.iter_graph(model):
-        if isinstance(m, nnx.Module) and type(m).__name__ in names:
-            m.__class__ = _remat_class(type(m), policy)
-            n += 1
-    return n
+def rematerialise(model: nnx.Module, class_names: Sequence[str], policy: str = "") -> tuple[nnx.Module, int]:
+    """(a copy of `model` in which every submodule whose class name is in `class_names` is
+    wrapped by `remat_class`, how many were wrapped). `model` itself is left as it is; the
+    copy shares its variables and has the same parameter paths."""
+    names, wrapped = set(class_names), 0
 
+    def wrap(path, node):
+        nonlocal wrapped
+        if isinstance(node, nnx.Module) and type(node).__name__ in names:
+            new = object.__new__(remat_class(type(node), policy))
+            new.__dict__.update(node.__dict__)
+            wrapped += 1
+            return new
+        return node
 
-def apply_to_abstract(factory: Callable[[], nnx.Module]) -> nnx.Module:
-    return nnx.eval_shape(factory)
+    if not names:
+        return model, 0
+    out = nnx.recursive_map(wrap, model)
+    return out, wrapped

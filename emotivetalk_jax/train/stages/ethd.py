@@ -1,0 +1,133 @@
+"""Stage `ethd` (2, eq. 11, 6.4): the ETHD backbone under EDM with V-AID, the face encoders,
+the audio encoder and the VAE frozen; e_dri = e_v w.p. 0.6 else e_a.
+
+Shape legend: B batch, F frames, S image size, c context frames each side.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from emotivetalk_jax.train.state import host_init
+from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, probe_clips,
+                                                 split_frozen, split_model, to_float_image)
+from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, vaid_model, vae_model
+
+log = logging.getLogger(__name__)
+
+
+def ethd_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
+    """The ETHD stage 2 starts from: SVD's UNet of `cfg.init.svd` inherited (a random SVD UNet
+    when unset); `abstract=True`: shapes only."""
+    from emotivetalk_jax.convert.ethd import inherit_svd, load_ethd_from_svd
+    from emotivetalk_jax.models import ethd as E
+    from emotivetalk_jax.models.unet import UNetSpatioTemporal
+
+    if abstract:
+        return abstract_model(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd, rngs=nnx.Rngs(0)))
+    if cfg.init.svd:
+        return load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
+    log.info("no SVD checkpoint configured (init.svd): ETHD starts from a random SVD UNet")
+    unet = host_init(abstract_model(lambda: UNetSpatioTemporal.from_diffusers_config(dict(variant.svd.unet),
+                                                                                      rngs=nnx.Rngs(0))), seed)
+    return inherit_svd(unet, variant.ethd, seed=seed)
+
+
+def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
+    from emotivetalk_jax.diffusion.ethd_loss import ETHDBatch, ethd_loss, stage2_trainable
+    from emotivetalk_jax.diffusion.long_dicte import vaid_expression
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    ev = get_ethd_variant(cfg.variant)
+    vv = get_vaid_variant(cfg.vaid_variant or cfg.variant)
+    tr = ev.train
+    frames = int(cfg.frames or tr.frames)
+    ctx = vv.perceiver.window_half_width
+    latent = int(ev.svd.unet["sample_size"])
+    factor = ev.vae_factor
+    size = int(cfg.image_size or latent * factor)
+    latent = size // factor
+    model = ethd_model(cfg, ev, seed, abstract=abstract)
+    groups = {"main": stage2_trainable(tr.train_backbone)}
+    graphdef, params, rest = split_model(model, groups, "ethd", cfg)
+    vae = vae_model(cfg, ev, seed + 3, abstract=abstract)
+    encoder = audio_encoder(cfg, seed + 1, abstract=abstract)
+    fgraph, fstate = split_frozen(Frozen(face=face_encoders(cfg, vv, seed + 2, abstract=abstract),
+                                         vaid=vaid_model(cfg, vv, seed + 4, abstract=abstract), vae=vae))
+    scaling = float(vae.config.get("scaling_factor", 0.18215))
+    ic = ev.inference
+    time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
+    e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
+    lip_weight = float(cfg.get("lip_loss_weight", 1.0))
+    if lip_weight <= 0:
+        raise ValueError(f"lip_loss_weight must be > 0, got {lip_weight}")
+
+    def prepare(frozen, batch, key):
+        k_aug, k_ea = jax.random.split(key)
+        x = to_float_image(batch["frames"])  # (B, F, S, S, 3)
+        b = x.shape[0]
+        mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
+        latents = (mean * scaling).reshape(b, frames, *mean.shape[1:])
+        ref = to_float_image(batch["reference"])
+        ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
+        windows = batch_windows(batch, frames, ctx)
+        _, e_v = frozen.face(x)
+        e_ref = frozen.face.encode_expression(ref)
+        l_a = frozen.vaid.lip(windows)
+        e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
+        ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
+        return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
+                                 batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
+
+    def loss(model, inp, key, aux):
+        l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
+                         lip_weight=lip_weight)
+        return l, dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
+
+    def sample(model, frozen, inp, key):
+        """x0 prediction at sigma = cfg.sample_sigma for the batch's first clip, decoded (F, S, S, 3)."""
+        from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
+
+        eb = jax.tree.map(lambda t: t[:1], inp["eb"])
+        sigma = jnp.full((1,), cfg.sample_sigma, jnp.float32)
+        x_t = eb.latents + sigma[0] * jax.random.normal(key, eb.latents.shape, eb.latents.dtype)
+        d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_v, eb.e_ref,
+                         eb.lip_mask, eb.face_mask)
+        return frozen.vae.decode(d[0] / scaling, frames)
+
+    gate_sigma = float(cfg.get("gate_sigma", 4.0))
+
+    @jax.jit
+    def _x0(params, rest, frozen_state, batch):
+        from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
+
+        model = nnx.merge(graphdef, *(params[g] for g in groups), rest)
+        frozen = nnx.merge(fgraph, frozen_state)
+        key = jax.random.key(0)
+        eb = prepare(frozen, batch, key)["eb"]
+        b = eb.latents.shape[0]
+        sigma = jnp.full((b,), gate_sigma, jnp.float32)
+        x_t = eb.latents + gate_sigma * jax.random.normal(jax.random.fold_in(key, 1), eb.latents.shape)
+        d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
+                         eb.lip_mask, eb.face_mask)
+        flat = (d / scaling).reshape(-1, frames, *d.shape[2:])
+        return jax.vmap(lambda z: frozen.vae.decode(z, frames))(flat)
+
+    def gate(model, frozen):
+        from emotivetalk_jax.eval import probes
+
+        _, ev = probe_clips(cfg, size)
+        _, *states = nnx.split(model, *groups.values(), ...)
+        params = {g: st.to_pure_dict() for g, st in zip(groups, states[:-1])}
+        fn = lambda batch: _x0(params, states[-1].to_pure_dict(), fstate, batch)  # noqa: E731
+        return probes.denoiser_gates(fn, encoder, ev, frames=frames, context=ctx, latent=latent)
+
+    return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
+                 frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
+                 data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), model_name="ETHD",
+                 sample=sample, audio_encoder=encoder, gate=gate)

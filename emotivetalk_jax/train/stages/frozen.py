@@ -1,0 +1,115 @@
+"""The models a stage conditions on, built from their checkpoints (public: `bundle.py` rebuilds
+exactly what a stage-2 run trained against through these).
+
+Each takes the training config (its `init.*` paths) and a seed: a configured checkpoint is
+loaded, otherwise the model is initialised from the seed (`abstract=True`: shapes only).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flax import nnx
+
+from emotivetalk_jax.train.stages.common import abstract_model, initialised
+
+log = logging.getLogger(__name__)
+
+
+def _audio_abstract(cfg) -> nnx.Module:
+    from emotivetalk_jax.convert.audio import build_audio_encoder
+
+    return build_audio_encoder(cfg.audio_encoder.to_dict(), abstract=True)
+
+
+def audio_encoder(cfg, seed: int, *, abstract: bool = False) -> nnx.Module:
+    """The audio encoder of `cfg.init.audio`: an `audio`-stage workdir, a converted
+    (`emotivetalk convert audio`) or Hugging Face folder; random when unset."""
+    from pathlib import Path
+
+    from emotivetalk_jax.convert.audio import load_hf_audio_encoder
+
+    if cfg.init.audio:
+        from emotivetalk_jax.convert import native
+
+        path = cfg.init.audio
+        if (Path(path) / "checkpoints").is_dir():
+            return from_workdir(path, _audio_abstract(cfg), "encoder")
+        try:
+            return native.load_model(path)
+        except Exception:  # not a native folder: a Hugging Face one
+            return load_hf_audio_encoder(path)
+    log.info("no audio encoder checkpoint configured (init.audio): random %s-wide wav2vec2",
+             cfg.audio_encoder.hidden_size)
+    return initialised(_audio_abstract(cfg), seed, abstract)
+
+
+def from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) -> nnx.Module:
+    """Fill `abstract` from the latest training checkpoint in `path` (its params + rest)."""
+    from emotivetalk_jax.convert.engine import fill_from_arrays
+    from emotivetalk_jax.train.checkpoint import restore_model_arrays
+
+    return fill_from_arrays(abstract, restore_model_arrays(path), path, subtree=subtree)
+
+
+def face_encoders(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
+    """The face encoders of `cfg.init.face_encoders` (a stage-0 workdir); random when unset."""
+    from emotivetalk_jax.models.face_encoders import FaceEncoders
+
+    model = abstract_model(lambda: FaceEncoders(variant.face, rngs=nnx.Rngs(0)))
+    if cfg.init.face_encoders:
+        return from_workdir(cfg.init.face_encoders, model, "encoders")
+    log.info("no stage-0 workdir configured (init.face_encoders): random face encoders")
+    return initialised(model, seed, abstract)
+
+
+def vaid_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
+    """V-AID from `cfg.init.vaid` (a stage-1 workdir); random when unset."""
+    from emotivetalk_jax.models.vaid import VAID
+
+    model = abstract_model(lambda: VAID(variant, rngs=nnx.Rngs(0)))
+    if cfg.init.vaid:
+        return from_workdir(cfg.init.vaid, model)
+    log.info("no stage-1 workdir configured (init.vaid): random V-AID")
+    return initialised(model, seed, abstract)
+
+
+def vae_abstract(variant) -> nnx.Module:
+    """SVD's temporal VAE of an ETHD variant, shapes only."""
+    from emotivetalk_jax.convert import svd
+
+    return abstract_model(lambda: svd.build("vae", dict(variant.svd.vae), rngs=nnx.Rngs(0)))
+
+
+def vae_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
+    """The VAE of `cfg.init.vae` (a `vae`-stage workdir, with its measured scaling factor) or
+    `cfg.init.svd` (a diffusers SVD folder); random when neither is set."""
+    from emotivetalk_jax.convert import svd
+
+    model = vae_abstract(variant)
+    if cfg.init.get("vae"):
+        vae = from_workdir(cfg.init.vae, model)
+        vae.config = {**vae.config, "scaling_factor": vae_scaling_factor(cfg.init.vae)}
+        return vae
+    if cfg.init.svd:
+        return svd.load_diffusers_vae(cfg.init.svd)
+    log.info("no VAE configured (init.vae / init.svd): random VAE")
+    return initialised(model, seed, abstract)
+
+
+def vae_scaling_factor(workdir: str, rows: int = 20) -> float:
+    """1 / the latent std a `vae`-stage run logged over its last `rows` logged steps: SVD's
+    `scaling_factor` (0.18215 for its own VAE) for a VAE trained here, so that stage 2's
+    scaled latents have unit variance whatever the KL weight let the latents drift to."""
+    import json
+    from pathlib import Path
+
+    path = Path(workdir) / "metrics.jsonl"
+    try:
+        stds = [json.loads(line)["latent_std"] for line in path.read_text().splitlines() if "latent_std" in line]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: cannot read the VAE run's latent_std ({e}); is {workdir} a `vae`-stage workdir?")
+    if not stds:
+        raise ValueError(f"{path} logs no latent_std; is {workdir} a `vae`-stage workdir?")
+    return float(1.0 / np.mean(stds[-rows:]))

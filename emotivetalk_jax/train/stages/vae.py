@@ -1,0 +1,67 @@
+"""Stage `vae` (not in the paper, which starts from SVD's trained VAE): SVD's temporal VAE
+trained as an autoencoder on clips (L1 + `vae_kl` x KL, the decoder over the clip's frames,
+decoding the posterior mean, which is what stage 2 and the pipeline use, or a posterior
+sample with `vae_sample=True`), for a domain no converted VAE covers (the synthetic demo).
+Stage 2 takes its workdir as `init.vae`. With `vae_train=decoder` and `init.vae` it
+fine-tunes only the decoder of a trained VAE, so the latents stage 2 learnt on stay exactly
+the same.
+
+Shape legend: B batch, F frames, S image size.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from emotivetalk_jax.train.stages.common import Frozen, Stage, initialised, split_frozen, split_model, to_float_image
+from emotivetalk_jax.train.stages.frozen import from_workdir, vae_abstract
+
+# vae_train: what stage `vae` updates. "decoder" keeps the encoder (and so every latent stage 2
+# trained on) fixed while the decoder keeps learning, so a decoder fine-tune can run next to, or
+# after, stage 2 and still pair with it (`export-bundle --vae`); SD's ft-MSE VAE was made this way.
+VAE_PARTS = {"all": nnx.Param, "decoder": nnx.All(nnx.Param, nnx.PathContains("decoder"))}
+
+
+def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+
+    ev = get_ethd_variant(cfg.variant)
+    frames = int(cfg.frames or ev.train.frames)
+    size = int(cfg.image_size or ev.resolution)
+    part = cfg.get("vae_train", "all")
+    if part not in VAE_PARTS:
+        raise ValueError(f"vae_train={part!r}: choose {' or '.join(VAE_PARTS)}")
+    model = vae_abstract(ev)
+    if cfg.init.get("vae"):
+        model = from_workdir(cfg.init.vae, model)
+    elif part == "decoder":
+        raise ValueError("vae_train=decoder fine-tunes the decoder of a trained VAE: set init.vae to its `vae` workdir")
+    else:
+        model = initialised(model, seed, abstract)
+    groups = {"main": VAE_PARTS[part]}
+    graphdef, params, rest = split_model(model, groups, "vae", cfg)
+    fgraph, fstate = split_frozen(Frozen())
+    kl_weight = float(cfg.get("vae_kl", 1e-6))
+    sample = bool(cfg.get("vae_sample", False))
+
+    def prepare(frozen, batch, key):
+        return dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
+
+    def loss(model, inp, key, aux):
+        from emotivetalk_jax.models.vae import sample_latent
+
+        x = inp["x"].reshape(-1, *inp["x"].shape[2:])
+        mean, logvar = model.encode(x)
+        z = sample_latent(mean, logvar, key) if sample else mean
+        rec = model.decode(z, frames).astype(jnp.float32)
+        l1 = jnp.mean(jnp.abs(rec - x))
+        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+        kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
+        psnr = -10.0 * jnp.log10(jnp.mean(jnp.square(rec - x)) / 4.0)  # images span [-1, 1]: peak-to-peak 2
+        return l1 + kl_weight * kl, dict(l1=l1, kl=kl, psnr=psnr, latent_std=jnp.std(mean))
+
+    return Stage(name="vae", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
+                 frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
+                 data=dict(frames=frames, size=size, mask_sizes=(), audio_context=0),
+                 model_name="AutoencoderKLTemporalDecoder")
