@@ -29,12 +29,6 @@ LAYERS: list[tuple[str, ...]] = [
 # (importer, imported) pairs allowed for now, each with the reason; remove a line when its
 # import is gone (the test fails on a line that no longer matches an import).
 KNOWN = {
-    # the learning gates of a stage are computed by eval.probes, which itself rebuilds stages.
-    ("emotivetalk_jax.train.stages.audio", "emotivetalk_jax.eval.probes"),
-    ("emotivetalk_jax.train.stages.common", "emotivetalk_jax.eval.probes"),
-    ("emotivetalk_jax.train.stages.encoders", "emotivetalk_jax.eval.probes"),
-    ("emotivetalk_jax.train.stages.ethd", "emotivetalk_jax.eval.probes"),
-    ("emotivetalk_jax.train.stages.vaid", "emotivetalk_jax.eval.probes"),
     # the metric networks (issue 18) are NNX modules kept in eval/; they belong in models/ (or
     # their rule tables in eval/).
     ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.face3d"),

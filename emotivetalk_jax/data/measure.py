@@ -279,3 +279,55 @@ def prosody_features(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
     return np.array([lf0.mean(), lf0.std(), np.percentile(lf0, 95) - np.percentile(lf0, 5), le.mean(), le.std(),
                      le.max(), voiced.mean(), loud.mean(), peaks / dur, tilt, np.log(rms.max() + 1e-6),
                      np.abs(np.diff(lf0)).mean() if len(lf0) > 1 else 0.0], np.float32)
+
+
+# ----------------------------------------------------------------------------- scoring generated clips
+
+MAX_LAG = 5  # lags (frames) of the AV-offset search, each way
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or x.std() < 1e-8 or y.std() < 1e-8:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def lag_correlations(measured: list[np.ndarray], truth: list[np.ndarray], max_lag: int = MAX_LAG) -> dict[int, float]:
+    """{lag: pooled Pearson r of measured[t + lag] vs truth[t]} over clips."""
+    out = {}
+    for lag in range(-max_lag, max_lag + 1):
+        xs, ys = [], []
+        for m, t in zip(measured, truth):
+            n = len(t)
+            idx = np.arange(max(0, -lag), min(n, n - lag))
+            xs.append(m[idx + lag])
+            ys.append(t[idx])
+        out[lag] = _pearson(np.concatenate(xs), np.concatenate(ys)) if xs else float("nan")
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if mask is not None:
+        d = d[np.broadcast_to(mask, d.shape)]
+    mse = float(d.mean()) if d.size else float("nan")
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def read_opening_and_emotion(frames: np.ndarray, ident: sf.Identity) -> tuple[np.ndarray, np.ndarray]:
+    """(opening (F,), emotion index (F,)) of every frame, nan / -1 where unreadable (not this identity's face)."""
+    opening = np.full(len(frames), np.nan, np.float32)
+    emo = np.full(len(frames), -1, np.int64)
+    for i, f in enumerate(frames):
+        try:
+            m = measure_frame(f, ident)
+        except (MeasureError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+            continue
+        vals = [m[k] for k in MEASURE_KEYS]
+        if not all(np.isfinite(vals)):
+            continue
+        opening[i] = m["opening"]
+        emo[i] = int(classify_expression(expression_vector({k: np.float32(m[k]) for k in m}))[0])
+    return opening, emo

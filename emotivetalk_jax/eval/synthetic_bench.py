@@ -35,64 +35,15 @@ import time
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax.data.measure import lag_correlations, psnr
+from emotivetalk_jax.data.measure import read_opening_and_emotion as _measure
 from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SynthConfig, SyntheticDomain
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
-
-MAX_LAG = 5
 
 
 def _loop(a: np.ndarray, n: int) -> np.ndarray:
     reps = -(-n // len(a))
     return np.concatenate([a] * reps)[:n]
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or x.std() < 1e-8 or y.std() < 1e-8:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def lag_correlations(measured: list[np.ndarray], truth: list[np.ndarray], max_lag: int = MAX_LAG) -> dict[int, float]:
-    """{lag: pooled Pearson r of measured[t + lag] vs truth[t]} over clips."""
-    out = {}
-    for lag in range(-max_lag, max_lag + 1):
-        xs, ys = [], []
-        for m, t in zip(measured, truth):
-            n = len(t)
-            idx = np.arange(max(0, -lag), min(n, n - lag))
-            xs.append(m[idx + lag])
-            ys.append(t[idx])
-        out[lag] = _pearson(np.concatenate(xs), np.concatenate(ys)) if xs else float("nan")
-    return out
-
-
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    if mask is not None:
-        d = d[np.broadcast_to(mask, d.shape)]
-    mse = float(d.mean()) if d.size else float("nan")
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def _measure(frames: np.ndarray, ident) -> tuple[np.ndarray, np.ndarray]:
-    """(opening (F,), emotion index (F,), -1 where unreadable)."""
-    from emotivetalk_jax.data import measure as M
-
-    opening = np.full(len(frames), np.nan, np.float32)
-    emo = np.full(len(frames), -1, np.int64)
-    for i, f in enumerate(frames):
-        try:
-            m = M.measure_frame(f, ident)
-        except (M.MeasureError, ValueError, FloatingPointError, np.linalg.LinAlgError):
-            continue
-        vals = [m[k] for k in M.MEASURE_KEYS]
-        if not all(np.isfinite(vals)):
-            continue
-        opening[i] = m["opening"]
-        emo[i] = int(M.classify_expression(M.expression_vector({k: np.float32(m[k]) for k in m}))[0])
-    return opening, emo
 
 
 def _clean(v):

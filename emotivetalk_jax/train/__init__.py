@@ -5,8 +5,9 @@
     train(get_config("stage=ethd,variant=tiny"), "/tmp/run")
 
 CLI: `emotivetalk train --config configs/train.py:stage=ethd,variant=tiny --workdir DIR [--config.x=y ...]`
-(`python -m emotivetalk_jax.train.commands ...` is the same). Modules: `stages` (one step per
-stage), `state` (train state, host init, remat, mixed precision), `optim` (Adam / AdamW /
-8-bit Adam, schedules, clipping), `inputs` (the global-order grain pipeline), `checkpoint`
-(orbax), `metrics` (jsonl + TensorBoard + sample videos), `loop` (the loop), `commands` (CLI).
+(`python -m emotivetalk_jax.train.commands ...` is the same). Modules: `stages` (one module per
+stage, built by keyword), `gates` (the learning gates each stage logs), `state` (train state,
+host init, remat, mixed precision), `optim` (Adam / AdamW / 8-bit Adam, schedules, clipping),
+`inputs` (the global-order grain pipeline), `checkpoint` (orbax), `metrics` (jsonl +
+TensorBoard + sample videos), `loop` (the loop), `commands` (CLI).
 """

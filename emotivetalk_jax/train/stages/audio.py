@@ -11,9 +11,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from emotivetalk_jax.train import gates
 from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, audio_frames, audio_windows,
-                                                 initialised, probe_clips, split_frozen, split_model,
-                                                 to_float_image)
+                                                 initialised, split_frozen, split_model, to_float_image)
 from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders
 
 # Stage `audio` trains on 48-frame (1.92 s) crops: every synthetic utterance is at least 2 s long.
@@ -48,11 +48,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         return lip_loss(pred, inp["l_v"], alpha=lw.lip_alpha, beta=lw.lip_beta, tau=lw.tau), {}
 
     def gate(model, frozen):
-        from emotivetalk_jax.eval import probes
-
-        fit, ev = probe_clips(cfg, size)
-        return probes.audio_window_gate(probes.inference_windows(model.encoder, fit, ctx),
-                                        probes.inference_windows(model.encoder, ev, ctx), fit, ev)
+        fit, ev = gates.stage_clips(cfg, size)
+        return gates.audio_window_gate(gates.inference_windows(model.encoder, fit, ctx),
+                                        gates.inference_windows(model.encoder, ev, ctx), fit, ev)
 
     return Stage(name="audio", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,

@@ -148,11 +148,3 @@ def split_frozen(frozen: Frozen) -> tuple:
     graphdef, state = nnx.split(frozen)
     return graphdef, state.to_pure_dict()
 
-
-def probe_clips(cfg, size: int):
-    """(fit, eval) clips of the learning gates (`eval.probes`), rendered at `size`."""
-    from emotivetalk_jax.eval import probes
-
-    n, seed = int(cfg.get("gate_clips", 16)), int(cfg.data.data_seed)
-    motion = float(cfg.data.get("head_motion", 1.0))
-    return probes.probe_clips("train", n, size, seed, motion), probes.probe_clips("test", n, size, seed, motion)

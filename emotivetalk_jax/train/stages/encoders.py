@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, initialised, probe_clips,
-                                                 split_frozen, split_model, to_float_image)
+from emotivetalk_jax.train import gates
+from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, initialised, split_frozen,
+                                                 split_model, to_float_image)
 
 
 def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
@@ -47,9 +48,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         return rec + label_weight * emo, dict(reconstruction=rec, emotion_ce=emo)
 
     def gate(model, frozen):
-        from emotivetalk_jax.eval import probes
-
-        return probes.face_gates(model.encoders, *probe_clips(cfg, size))
+        return gates.face_gates(model.encoders, *gates.stage_clips(cfg, size))
 
     return Stage(name="encoders", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,

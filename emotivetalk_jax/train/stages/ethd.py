@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from emotivetalk_jax.train import gates
 from emotivetalk_jax.train.state import host_init
-from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, probe_clips,
-                                                 split_frozen, split_model, to_float_image)
+from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, split_frozen,
+                                                 split_model, to_float_image)
 from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, vaid_model, vae_model
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,11 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         return jax.vmap(lambda z: frozen.vae.decode(z, frames))(flat)
 
     def gate(model, frozen):
-        from emotivetalk_jax.eval import probes
-
-        _, ev = probe_clips(cfg, size)
+        _, ev = gates.stage_clips(cfg, size)
         _, *states = nnx.split(model, *groups.values(), ...)
         params = {g: st.to_pure_dict() for g, st in zip(groups, states[:-1])}
         fn = lambda batch: _x0(params, states[-1].to_pure_dict(), fstate, batch)  # noqa: E731
-        return probes.denoiser_gates(fn, encoder, ev, frames=frames, context=ctx, latent=latent)
+        return gates.denoiser_gates(fn, encoder, ev, frames=frames, context=ctx, latent=latent)
 
     return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,

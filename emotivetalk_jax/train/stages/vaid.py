@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from flax import nnx
 
+from emotivetalk_jax.train import gates
 from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, initialised,
-                                                 probe_clips, split_frozen, split_model, to_float_image)
+                                                 split_frozen, split_model, to_float_image)
 from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders
 
 
@@ -42,10 +43,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         return club_loss(model, aux["l_a"], aux["e_a"]), {}
 
     def gate(model, frozen):
-        from emotivetalk_jax.eval import probes
-
-        fit, ev = probe_clips(cfg, size)
-        return probes.lip_audio_gates(model, encoder, fit, ev, frames=frames)
+        fit, ev = gates.stage_clips(cfg, size)
+        return gates.lip_audio_gates(model, encoder, fit, ev, frames=frames)
 
     return Stage(name="vaid", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": main, "club": club}, prepare=prepare,
