@@ -14,7 +14,8 @@ from flax import nnx
 
 from emotivetalk_jax.data.audio import frame_windows
 from emotivetalk_jax.diffusion.long_dicte import vaid_expression
-from emotivetalk_jax.losses import club_loss, club_upper_bound, emotion_label_loss, masked_reconstruction_loss, vaid_loss
+from emotivetalk_jax.losses import (club_loss, club_upper_bound, emotion_label_loss, lip_opening_loss,
+                                    masked_reconstruction_loss, vaid_loss)
 from emotivetalk_jax.models.club import CLUB
 from emotivetalk_jax.models.dicte import DiCTE
 from emotivetalk_jax.models.face_encoders import EncoderPretrainer, FaceEncoders, stage0_trainable
@@ -120,10 +121,12 @@ def _stage0_inputs():
 
 
 def _stage0_loss(model, x_ref, x_drv, configs, lip, face):
-    pred, logits = model.reconstruct(x_ref, x_drv, configs)
+    pred, logits, opening = model.reconstruct(x_ref, x_drv, configs)
     loss = masked_reconstruction_loss(pred, x_drv, configs, lip, face)
     if logits is not None:  # the demo's emotion label term; one row unlabelled
         loss = loss + emotion_label_loss(logits, jnp.array([3, -1, 0, 7]))
+    if opening is not None:  # the demo's landmark mouth-opening term
+        loss = loss + lip_opening_loss(opening, _rand(5, 4, 68, 2))
     return loss
 
 
@@ -133,7 +136,8 @@ def test_stage0_gradients_reach_every_trainable_parameter(train_backbone, demo):
     face = TINY.face if train_backbone else TINY.override("t", face=dict(train_backbone=False)).face
     if demo:
         face = TINY.override("t", face=dict(image_size=H, backbone_channels=(8, 16, 16), pool="flatten")).face
-    model = _build(lambda: EncoderPretrainer(face, TINY.decoder, emotions=8 if demo else 0, rngs=nnx.Rngs(0)))
+    model = _build(lambda: EncoderPretrainer(face, TINY.decoder, emotions=8 if demo else 0, opening_head=demo,
+                                             rngs=nnx.Rngs(0)))
     wrt = stage0_trainable(face)
     grads = nnx.jit(nnx.grad(_stage0_loss, argnums=nnx.DiffState(0, wrt)))(model, *_stage0_inputs())
     assert _paths(grads) == _paths(nnx.state(model, wrt))
@@ -142,6 +146,7 @@ def test_stage0_gradients_reach_every_trainable_parameter(train_backbone, demo):
         assert not any("backbone" in p or "to_mouth" in p or "emo_embed" in p for p in _paths(grads))
         assert any("lip_adapter" in p for p in _paths(grads)) and any("decoder" in p for p in _paths(grads))
     assert any("emotion_head" in p for p in _paths(grads)) == demo
+    assert any("opening_head" in p for p in _paths(grads)) == demo
 
 
 def test_flatten_pool_projects_the_whole_last_map():

@@ -190,24 +190,28 @@ class ReconstructionDecoder(nnx.Module):
 
 class EncoderPretrainer(nnx.Module):
     """Stage 0: encoders + renderer. (x_ref, x_drv (B, H, W, 3), configs (B,)) -> (B, H, W, 3),
-    and with `emotions` > 0 also emotion logits (B, emotions) of a linear classifier on e_v
-    (`LossConfig.emotion_label_weight`)."""
+    and optionally the readouts of two linear heads: emotion logits (B, emotions) on e_v
+    (`emotions` > 0, `LossConfig.emotion_label_weight`) and a mouth opening (B,) on l_v
+    (`opening_head`, `LossConfig.lip_opening_weight`); None where absent."""
 
-    def __init__(self, face: FaceEncoderConfig, decoder: DecoderConfig, *, emotions: int = 0, rngs: nnx.Rngs):
+    def __init__(self, face: FaceEncoderConfig, decoder: DecoderConfig, *, emotions: int = 0,
+                 opening_head: bool = False, rngs: nnx.Rngs):
         self.encoders = FaceEncoders(face, rngs=rngs)
         self.decoder = ReconstructionDecoder(decoder, face.lip_dim, face.expr_dim, rngs=rngs)
         self.emotion_head = linear(face.expr_dim, emotions, rngs=rngs) if emotions else None
+        self.opening_head = linear(face.lip_dim, 1, rngs=rngs) if opening_head else None
 
     @classmethod
-    def from_config(cls, variant, *, emotions: int = 0, rngs: nnx.Rngs) -> "EncoderPretrainer":
-        return cls(variant.face, variant.decoder, emotions=emotions, rngs=rngs)
+    def from_config(cls, variant, *, emotions: int = 0, opening_head: bool = False, rngs: nnx.Rngs) -> "EncoderPretrainer":
+        return cls(variant.face, variant.decoder, emotions=emotions, opening_head=opening_head, rngs=rngs)
 
-    def reconstruct(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """(driving frame prediction, emotion logits or None)."""
+    def reconstruct(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array):
+        """(driving frame prediction, emotion logits or None, mouth opening or None)."""
         l, e = self.encoders(x_drv)
         keep_lip, keep_expr = dropout_keep(configs)
         logits = self.emotion_head(e) if self.emotion_head is not None else None
-        return self.decoder(x_ref, l, e, keep_lip, keep_expr), logits
+        opening = self.opening_head(l)[..., 0] if self.opening_head is not None else None
+        return self.decoder(x_ref, l, e, keep_lip, keep_expr), logits, opening
 
     def __call__(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array) -> jax.Array:
         return self.reconstruct(x_ref, x_drv, configs)[0]
@@ -218,5 +222,5 @@ def stage0_trainable(cfg: FaceEncoderConfig) -> nnx.filterlib.Filter:
     if cfg.train_backbone:
         return nnx.Param
     parts = nnx.Any(nnx.PathContains("lip_adapter"), nnx.PathContains("expression_adapter"), nnx.PathContains("decoder"),
-                    nnx.PathContains("emotion_head"))
+                    nnx.PathContains("emotion_head"), nnx.PathContains("opening_head"))
     return nnx.All(nnx.Param, parts)

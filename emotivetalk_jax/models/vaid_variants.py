@@ -113,6 +113,11 @@ class LossConfig:
     # no such encoder, and self-driven reconstruction alone leaves e_v without emotion (see the
     # DEMO variant).
     emotion_label_weight: float = 0.0
+    # Stage 0: weight of an MSE of a linear head on l_v against the mouth opening read from the
+    # frame's 68 landmarks (inner-lip gap / eye-corner distance, `losses.landmark_mouth_opening`;
+    # prepared clips carry dlib's). Not in the paper, which starts from PD-FGC's pretrained lip
+    # encoder; the demo's reconstruction alone left l_v's ridge r to the opening at 0.84.
+    lip_opening_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +161,8 @@ TINY = EMOTIVETALK_512.override(
 # steps; even trained on emotion labels directly, that encoder reached 0.37 on held-out
 # identities (0.55 at 64 px), so the demo's encoder reads 64 px frames through a third stage
 # and keeps the map's layout, and stage 0 adds the label term.
-DEMO = TINY.override("demo", loss=dict(club_weight=0.1, emotion_label_weight=1.0), decoder=dict(residual=True),
+DEMO = TINY.override("demo", loss=dict(club_weight=0.1, emotion_label_weight=1.0, lip_opening_weight=1.0),
+                     decoder=dict(residual=True),
                      face=dict(image_size=64, backbone_channels=(16, 32, 64), pool="flatten"))
 
 VAID_VARIANTS: Mapping[str, VAIDVariant] = MappingProxyType(

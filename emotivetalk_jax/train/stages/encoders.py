@@ -1,7 +1,8 @@
 """Stage `encoders` (0, 6.1): `EncoderPretrainer` reconstructs a driving frame from the
 reference frame and its (dropped-out) lip / expression latents; masked MSE by dropout
-configuration (`losses.masked_reconstruction_loss`), plus a cross-entropy on the clip's
-emotion label when the variant weights it (`LossConfig.emotion_label_weight`).
+configuration (`losses.masked_reconstruction_loss`), plus, when the variant weights them, a
+cross-entropy on the clip's emotion label (`LossConfig.emotion_label_weight`) and an MSE
+of the mouth opening read from the driving frame's landmarks (`LossConfig.lip_opening_weight`).
 
 Shape legend: B batch, S image size.
 """
@@ -18,34 +19,43 @@ from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, 
 
 def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     from emotivetalk_jax.data.synthetic_speech import EMOTIONS
-    from emotivetalk_jax.losses import emotion_label_loss, masked_reconstruction_loss, sample_dropout_configs
+    from emotivetalk_jax.losses import (emotion_label_loss, lip_opening_loss, masked_reconstruction_loss,
+                                        sample_dropout_configs)
     from emotivetalk_jax.models.face_encoders import EncoderPretrainer, stage0_trainable
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
 
     v = get_vaid_variant(cfg.variant)
     size = int(cfg.image_size or v.face.image_size)
-    label_weight = float(v.loss.emotion_label_weight)
+    label_weight, opening_weight = float(v.loss.emotion_label_weight), float(v.loss.lip_opening_weight)
     emotions = len(EMOTIONS) if label_weight > 0 else 0
     model = initialised(abstract_model(lambda: EncoderPretrainer(v.face, v.decoder, emotions=emotions,
+                                                                 opening_head=opening_weight > 0,
                                                                  rngs=nnx.Rngs(0))), seed, abstract)
     groups = {"main": stage0_trainable(v.face)}
     graphdef, params, rest = split_model(model, groups, "encoders", cfg)
     fgraph, fstate = split_frozen(Frozen())
 
     def prepare(frozen, batch, key):
-        return dict(x_ref=to_float_image(batch["reference"]), x_drv=to_float_image(batch["frames"][:, 0]),
-                    configs=sample_dropout_configs(key, batch["reference"].shape[0], v.loss.dropout_probs),
-                    lip_mask=batch[f"mask_lip_{size}"], face_mask=batch[f"mask_face_{size}"],
-                    emotion=batch.get("emotion", jnp.full(batch["reference"].shape[:1], -1, jnp.int32)))
+        inp = dict(x_ref=to_float_image(batch["reference"]), x_drv=to_float_image(batch["frames"][:, 0]),
+                   configs=sample_dropout_configs(key, batch["reference"].shape[0], v.loss.dropout_probs),
+                   lip_mask=batch[f"mask_lip_{size}"], face_mask=batch[f"mask_face_{size}"],
+                   emotion=batch.get("emotion", jnp.full(batch["reference"].shape[:1], -1, jnp.int32)))
+        if opening_weight > 0:
+            inp["landmarks"] = batch["landmarks"][:, 0].astype(jnp.float32)
+        return inp
 
     def loss(model, inp, key, aux):
-        pred, logits = model.reconstruct(inp["x_ref"], inp["x_drv"], inp["configs"])
+        pred, logits, opening = model.reconstruct(inp["x_ref"], inp["x_drv"], inp["configs"])
         rec = masked_reconstruction_loss(pred.astype(jnp.float32), inp["x_drv"], inp["configs"],
                                          inp["lip_mask"], inp["face_mask"])
-        if logits is None:
-            return rec, {}
-        emo = emotion_label_loss(logits.astype(jnp.float32), inp["emotion"])
-        return rec + label_weight * emo, dict(reconstruction=rec, emotion_ce=emo)
+        total, parts = rec, {}
+        if logits is not None:
+            parts["emotion_ce"] = emotion_label_loss(logits.astype(jnp.float32), inp["emotion"])
+            total = total + label_weight * parts["emotion_ce"]
+        if opening is not None:
+            parts["opening_mse"] = lip_opening_loss(opening.astype(jnp.float32), inp["landmarks"])
+            total = total + opening_weight * parts["opening_mse"]
+        return total, (dict(reconstruction=rec, **parts) if parts else {})
 
     def gate(model, frozen):
         return gates.face_gates(model.encoders, *gates.stage_clips(cfg, size))
