@@ -499,7 +499,7 @@ def test_evaluate_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("shape,size", [((2, 512, 400, 3), (299, 299)), ((1, 60, 90, 3), (224, 336))])
 def test_resize_matches_torch_bilinear(shape, size):
     """Real frames shrink (512 -> 299 for FID, -> 224 for I3D / SyncNet): torch's bilinear, no antialiasing."""
-    from emotivetalk_jax.eval.layers import resize_bilinear
+    from emotivetalk_jax.models.metrics.layers import resize_bilinear
 
     x = np.random.default_rng(6).uniform(0, 1, shape).astype(np.float32)
     want = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)

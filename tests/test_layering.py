@@ -28,14 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 # (importer, imported) pairs allowed for now, each with the reason; remove a line when its
 # import is gone (the test fails on a line that no longer matches an import).
-KNOWN = {
-    # the metric networks (issue 18) are NNX modules kept in eval/; they belong in models/ (or
-    # their rule tables in eval/).
-    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.face3d"),
-    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.i3d"),
-    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.inception"),
-    ("emotivetalk_jax.convert.metric_nets", "emotivetalk_jax.eval.syncnet"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -26,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from emotivetalk_jax.convert.engine import COMMON_RULES, ConversionError, Rule, load_into
-from emotivetalk_jax.eval.face3d import ReconNet
-from emotivetalk_jax.eval.i3d import InceptionI3d
-from emotivetalk_jax.eval.inception import FIDInceptionV3
-from emotivetalk_jax.eval.syncnet import BN_INDEX, SyncNet
+from emotivetalk_jax.models.metrics.face3d import ReconNet
+from emotivetalk_jax.models.metrics.i3d import InceptionI3d
+from emotivetalk_jax.models.metrics.inception import FIDInceptionV3
+from emotivetalk_jax.models.metrics.syncnet import BN_INDEX, SyncNet
 
 _STATS: tuple[Rule, ...] = (
     Rule("*.running_mean", "*.mean"),

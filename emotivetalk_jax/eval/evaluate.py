@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from emotivetalk_jax.eval import face3d, i3d, inception, syncnet
+from emotivetalk_jax.eval import i3d, syncnet
 from emotivetalk_jax.eval.frechet import FeatureStats, stats_distance
-from emotivetalk_jax.eval.layers import resize_bilinear
+from emotivetalk_jax.models.metrics import face3d, inception
+from emotivetalk_jax.models.metrics.layers import resize_bilinear
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 # metric -> (command-line flag, network file, what the user converts it from)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.eval.layers import FrozenBatchNorm, conv, max_pool
+from emotivetalk_jax.models.metrics.layers import FrozenBatchNorm, conv, max_pool
 
 SIZE = 224
 COEFFS = (("id", 80), ("exp", 64), ("tex", 80), ("angle", 3), ("gamma", 27), ("trans_xy", 2), ("trans_z", 1))

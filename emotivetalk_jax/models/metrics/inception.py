@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.eval.layers import FrozenBatchNorm, avg_pool, conv, max_pool, resize_bilinear
+from emotivetalk_jax.models.metrics.layers import FrozenBatchNorm, avg_pool, conv, max_pool, resize_bilinear
 
 SIZE = 299
 FEATURES = 2048
