@@ -58,7 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.vae_sample = False  # stage vae: decode a posterior sample (True) or the mean (stage 2 encodes the mean)
     c.vae_train = "all"  # stage vae: "all", or "decoder" (encoder frozen: a fine-tune that keeps stage 2's latents)
 
-    c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))  # a tuple: config_flags overrides tuples, not lists
     c.sharding = ml_collections.ConfigDict(dict(min_size=2**12, tensor_parallel=True))
 
     c.optim = ml_collections.ConfigDict(dict(

@@ -33,3 +33,18 @@ def test_the_arguments_still_mean_what_they_meant():
     # an explicit value equal to SamplerConfig's default still beats the preset's
     assert sampler_configs.get_config("512,lip_scale=1.0").lip_scale == 1.0
     assert sampler_configs.get_config("1024,steps=8").steps == 8
+
+
+def test_train_overrides_are_config_flags_and_strict():
+    from emotivetalk_jax.train.commands import load_config
+
+    c = load_config("configs/train.py:stage=vaid,variant=tiny", [
+        "--config.optim.lr=nan", "--config.progress=False", "--config.total_steps=5", "--config.lip_loss_weight=4",
+        "--config.mesh=[('data',-1),('fsdp',8),('tensor',1)]", "--config.compiler_options={'a': 0}"])
+    assert (c.progress, c.total_steps, c.optim.total_steps, c.lip_loss_weight) == (False, 5, 5, 4.0)
+    assert c.mesh == (("data", -1), ("fsdp", 8), ("tensor", 1)) and c.compiler_options.to_dict() == {"a": 0}
+    with pytest.raises(ValueError, match=r"^--config.optim.lrr: config.optim has no field 'lrr'; valid keys: b1, b2,"
+                                         r"[^\n]* lr, [^\n]*$"):
+        load_config("configs/train.py:stage=vaid", ["--config.optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"^flag --config.optim.lr=abc: could not convert string to float[^\n]*$"):
+        load_config("configs/train.py:stage=vaid", ["--config.optim.lr=abc"])

@@ -1,8 +1,10 @@
 """`emotivetalk train`: `--config configs/train.py:stage=ethd,variant=tiny --workdir DIR [--config.x=y ...]`.
 
 `add_train_command(subparsers)` registers it; `run_train_command(args)` runs it. Overrides
-use ml_collections' flag syntax, `--config.optim.lr=3e-5`,
-`--config.mesh="[('data',-1),('fsdp',8),('tensor',1)]"` (values are Python literals). The same from Python:
+are applied by ml_collections' `config_flags` (each value parsed as its field's type),
+`--config.optim.lr=3e-5`, `--config.mesh="[('data',-1),('fsdp',8),('tensor',1)]"`; an unknown
+field or a mistyped value fails in one line naming the valid keys or the wanted type.
+The same from Python:
 `train_from_args(["--config", "configs/train.py:stage=ethd", "--workdir", "w", "--config.seed=1"])`.
 """
 
@@ -54,43 +56,39 @@ def resolve_config_path(spec: str) -> str:
     return path + sep + arg
 
 
-def _literal(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare string
+def _unknown_field(config, key: str) -> str | None:
+    """The one-line message for an override `key` that names no field of `config`, else None."""
+    node, where = config, "config"
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a ConfigDict)"
+            return f"--config.{key}: {where} has no field {part!r}; valid keys: {valid}"
+        node, where = node[part], f"{where}.{part}"
+    return None
 
 
 def apply_overrides(cfg, overrides: list[str]):
-    """`--config.a.b=value` items: value is a Python literal (else a string); a field that
-    already holds a value keeps its type (ml_collections' own checks)."""
-    for item in overrides:
-        key, eq, value = item.removeprefix("--config.").partition("=")
-        if not eq:
-            raise ValueError(f"override {item!r} must be --config.field=value")
-        *parents, leaf = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"override {item!r}: the config has no field {key!r}")
-        old, new = node[leaf], _literal(value)
-        if isinstance(new, dict):
-            import ml_collections
+    """`--config.a.b=value` items applied by ml_collections' `config_flags` (each value parsed as
+    the field's type; a ConfigDict field takes a dict literal, a tuple field a list or tuple), on a
+    private absl FlagValues (no absl app globals). An unknown field or a value of the wrong type
+    fails in one line: ValueError naming the valid keys, or the field and the type it wanted."""
+    from absl import flags
+    from ml_collections import config_flags
 
-            new = ml_collections.ConfigDict(new)
-        elif isinstance(old, str) and not isinstance(new, str):
-            new = value
-        elif isinstance(old, bool) and isinstance(new, str):
-            new = new.lower() in ("1", "true", "yes")
-        elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(new, str):
-            new = type(old)(value)  # e.g. nan, inf
-        elif isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
-            new = float(new)
-        node[leaf] = new
-    return cfg
+    argv = ["emotivetalk train", *overrides]
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise ValueError(f"override {item!r} must be --config.field=value")
+        message = _unknown_field(cfg, item.removeprefix("--config.").partition("=")[0])
+        if message:
+            raise ValueError(message)
+    values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict("config", cfg, flag_values=values, lock_config=False, sys_argv=argv)
+        values(argv)
+    except flags.Error as e:
+        raise ValueError(" ".join(str(e).split())) from None
+    return values.config
 
 
 def load_config(spec: str, overrides: list[str] = ()):
