@@ -49,14 +49,14 @@ from emotivetalk_jax.train.optim import state_bytes  # noqa: E402
 from emotivetalk_jax.train.stages import build_stage  # noqa: E402
 
 
-def abstract_batch(stage, batch_size: int, mesh) -> dict:
+def abstract_batch(stage, batch_size: int, mesh, mesh_rules) -> dict:
     d = stage.data
     f, s = d["frames"], d["size"]
     shapes = {"frames": ((batch_size, f, s, s, 3), np.uint8), "reference": ((batch_size, s, s, 3), np.uint8),
               "audio": ((batch_size, 640 * (f + 2 * d["audio_context"])), np.float32)}
     for m in d["mask_sizes"]:
         shapes[f"mask_lip_{m}"] = shapes[f"mask_face_{m}"] = ((batch_size, m, m, 1), np.float32)
-    return {k: jax.ShapeDtypeStruct(sh, dt, sharding=NamedSharding(mesh, shd.batch_spec(sh, mesh)))
+    return {k: jax.ShapeDtypeStruct(sh, dt, sharding=NamedSharding(mesh, shd.batch_spec(sh, mesh, mesh_rules)))
             for k, (sh, dt) in shapes.items()}
 
 
@@ -102,7 +102,7 @@ def measure(variant: str, remat: str, mesh_cfg, batch_size: int, lower_only: boo
     program = loop.build_program(cfg, stage=stage)
     frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), stage.frozen_state,
                           program.frozen_shardings)
-    batch = abstract_batch(stage, batch_size, program.mesh)
+    batch = abstract_batch(stage, batch_size, program.mesh, program.mesh_rules)
     lowered = program.step_fn.lower(program.abstract, frozen, batch)
     t1 = time.perf_counter()
     out = dict(variant=variant, remat=remat, mesh=dict(program.mesh.shape), batch=batch_size,

@@ -59,7 +59,30 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.vae_train = "all"  # stage vae: "all", or "decoder" (encoder frozen: a fine-tune that keeps stage 2's latents)
 
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))  # a tuple: config_flags overrides tuples, not lists
-    c.sharding = ml_collections.ConfigDict(dict(min_size=2**12, tensor_parallel=True))
+    # Sharding as data (emotivetalk_jax.sharding; maxdiffusion's logical_axis_rules). param_rules:
+    # regex on a parameter's dotted NNX path -> logical axes of its TRAILING dims (first match
+    # wins); the VAE (stage vae's model, the frozen VAE of stage 2) reads its own vae_param_rules.
+    # mesh_rules: logical axis -> mesh axes (a name, a tuple of names, or None); `batch` is the
+    # activations' axis. tensor_parallel=False maps mlp / heads to None. Arrays with fewer than
+    # min_size elements are replicated.
+    c.sharding = ml_collections.ConfigDict(dict(
+        min_size=2**12, tensor_parallel=True,
+        param_rules=(
+            (r"(^|\.)(to_q|to_k|to_v)\.kernel$", ("embed", "heads")),
+            (r"(^|\.)to_out\.0\.kernel$", ("heads", "embed")),
+            (r"(^|\.)net\.0\.proj\.kernel$", ("embed", "mlp")),  # GEGLU in
+            (r"(^|\.)net\.2\.kernel$", ("mlp", "embed")),  # FF out
+            (r"(^|\.)kernel$", ("embed", "mlp")),  # linears (in, out) and convs (..., in, out)
+            (r".*", ()),  # everything else replicated
+        ),
+        vae_param_rules=(  # convs and the mid-block attention; the VAE has no feed-forward layers
+            (r"(^|\.)(to_q|to_k|to_v)\.kernel$", ("embed", "heads")),
+            (r"(^|\.)to_out\.0\.kernel$", ("heads", "embed")),
+            (r"(^|\.)kernel$", ("embed", "mlp")),
+            (r".*", ()),
+        ),
+        mesh_rules=dict(batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor"),
+    ))
 
     c.optim = ml_collections.ConfigDict(dict(
         name=d["optimizer"], lr=d["lr"], schedule="constant", warmup_steps=0 if tiny else 500, end_lr_factor=0.0,

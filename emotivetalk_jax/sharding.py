@@ -1,17 +1,19 @@
-"""Device meshes and logical-axis sharding rules, as data.
+"""Device meshes and logical-axis sharding, driven by rule tables that are config data.
 
 A mesh is one config line, `[("data", -1), ("fsdp", 1), ("tensor", 1)]` (-1: all the
-devices the other axes leave). Parameters are sharded in two steps, both tables:
+devices the other axes leave). Parameters are sharded in two steps, both tables that the
+train config holds (`configs/train.py`: `sharding.param_rules`, the VAE's own
+`sharding.vae_param_rules`, `sharding.mesh_rules`) and passes in:
 
-1. `PARAM_RULES`: regex on the dotted NNX path -> logical axes of the array's TRAILING
+1. `rules`: regex on the dotted NNX path -> logical axes of the array's TRAILING
    dimensions (leading dimensions, e.g. conv taps, are never sharded). First match wins.
-2. `MESH_RULES`: logical axis -> mesh axes. FSDP by default (`embed` -> `fsdp`); tensor
-   parallelism shards `mlp` / `heads` over `tensor` (a no-op while `tensor` has size 1).
+2. `mesh_rules`: logical axis -> mesh axes (a name, a tuple of names, or None), e.g. FSDP
+   `embed` -> `fsdp`, tensor parallelism `mlp` / `heads` -> `tensor`.
 
 A dimension that does not divide by its mesh axes' size is left unsharded, and arrays
 smaller than `min_size` elements are replicated (biases, norms, mix factors). Activations
-use the logical axes `batch` (-> `data` x `fsdp`). Models never see a mesh: only
-`train/` and the benchmarks call this module.
+use the logical axis `batch`. Models never see a mesh: only `train/` and the benchmarks
+call this module.
 """
 
 from __future__ import annotations
@@ -28,24 +30,6 @@ MeshConfig = Sequence[tuple[str, int]]
 Rules = Sequence[tuple[str, tuple[str | None, ...]]]
 
 DEFAULT_MESH: MeshConfig = (("data", -1), ("fsdp", 1), ("tensor", 1))
-
-# Regex (re.search on "a.b.0.kernel") -> logical axes of the trailing dims.
-PARAM_RULES: Rules = (
-    (r"(^|\.)(to_q|to_k|to_v)\.kernel$", ("embed", "heads")),
-    (r"(^|\.)to_out\.0\.kernel$", ("heads", "embed")),
-    (r"(^|\.)net\.0\.proj\.kernel$", ("embed", "mlp")),  # GEGLU in
-    (r"(^|\.)net\.2\.kernel$", ("mlp", "embed")),  # FF out
-    (r"(^|\.)kernel$", ("embed", "mlp")),  # linears (in, out) and convs (..., in, out)
-    (r".*", ()),  # everything else replicated
-)
-
-# Logical axis -> mesh axes (a name, a tuple of names, or None).
-MESH_RULES: Mapping[str, Any] = {
-    "batch": ("data", "fsdp"),
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "heads": "tensor",
-}
 
 MIN_SHARD_SIZE = 2**12
 
@@ -87,7 +71,7 @@ def path_str(path: Sequence[Any]) -> str:
     return ".".join(out)
 
 
-def logical_axes(path: str, ndim: int, rules: Rules = PARAM_RULES) -> tuple[str | None, ...]:
+def logical_axes(path: str, ndim: int, rules: Rules) -> tuple[str | None, ...]:
     """Logical axes (one per dim) of an array at `path`: the first matching rule's axes on the
     trailing dims, None elsewhere."""
     for pattern, axes in rules:
@@ -98,7 +82,7 @@ def logical_axes(path: str, ndim: int, rules: Rules = PARAM_RULES) -> tuple[str 
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    mesh_rules: Mapping[str, Any] = MESH_RULES, min_size: int = 0) -> P:
+                    mesh_rules: Mapping[str, Any], min_size: int = 0) -> P:
     """PartitionSpec for an array of `shape` whose dims carry `axes`; mesh axes that do not
     divide the dim, have size 1, or are already used by an earlier dim are dropped."""
     if int(np.prod(shape, dtype=np.int64)) < min_size:
@@ -121,8 +105,8 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     return P(*spec)
 
 
-def param_spec(path: str, shape: Sequence[int], mesh: Mesh, *, rules: Rules = PARAM_RULES,
-               mesh_rules: Mapping[str, Any] = MESH_RULES, min_size: int = MIN_SHARD_SIZE) -> P:
+def param_spec(path: str, shape: Sequence[int], mesh: Mesh, *, rules: Rules, mesh_rules: Mapping[str, Any],
+               min_size: int = MIN_SHARD_SIZE) -> P:
     return logical_to_spec(logical_axes(path, len(shape), rules), shape, mesh, mesh_rules, min_size)
 
 
@@ -136,7 +120,7 @@ def tree_shardings(tree: Any, mesh: Mesh, **kw) -> Any:
                         is_leaf=lambda x: isinstance(x, P))
 
 
-def batch_spec(shape: Sequence[int], mesh: Mesh, mesh_rules: Mapping[str, Any] = MESH_RULES) -> P:
+def batch_spec(shape: Sequence[int], mesh: Mesh, mesh_rules: Mapping[str, Any]) -> P:
     """Inputs and per-example activations: the leading (batch) dim over `batch`'s mesh axes
     (the axes that divide it)."""
     if len(shape) == 0:
@@ -144,11 +128,11 @@ def batch_spec(shape: Sequence[int], mesh: Mesh, mesh_rules: Mapping[str, Any] =
     return logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh, mesh_rules)
 
 
-def batch_shardings(tree: Any, mesh: Mesh, mesh_rules: Mapping[str, Any] = MESH_RULES) -> Any:
+def batch_shardings(tree: Any, mesh: Mesh, mesh_rules: Mapping[str, Any]) -> Any:
     return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.shape(x), mesh, mesh_rules)), tree)
 
 
-def constrain_batch(tree: Any, mesh: Mesh | None, mesh_rules: Mapping[str, Any] = MESH_RULES) -> Any:
+def constrain_batch(tree: Any, mesh: Mesh | None, mesh_rules: Mapping[str, Any] | None) -> Any:
     """Activation constraint: every array's leading dim sharded over `batch` (no-op without a mesh)."""
     if mesh is None:
         return tree

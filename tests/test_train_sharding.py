@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from configs.train import get_config
 from emotivetalk_jax import sharding as shd
+from emotivetalk_jax.train.loop import sharding_kw
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -48,14 +50,38 @@ def test_golden_partition_specs():
         ("up_blocks.0.resnets.0.time_mixer.mix_factor", (1,)): P(),
         ("lip_proj.kernel", (510, 1024)): P(None, "tensor"),  # 510 does not divide by fsdp=4
     }
-    got = {k: shd.param_spec(k[0], k[1], mesh) for k in golden}
+    kw = sharding_kw(get_config())  # the rule tables are the train config's data
+    rules, mesh_rules = kw["rules"], kw["mesh_rules"]
+    got = {k: shd.param_spec(k[0], k[1], mesh, rules=rules, mesh_rules=mesh_rules) for k in golden}
     golden[("conv_out.kernel", (3, 3, 320, 4))] = P(None, None, "fsdp", "tensor")
     assert got == golden
-    assert shd.batch_spec((8, 4, 8, 8, 4), mesh) == P("fsdp")
-    assert shd.batch_spec((2, 3), AbstractMesh((2, 4, 1), ("data", "fsdp", "tensor"))) == P("data")
-    no_tp = dict(shd.MESH_RULES, mlp=None, heads=None)
-    assert shd.param_spec("a.ff.net.0.proj.kernel", (320, 2560), mesh, mesh_rules=no_tp) == P("fsdp")
+    assert shd.batch_spec((8, 4, 8, 8, 4), mesh, mesh_rules) == P("fsdp")
+    assert shd.batch_spec((2, 3), AbstractMesh((2, 4, 1), ("data", "fsdp", "tensor")), mesh_rules) == P("data")
+    no_tp = dict(mesh_rules, mlp=None, heads=None)
+    assert shd.param_spec("a.ff.net.0.proj.kernel", (320, 2560), mesh, rules=rules, mesh_rules=no_tp) == P("fsdp")
 
+
+
+def test_sharding_rules_are_config_data_with_the_vaes_own_table():
+    """The VAE reads its own table (cfg.sharding.vae_param_rules), in stage vae and as stage 2's frozen
+    VAE; on every VAE parameter it gives the specs the model table gave."""
+    from flax import nnx
+
+    from emotivetalk_jax.models.ethd_variants import get_ethd_variant
+    from emotivetalk_jax.train import stages as S
+
+    cfg = get_config("stage=vae,variant=tiny")
+    cfg.sharding.min_size = 1  # the tiny VAE's arrays are small
+    mesh = AbstractMesh((1, 4, 2), ("data", "fsdp", "tensor"))
+    vae = S.vae_model(cfg, get_ethd_variant("tiny"), 0, abstract=True)
+    model, own = sharding_kw(cfg), sharding_kw(cfg, "vae")
+    assert own["rules"] != model["rules"] and own["mesh_rules"] == model["mesh_rules"]
+    leaves = [(shd.path_str(p), v.value.shape) for p, v in nnx.to_flat_state(nnx.state(vae))]
+    assert any(shd.param_spec(k, s, mesh, **own) != P() for k, s in leaves)
+    for k, s in leaves:
+        assert shd.param_spec(k, s, mesh, **own) == shd.param_spec(k, s, mesh, **model), k
+    cfg.sharding.vae_param_rules = ((r".*", ()),)  # data: a run replicates its VAE by config alone
+    assert all(shd.param_spec(k, s, mesh, **sharding_kw(cfg, "vae")) == P() for k, s in leaves)
 
 _WORKER = textwrap.dedent(r'''
     import json, sys

@@ -69,9 +69,10 @@ class Program:
     frozen_shardings: Any
     step_fn: Any  # the jitted step
     abstract: TrainState
+    mesh_rules: dict  # logical axis -> mesh axes (the config's sharding.mesh_rules)
 
     def batch_shardings(self, batch: dict) -> dict:
-        return shd.batch_shardings(batch, self.mesh)
+        return shd.batch_shardings(batch, self.mesh, self.mesh_rules)
 
     def global_batch(self, local: dict) -> dict:
         """Per-process numpy batch -> global jax arrays sharded over `batch`."""
@@ -81,15 +82,31 @@ class Program:
             v = np.asarray(v)
             gshape = (v.shape[0] * n,) + v.shape[1:]
             out[k] = jax.make_array_from_process_local_data(
-                NamedSharding(self.mesh, shd.batch_spec(gshape, self.mesh)), v, gshape)
+                NamedSharding(self.mesh, shd.batch_spec(gshape, self.mesh, self.mesh_rules)), v, gshape)
         return out
 
 
-def _sharding_kw(cfg) -> dict:
-    rules = dict(shd.MESH_RULES)
-    if not cfg.sharding.tensor_parallel:
-        rules.update(mlp=None, heads=None)
-    return dict(mesh_rules=rules, min_size=int(cfg.sharding.min_size))
+def sharding_kw(cfg, component: str = "") -> dict:
+    """`rules`, `mesh_rules`, `min_size` for `sharding.param_spec` from the config's tables
+    (`cfg.sharding`); component "vae" reads the VAE's own `vae_param_rules`."""
+    s = cfg.sharding
+    mesh_rules = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in s.mesh_rules.items()}
+    if not s.tensor_parallel:
+        mesh_rules.update(mlp=None, heads=None)
+    table = s.vae_param_rules if component == "vae" else s.param_rules
+    return dict(rules=tuple((pattern, tuple(axes)) for pattern, axes in table), mesh_rules=mesh_rules,
+                min_size=int(s.min_size))
+
+
+def frozen_shardings(frozen_state: Any, mesh, cfg) -> Any:
+    """Shardings of a stage's frozen models: each by its own table (`Frozen.vae` by the VAE's)."""
+    kws = {c: sharding_kw(cfg, c) for c in ("", "vae")}
+
+    def one(path, x):
+        name = shd.path_str(path)
+        return NamedSharding(mesh, shd.param_spec(name, x.shape, mesh, **kws["vae" if name.startswith("vae.") else ""]))
+
+    return jax.tree_util.tree_map_with_path(one, frozen_state)
 
 
 def state_shardings(abstract: TrainState, mesh, **kw) -> TrainState:
@@ -110,15 +127,16 @@ def build_program(cfg, *, mesh=None, stage: Stage | None = None, donate: bool = 
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema}")
     abstract = abstract_state(stage, txs, int(cfg.seed), ema_decay=ema)
-    kw = _sharding_kw(cfg)
+    kw = sharding_kw(cfg, "vae" if stage.name == "vae" else "")
     sshard = state_shardings(abstract, mesh, **kw)
-    fshard = shd.tree_shardings(stage.frozen_state, mesh, **kw)
-    step = make_step(stage, txs, schedules, compute_dtype=jnp.dtype(cfg.compute_dtype), mesh=mesh, ema_decay=ema)
+    fshard = frozen_shardings(stage.frozen_state, mesh, cfg)
+    step = make_step(stage, txs, schedules, compute_dtype=jnp.dtype(cfg.compute_dtype), mesh=mesh,
+                     mesh_rules=kw["mesh_rules"], ema_decay=ema)
     rep = NamedSharding(mesh, P())
     jitted = jax.jit(step, in_shardings=(sshard, fshard, None), out_shardings=(sshard, rep),
                      donate_argnums=(0,) if donate else ())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sshard)
-    return Program(stage, mesh, txs, ema, schedules, sshard, fshard, jitted, abstract)
+    return Program(stage, mesh, txs, ema, schedules, sshard, fshard, jitted, abstract, kw["mesh_rules"])
 
 
 def initial_state(program: Program, seed: int) -> TrainState:

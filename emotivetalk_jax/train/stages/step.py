@@ -37,22 +37,25 @@ def abstract_state(stage: Stage, txs: dict[str, optax.GradientTransformation], s
 
 
 def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedules: dict[str, optax.Schedule],
-              *, compute_dtype=jnp.float32, mesh=None, ema_decay: float = 0.0) -> Callable:
+              *, compute_dtype=jnp.float32, mesh=None, mesh_rules=None, ema_decay: float = 0.0) -> Callable:
     """step(state, frozen_state, batch) -> (state, metrics): every update group in order, then
     the EMA of the first group (`ema_decay` > 0; a skipped step leaves it unchanged).
 
     Metrics (scalars): loss (the first group's), loss/<group>, every aux scalar, grad_norm/<group>,
-    lr/<group>, finite, skipped, bad_streak.
+    lr/<group>, finite, skipped, bad_streak. With a `mesh`, batch and inputs are constrained to
+    `mesh_rules`' `batch` axes (the config's `sharding.mesh_rules`).
     """
     compute_dtype = jnp.dtype(compute_dtype)
+    if mesh is not None and mesh_rules is None:
+        raise ValueError("make_step(mesh=...) needs mesh_rules (the config's sharding.mesh_rules)")
 
     def step(state: TrainState, frozen_state: Any, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         k_prep, k_loss = jax.random.split(key)
-        batch = shd.constrain_batch(batch, mesh)
+        batch = shd.constrain_batch(batch, mesh, mesh_rules)
         frozen = nnx.merge(stage.frozen_graphdef, cast_floating(frozen_state, compute_dtype))
         inputs = jax.lax.stop_gradient(stage.prepare(frozen, batch, k_prep))
-        inputs = shd.constrain_batch(cast_floating(inputs, compute_dtype), mesh)
+        inputs = shd.constrain_batch(cast_floating(inputs, compute_dtype), mesh, mesh_rules)
         params, opt = dict(state.params), dict(state.opt)
         metrics, aux, all_ok = {}, {}, jnp.bool_(True)
         for i, g in enumerate(stage.groups):
