@@ -108,6 +108,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Stage 2: the x0 error inside the reference's lip box weighs this much more than elsewhere
     # (1 = eq. 11 as written). The mouth is a few percent of the frame; not in the paper.
     c.lip_loss_weight = 1.0
+    # Stage 2: compute the frozen models' frame-wise outputs (VAE latents, e_v, l_a) once per
+    # training clip, keep them in the workdir (frozen_outputs.npz, keyed by the frozen parameters)
+    # and slice them into each batch, instead of re-encoding every frame every step. Off by
+    # default: it holds every clip's outputs in host memory (a full-size dataset's latents do not
+    # fit) and pays an up-front pass over the data; the synthetic demo, whose step is dominated by
+    # those encoders, turns it on. The reference latent, e_ref and e_a stay computed per step.
+    c.frozen_cache = False
     # Held-out synthetic clips (fit and score, each) of the learning gates (`eval.probes`) logged at
     # every checkpoint of the encoders / audio / vaid / ethd stages; 0 = off. On for the demo (the
     # synthetic recipe); opt-in elsewhere (the probes read synthetic clips, not a prepared dataset).

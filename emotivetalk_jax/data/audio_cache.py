@@ -20,7 +20,6 @@ recomputes it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -45,15 +44,9 @@ def feature_window(feats: np.ndarray, start: int, frames: int, context: int) -> 
 
 def encoder_digest(encoder) -> str:
     """sha256 (16 hex digits) over the encoder's config and parameter bytes."""
-    import jax
-    from flax import nnx
+    from emotivetalk_jax.data.frozen_cache import modules_digest
 
-    h = hashlib.sha256(repr(sorted(encoder.config.items())).encode())
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.state(encoder).to_pure_dict())[0]
-    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()[:16]
+    return modules_digest(encoder, extra=repr(sorted(encoder.config.items())))
 
 
 def _wave(record) -> np.ndarray:

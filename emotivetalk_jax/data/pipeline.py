@@ -21,6 +21,8 @@ Example keys (per example; batching adds a leading B):
   clips the ground truth: opening, width, intensity (F,), expression (F, 4), identity ().
   With `features` (per-clip whole-utterance audio features, `data.audio_cache`):
   frame_features (F + 2 c, D) float32, the rows the pipeline's A_w windows read.
+  With `frozen` (per-clip frozen-model outputs, `data.frozen_cache`): frozen_<name> (F, ...)
+  for each cached array, rows cut as `frames` is (same start, last row repeated past the end).
 
 The reference: another frame of the clip (uniform), or, with probability
 `reference_neutral`, the clip's neutral closed-mouth portrait (synthetic clips; what the
@@ -40,6 +42,7 @@ import numpy as np
 from emotivetalk_jax.data import face as facelib
 from emotivetalk_jax.data import synthetic as syn
 from emotivetalk_jax.data.audio_cache import feature_window
+from emotivetalk_jax.data.frozen_cache import window_rows
 from emotivetalk_jax.data import synthetic_face as sf
 
 SAMPLES_PER_FRAME = 640
@@ -131,6 +134,7 @@ class ClipWindow(grain.transforms.RandomMap):
     mask_sizes: Sequence[int] = ()
     audio_context: int = 2
     features: Sequence[np.ndarray] | None = None  # clip index -> (N, D) whole-utterance features
+    frozen: Sequence[dict[str, np.ndarray]] | None = None  # clip index -> {name: (R, ...)} frozen outputs
     reference_neutral: float = 0.0  # probability that the reference is the neutral portrait
 
     def random_map(self, record, rng: np.random.Generator) -> dict:
@@ -141,6 +145,9 @@ class ClipWindow(grain.transforms.RandomMap):
     def _with_features(self, ex, index, start):
         if self.features is not None:
             ex["frame_features"] = feature_window(self.features[index], start, self.frames, self.audio_context)
+        if self.frozen is not None:
+            for name, arr in self.frozen[index].items():
+                ex[f"frozen_{name}"] = window_rows(arr, start, self.frames)
         return ex
 
     def _with_masks(self, ex, lip_box, face_box, native):
@@ -200,6 +207,17 @@ class ClipWindow(grain.transforms.RandomMap):
             ex["audio_features"] = feats[fidx]
         self._with_features(ex, int(rec.get("_index", -1)), start)
         return self._with_masks(ex, rec["lip_boxes"][ref], rec["face_boxes"][ref], native)
+
+
+def clip_frames(record, size: int | None) -> np.ndarray:
+    """Every frame (N, S, S, 3) uint8 of a clip, as `ClipWindow` renders / decodes its windows."""
+    if isinstance(record, syn.Clip):
+        return sf.render(record.identity, record.states, size or record.size)
+    from emotivetalk_jax.data.video import decode_jpeg
+
+    n = min(len(record["frames"]), int(record["num_frames"]))
+    size = size or int(record["lip_mask"].shape[0])
+    return np.stack([_resize(decode_jpeg(record["frames"][i]), size) for i in range(n)])
 
 
 def shard_options(shard: tuple[int, int] | None = None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grain
 
-from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips
+from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, clip_frames
 from emotivetalk_jax.data.synthetic import SynthConfig
 
 KEEP = ("frames", "reference", "audio", "emotion", "landmarks")  # emotion: () int32, -1 unlabelled
@@ -55,7 +55,8 @@ def make_source(data_cfg):
 
 
 def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: int = 0,
-                 processes: int = 1, audio_encoder=None, cache_dir=None) -> grain.IterDataset:
+                 processes: int = 1, audio_encoder=None, frozen_outputs=None,
+                 cache_dir=None) -> grain.IterDataset:
     """Per-process batches (batch_size / processes rows) of the global stream.
 
     `data_cfg`: source ('synthetic' | 'prepared'), path, num_clips, data_seed, worker_count (processes),
@@ -64,6 +65,9 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
     `audio_encoder`: the frozen encoder whose whole-utterance features every clip gets once
     (`data.audio_cache.source_features`, cached in `cache_dir`); batches then carry
     `frame_features`.
+    `frozen_outputs`: a stage's `data.frozen_cache.FrozenOutputs` (needs `audio_encoder`): its
+    per-clip arrays, computed once (`source_outputs`, cached in `cache_dir`), are cut into every
+    window as `frozen_<name>`.
     """
     if batch_size % processes:
         raise ValueError(f"global batch {batch_size} does not divide over {processes} processes")
@@ -73,12 +77,22 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
         from emotivetalk_jax.data.audio_cache import source_features
 
         features = source_features(audio_encoder, source, cache_dir=cache_dir if process == 0 else None)
+    frozen = None
+    if frozen_outputs is not None:
+        from emotivetalk_jax.data.frozen_cache import source_outputs
+
+        if features is None:
+            raise ValueError("frozen_outputs reads the clips' audio features: pass the stage's audio_encoder too")
+        frozen = source_outputs(frozen_outputs, source, features, clip_frames=clip_frames,
+                                cache_dir=cache_dir if process == 0 else None)
     p_neutral = float(data_cfg.get("reference_neutral", 0.0))
     if not 0.0 <= p_neutral <= 1.0:
         raise ValueError(f"data.reference_neutral is a probability, got {p_neutral}")
     window = ClipWindow(frames=int(spec["frames"]), size=int(spec["size"]), mask_sizes=tuple(spec["mask_sizes"]),
-                        audio_context=int(spec["audio_context"]), features=features, reference_neutral=p_neutral)
+                        audio_context=int(spec["audio_context"]), features=features, frozen=frozen,
+                        reference_neutral=p_neutral)
     keys = KEEP + (("frame_features",) if features is not None else ())
+    keys += tuple(f"frozen_{name}" for name in (frozen[0] if frozen else ()))
     keys += tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
     per = batch_size // processes
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(window, seed=seed)

@@ -219,7 +219,8 @@ def _train(cfg, workdir: Path, pre: "_Preemption") -> dict:
     log.info("stage %s (%s), mesh %s, %d processes", stage.name, cfg.variant, dict(program.mesh.shape), nproc)
 
     data = make_dataset(cfg.data, stage.data, batch_size=int(cfg.batch_size), seed=int(cfg.seed),
-                        process=pid, processes=nproc, audio_encoder=stage.audio_encoder, cache_dir=workdir)
+                        process=pid, processes=nproc, audio_encoder=stage.audio_encoder,
+                        frozen_outputs=stage.frozen_outputs, cache_dir=workdir)
     iterator = iter(data)
     mngr = ckpt.manager(workdir, keep=int(cfg.checkpoint.keep), async_save=bool(cfg.checkpoint.async_save))
     latest = mngr.latest_step() if cfg.checkpoint.resume else None

@@ -69,6 +69,9 @@ class Stage:
     # batch (`frame_features`, `data.audio_cache`); None: the stage reads no cached features.
     audio_encoder: nnx.Module | None = None
     gate: Callable | None = None  # (model, frozen) -> {"gate/...": float}, host-side (`train.gates`)
+    # Frozen-model outputs the loader computes once per clip and cuts into the batch
+    # (`frozen_<name>`, `data.frozen_cache`); None: `prepare` computes them every step.
+    frozen_outputs: Any = None
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)

@@ -1,6 +1,12 @@
 """Stage `ethd` (2, eq. 11, 6.4): the ETHD backbone under EDM with V-AID, the face encoders,
 the audio encoder and the VAE frozen; e_dri = e_v w.p. 0.6 else e_a.
 
+With `cfg.frozen_cache` the frame-wise frozen outputs (VAE latents, e_v, l_a) are computed once
+per training clip by `frozen_outputs` (the same `_frame_parts` the step runs) and the loader
+cuts them into the batch (`data.frozen_cache`); `prepare` then reads them instead. The
+reference latent (noise-augmented in pixel space), e_ref and e_a (Di-CTE sampled with the
+step's key) stay computed every step.
+
 Shape legend: B batch, F frames, S image size, c context frames each side.
 """
 
@@ -10,6 +16,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from emotivetalk_jax.train import gates
@@ -19,6 +26,56 @@ from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, 
 from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, vaid_model, vae_model
 
 log = logging.getLogger(__name__)
+
+FROZEN_CHUNK = 8  # windows of F frames per call of the cache's encoder (one compile for every clip)
+
+
+def _frame_parts(frozen, x: jax.Array, windows: jax.Array, scaling: float) -> tuple:
+    """Frames x (B, F, S, S, 3) in [-1, 1], A_w (B, F, W, D) -> latents (B, F, h, w, L) (the VAE's
+    mean x scaling), e_v (B, F, E), l_a (B, F, Dl): what depends on one frame and its window."""
+    b, f = x.shape[:2]
+    mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
+    _, e_v = frozen.face(x)
+    return (mean * scaling).reshape(b, f, *mean.shape[1:]), e_v, frozen.vaid.lip(windows)
+
+
+def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, context: int, size: int,
+                   scaling: float, compute_dtype):
+    """`data.frozen_cache.FrozenOutputs` of stage 2: one clip's latents (N, h, w, L), e_v (N, E)
+    and l_a (N + c, Dl), each row what `prepare` computes for that frame (in `compute_dtype`, as
+    the step casts the frozen models). l_a has c rows past the clip's end: the per-step path's
+    windows on padded frames, where `feature_window` clamps each row (row N - 1 + c onwards
+    reads the last feature only, so the loader's clamp to the last row stays exact)."""
+    from emotivetalk_jax.data.audio_cache import encoder_digest, feature_window
+    from emotivetalk_jax.data.frozen_cache import FrozenOutputs, modules_digest
+    from emotivetalk_jax.train.state import cast_floating
+
+    dtype = jnp.dtype(compute_dtype)
+
+    @jax.jit
+    def encode(frozen_state, x, feats):  # (G, F, S, S, 3) uint8, (G, F + 2 c, D)
+        fz = nnx.merge(fgraph, cast_floating(frozen_state, dtype))
+        return _frame_parts(fz, to_float_image(x), batch_windows(dict(frame_features=feats), frames, context),
+                            scaling)
+
+    def compute(clip_frames, feats):
+        n = len(clip_frames)
+        g = FROZEN_CHUNK * frames
+        total = -(-(n + context) // g) * g  # rows N + c, padded to whole chunks
+        x = clip_frames[np.minimum(np.arange(total), n - 1)].reshape(-1, frames, *clip_frames.shape[1:])
+        rows = feature_window(np.asarray(feats, np.float32), 0, total, context)
+        win = np.stack([rows[k * frames : (k + 1) * frames + 2 * context] for k in range(len(x))])
+        parts = []
+        for i in range(0, len(x), FROZEN_CHUNK):
+            out = encode(fstate, x[i : i + FROZEN_CHUNK], win[i : i + FROZEN_CHUNK])
+            parts.append([np.asarray(a, np.float32).reshape(-1, *a.shape[2:]) for a in out])
+        latents, e_v, l_a = (np.concatenate(p) for p in zip(*parts))
+        return dict(latents=latents[:n], e_v=e_v[:n], l_a=l_a[:n + context])
+
+    face, vaid, vae = modules.face, modules.vaid, modules.vae
+    extra = (f"ethd:{encoder_digest(encoder)}:{scaling!r}:{size}:{context}:{dtype}:{sorted(vae.config.items())}:"
+             f"{face.cfg!r}:{vaid.projector.cfg!r}")
+    return FrozenOutputs(digest=modules_digest(vae, face, vaid.projector, extra=extra), compute=compute, size=size)
 
 
 def ethd_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
@@ -58,9 +115,14 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     graphdef, params, rest = split_model(model, groups, "ethd", cfg)
     vae = vae_model(cfg, ev, seed + 3, abstract=abstract)
     encoder = audio_encoder(cfg, seed + 1, abstract=abstract)
-    fgraph, fstate = split_frozen(Frozen(face=face_encoders(cfg, vv, seed + 2, abstract=abstract),
-                                         vaid=vaid_model(cfg, vv, seed + 4, abstract=abstract), vae=vae))
+    modules = Frozen(face=face_encoders(cfg, vv, seed + 2, abstract=abstract),
+                     vaid=vaid_model(cfg, vv, seed + 4, abstract=abstract), vae=vae)
+    fgraph, fstate = split_frozen(modules)
     scaling = float(vae.config.get("scaling_factor", 0.18215))
+    cached = None
+    if cfg.get("frozen_cache", False) and not abstract:
+        cached = frozen_outputs(fgraph, fstate, modules, encoder, frames=frames, context=ctx, size=size,
+                                scaling=scaling, compute_dtype=cfg.compute_dtype)
     ic = ev.inference
     time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
@@ -70,16 +132,15 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     def prepare(frozen, batch, key):
         k_aug, k_ea = jax.random.split(key)
-        x = to_float_image(batch["frames"])  # (B, F, S, S, 3)
-        b = x.shape[0]
-        mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
-        latents = (mean * scaling).reshape(b, frames, *mean.shape[1:])
+        windows = batch_windows(batch, frames, ctx)
+        if "frozen_latents" in batch:  # the loader's per-clip cache (cfg.frozen_cache)
+            latents, e_v, l_a = batch["frozen_latents"], batch["frozen_e_v"], batch["frozen_l_a"]
+        else:
+            latents, e_v, l_a = _frame_parts(frozen, to_float_image(batch["frames"]), windows, scaling)
+        b = latents.shape[0]
         ref = to_float_image(batch["reference"])
         ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
-        windows = batch_windows(batch, frames, ctx)
-        _, e_v = frozen.face(x)
         e_ref = frozen.face.encode_expression(ref)
-        l_a = frozen.vaid.lip(windows)
         e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
         ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
         return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
@@ -129,4 +190,4 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
                  data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), model_name="ETHD",
-                 sample=sample, audio_encoder=encoder, gate=gate)
+                 sample=sample, audio_encoder=encoder, gate=gate, frozen_outputs=cached)
