@@ -119,6 +119,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # every checkpoint of the encoders / audio / vaid / ethd stages; 0 = off. On for the demo (the
     # synthetic recipe); opt-in elsewhere (the probes read synthetic clips, not a prepared dataset).
     c.gate_clips = 16 if variant == "demo" else 0
+    # Batches read, at a run's step 0, to set fixed data statistics (stage 1 with a Di-CTE that
+    # standardises e_v: its per-dimension mean and std); those batches train nothing.
+    c.calibrate_batches = 8
+    # Stage 1's trained parts: "all" (the lip projector, Di-CTE and CLUB's q) or "dicte" (Di-CTE and
+    # q only, starting from init.vaid): retrains the expression model of a finished stage 1
+    # without touching l_a, which a stage-2 run may already have learned on
+    # (`export-bundle --vaid` then takes its Di-CTE).
+    c.vaid_train = "all"
 
     c.init = ml_collections.ConfigDict(dict(
         svd="",  # diffusers SVD folder or `emotivetalk convert svd` output (ETHD + VAE)

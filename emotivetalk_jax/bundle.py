@@ -415,14 +415,29 @@ def _with_decoder_from(vae: nnx.Module, workdir: str | os.PathLike, stage2_vae: 
     return out
 
 
+def _with_dicte_from(vaid: nnx.Module, workdir: str | os.PathLike, stage2_vaid: str) -> nnx.Module:
+    """`vaid` with Di-CTE (and CLUB's q) taken from a `vaid_train=dicte` run in `workdir`; the lip
+    projector must equal `vaid`'s, or the l_a stage 2 learnt on would change."""
+    arrays = _workdir_arrays(workdir)
+    mine = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(vaid))}
+    for key, value in mine.items():
+        if key.split(".")[0] not in ("dicte", "club") and (key not in arrays or not np.array_equal(arrays[key], value)):
+            raise BundleError(f"--vaid {workdir}: its {key} differs from the V-AID stage 2 trained against "
+                              f"({stage2_vaid}); pass a Di-CTE retrain of that V-AID (stage vaid, vaid_train=dicte, "
+                              "init.vaid=it)")
+    return _fill(vaid, arrays, f"{workdir} (V-AID)")
+
+
 def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike, *, codebook=None,
                          resolution: int | None = None, vae: str | os.PathLike | None = None,
-                         **settings: Any) -> Path:
+                         vaid: str | os.PathLike | None = None, **settings: Any) -> Path:
     """A bundle from a stage-2 (`ethd`) training workdir: the trained ETHD plus exactly the frozen
     models that stage trained against (its audio encoder, face encoders, V-AID and VAE, rebuilt
     from the run's saved config), and a codebook (given, or from synthetic training clips).
     `vae`: a decoder fine-tune (stage `vae`, `vae_train=decoder`) of stage 2's VAE whose decoder
-    replaces the original one (its encoder must be identical)."""
+    replaces the original one (its encoder must be identical). `vaid`: a Di-CTE retrain (stage
+    `vaid`, `vaid_train=dicte`) of stage 2's V-AID whose Di-CTE replaces the original one (its lip
+    projector must be identical)."""
     cfg = ml_collections.ConfigDict(training_config(ethd_workdir))
     if cfg.stage != "ethd":
         raise BundleError(f"{ethd_workdir} is a {cfg.stage!r} run; pass the stage-2 (ethd) workdir")
@@ -442,10 +457,13 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
                      f"{cfg.init.face_encoders} (face encoders)", "encoders")
     else:
         face = S.face_encoders(cfg, vv, seed + 2)
+    dicte_workdir = vaid
     if cfg.init.vaid:
         vaid = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid), f"{cfg.init.vaid} (V-AID)")
     else:
         vaid = S.vaid_model(cfg, vv, seed + 4)
+    if dicte_workdir:
+        vaid = _with_dicte_from(vaid, dicte_workdir, cfg.init.vaid or "a random V-AID")
     factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
     motion = float(cfg.data.get("head_motion", 1.0))

@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from emotivetalk_jax.diffusion.dicte import add_noise
+from emotivetalk_jax.diffusion.dicte import add_noise, edges
 from emotivetalk_jax.models.dicte import DiCTECond, Denoiser
 from emotivetalk_jax.models.face_encoders import DROP_EXPRESSION, DROP_LIP, USE_BOTH, dropout_keep  # noqa: F401
 from emotivetalk_jax.models.layers import frozen
@@ -91,20 +91,23 @@ def dicte_denoise(
     *,
     prefix_frames: int = 20,
     prefix_ratio: float = 0.8,
-) -> tuple[jax.Array, jax.Array]:
-    """One training denoising pass: -> (predicted x0 (B, F, E), loss weights (B, F)).
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One training denoising pass over x0 (B, F, E) in e_v's units: -> (predicted x0, the
+    target x0, loss weights (B, F)), both x0 in the model's space (standardised for a Di-CTE
+    with `standardise`, else x0 itself).
 
     t ~ U(0, 1) per sample. With probability `prefix_ratio` a sample's first
     `prefix_frames` frames are given clean (the ground-truth prefix) and get weight 0.
     """
     b, f, _ = x0.shape
+    x0 = edges(model)[0](x0)
     k_t, k_eps, k_p = jax.random.split(key, 3)
     t = jax.random.uniform(k_t, (b,))
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     has_prefix = jax.random.bernoulli(k_p, prefix_ratio, (b,))
     clean = has_prefix[:, None] & (jnp.arange(f)[None] < prefix_frames)
     x_t = jnp.where(clean[..., None], x0, add_noise(x0, eps, t))
-    return model(x_t, t, cond, clean), (~clean).astype(x0.dtype)
+    return model(x_t, t, cond, clean), x0, (~clean).astype(x0.dtype)
 
 
 def weighted_mse(pred: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
@@ -122,24 +125,25 @@ def dicte_loss(
     prefix_frames: int = 20,
     prefix_ratio: float = 0.8,
 ) -> jax.Array:
-    """L_exp (eq. 7): ||e_v - S(e_t, t, x_ref, A_w, e_cond)||^2 over the non-prefix frames."""
-    pred, w = dicte_denoise(model, x0, cond, key, prefix_frames=prefix_frames, prefix_ratio=prefix_ratio)
-    return weighted_mse(pred, x0, w)
+    """L_exp (eq. 7): ||e_v - S(e_t, t, x_ref, A_w, e_cond)||^2 over the non-prefix frames (in
+    the model's space: standardised e_v for a Di-CTE with `standardise`)."""
+    pred, target, w = dicte_denoise(model, x0, cond, key, prefix_frames=prefix_frames, prefix_ratio=prefix_ratio)
+    return weighted_mse(pred, target, w)
 
 
 # ---------------------------------------------------------------------------- V-AID stage 1 (eq. 8)
 
-
 def vaid_loss(vaid: VAID, batch: VAIDBatch, key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Main stage-1 objective (eq. 8); e_cond is the first ground-truth frame (3.2)."""
+    """Main stage-1 objective (eq. 8); e_cond is the first ground-truth frame (3.2). L_exp and
+    CLUB see e in Di-CTE's space (standardised with `dicte.standardise`)."""
     v = vaid.variant
     l_a = vaid.lip(batch.windows)
     cond = DiCTECond(batch.windows, batch.x_ref, batch.e_v[:, 0])
-    e_a, weights = dicte_denoise(
+    e_a, target, weights = dicte_denoise(
         vaid.dicte, batch.e_v, cond, key, prefix_frames=v.dicte.prefix_frames, prefix_ratio=v.dicte.prefix_ratio
     )
     l_lip = lip_loss(l_a, batch.l_v, alpha=v.loss.lip_alpha, beta=v.loss.lip_beta, tau=v.loss.tau)
-    l_exp = weighted_mse(e_a, batch.e_v, weights)
+    l_exp = weighted_mse(e_a, target, weights)
     club = club_upper_bound(frozen(vaid.club), l_a, e_a)
     total = l_lip + l_exp + v.loss.club_weight * club
     return total, dict(lip=l_lip, exp=l_exp, club=club, l_a=l_a, e_a=e_a)

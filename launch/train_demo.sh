@@ -14,6 +14,13 @@
 # ENC_STEPS, AUDIO_STEPS, VAID_STEPS, ETHD_STEPS, DEC_STEPS. vae and vae_dec run at the lowest
 # priority.
 #
+# On an accelerator (stage 2 is the expensive stage): FROM=ethd skips to stage 2 on the finished
+# workdirs of the earlier stages (the VAE's is finished first if it stopped short); ETHD_BATCH, ETHD_LR, ETHD_SCHEDULE (cosine | constant) and
+# WORKERS (loader processes) size it; ETHD_SECONDS stops it after that many seconds (SIGTERM:
+# it saves the step it reached; with a constant schedule the EMA it exports is a sound stopping
+# point). Two jax processes share one GPU there (stage 2 and vae_dec): set
+# XLA_PYTHON_CLIENT_MEM_FRACTION (e.g. 0.45) so that both fit.
+#
 # Gates: the encoders, audio and vaid stages log their learning gates (eval/probes.py) at every
 # checkpoint; the script stops when a stage's last gates miss their bars
 # (`python -m emotivetalk_jax.eval.probes --check WORKDIR`), before the next, longer stage.
@@ -35,47 +42,58 @@
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
-ET="${EMOTIVETALK:-emotivetalk}"
-COMMON=(--config.data.num_clips=512 --config.checkpoint.every=250 --config.log_every=25 --config.data.head_motion=0)
+ET="${EMOTIVETALK:-emotivetalk}"  # a command line, e.g. "python3 -m emotivetalk_jax.cli"
+COMMON=(--config.data.num_clips="${CLIPS:-512}" --config.checkpoint.every=250 --config.log_every=25 --config.data.head_motion=0)
 gate() { python -m emotivetalk_jax.eval.probes --check "$1" || [ "${GATES:-strict}" = report ]; }
 mkdir -p "$W"
+EXTRA=(--config.data.worker_count="${WORKERS:-0}")
 
-nice -n 19 "$ET" train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae" "${COMMON[@]}" \
-  --config.total_steps="${VAE_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=1e-3 \
-  --config.optim.schedule=cosine --config.optim.warmup_steps=50 > "$W/vae.log" 2>&1 &
+train_vae() {
+  nice -n 19 $ET train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae" "${COMMON[@]}" \
+    --config.total_steps="${VAE_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=1e-3 \
+    --config.optim.schedule=cosine --config.optim.warmup_steps=50 >> "$W/vae.log" 2>&1
+}
+
+if [ "${FROM:-}" = ethd ]; then
+train_vae  # finishes the VAE where its run stopped short (exits at once when it is done)
+else
+train_vae &
 vae=$!
-"$ET" train --config configs/train.py:stage=encoders,variant=demo --workdir "$W/encoders" "${COMMON[@]}" \
+$ET train --config configs/train.py:stage=encoders,variant=demo --workdir "$W/encoders" "${COMMON[@]}" \
   --config.total_steps="${ENC_STEPS:-1500}" --config.batch_size=16 --config.optim.lr=1e-3 --config.data.reference_neutral=1 \
   --config.data.num_clips=4096 --config.optim.schedule=cosine --config.optim.warmup_steps=50 > "$W/encoders.log" 2>&1
 gate "$W/encoders"
 
-"$ET" train --config configs/train.py:stage=audio,variant=demo --workdir "$W/audio" "${COMMON[@]}" \
+$ET train --config configs/train.py:stage=audio,variant=demo --workdir "$W/audio" "${COMMON[@]}" \
   --config.total_steps="${AUDIO_STEPS:-500}" --config.batch_size=16 --config.optim.lr=1e-3 \
   --config.optim.schedule=cosine --config.optim.warmup_steps=50 \
   --config.init.face_encoders="$W/encoders" > "$W/audio.log" 2>&1
 gate "$W/audio"
 
-"$ET" train --config configs/train.py:stage=vaid,variant=demo --workdir "$W/vaid" "${COMMON[@]}" \
+$ET train --config configs/train.py:stage=vaid,variant=demo --workdir "$W/vaid" "${COMMON[@]}" \
   --config.total_steps="${VAID_STEPS:-700}" --config.batch_size=8 --config.optim.lr=3e-4 \
   --config.optim.schedule=cosine --config.optim.warmup_steps=50 \
   --config.init.face_encoders="$W/encoders" --config.init.audio="$W/audio" --config.data.reference_neutral=1 \
   > "$W/vaid.log" 2>&1
 gate "$W/vaid"
 wait "$vae"
+fi
 
-nice -n 19 "$ET" train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae_dec" "${COMMON[@]}" \
+nice -n 19 $ET train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae_dec" "${COMMON[@]}" \
   --config.total_steps="${DEC_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=5e-4 \
   --config.optim.schedule=cosine --config.optim.warmup_steps=20 --config.vae_train=decoder \
   --config.init.vae="$W/vae" --config.seed=1 > "$W/vae_dec.log" 2>&1 &
 dec=$!
-"$ET" train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" "${COMMON[@]}" \
-  --config.total_steps="${ETHD_STEPS:-3000}" --config.batch_size=4 --config.image_size=64 --config.optim.name=adam \
-  --config.optim.lr=3e-4 --config.optim.schedule=cosine --config.optim.warmup_steps=100 \
+timeout -s TERM "${ETHD_SECONDS:-0}" \
+$ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" "${COMMON[@]}" "${EXTRA[@]}" \
+  --config.total_steps="${ETHD_STEPS:-3000}" --config.batch_size="${ETHD_BATCH:-4}" --config.image_size=64 \
+  --config.optim.name=adam --config.optim.lr="${ETHD_LR:-3e-4}" --config.optim.schedule="${ETHD_SCHEDULE:-cosine}" \
+  --config.optim.warmup_steps=100 \
   --config.init.face_encoders="$W/encoders" --config.init.vaid="$W/vaid" --config.init.vae="$W/vae" \
   --config.init.audio="$W/audio" --config.data.reference_neutral=0.5 --config.lip_loss_weight=4 \
-  --config.ema_decay=0.999 --config.frozen_cache=True > "$W/ethd.log" 2>&1
+  --config.ema_decay=0.999 --config.frozen_cache=True > "$W/ethd.log" 2>&1 || [ $? = 124 ]  # 124: ETHD_SECONDS ran out
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere
 wait "$dec" || true
-"$ET" export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec"
+$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec"
 du -sh "$OUT"

@@ -188,17 +188,19 @@ def test_audio_stage_feeds_vaid_and_gates_are_logged(tmp_path):
     from emotivetalk_jax.train.commands import load_config
     from emotivetalk_jax.train.loop import train
 
-    def run(stage, **init):
+    def run(stage, name=None, vaid_train="all", **init):
         c = load_config(f"configs/train.py:stage={stage},variant=tiny")
         c.total_steps, c.log_every, c.checkpoint.every, c.gate_clips = 2, 1, 2, 3
         c.data.num_clips, c.progress, c.checkpoint.async_save = 4, False, False
         c.compiler_options = {"xla_backend_optimization_level": 0}
+        c.vaid_train = vaid_train
         if stage != "encoders":
             c.frames = 6
         for k, v in init.items():
             c.init[k] = str(v)
-        train(c, tmp_path / stage)
-        rows = [json.loads(l) for l in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        name = name or stage
+        train(c, tmp_path / name)
+        rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return c, {k: v for r in rows for k, v in r.items() if k.startswith("gate/")}
 
     _, g0 = run("encoders")
@@ -215,6 +217,43 @@ def test_audio_stage_feeds_vaid_and_gates_are_logged(tmp_path):
     a, b = nnx.state(trained, nnx.Param).to_pure_dict(), nnx.state(random, nnx.Param).to_pure_dict()
     assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert (tmp_path / "vaid" / audio_cache.CACHE_NAME).exists()
+    assert 0.0 <= g2["gate/e_a_acc"] <= 1.0
+    _dicte_retrain_keeps_the_projector(tmp_path, run)
+
+
+def _dicte_retrain_keeps_the_projector(tmp_path, run):
+    """vaid_train=dicte starts from a stage-1 workdir and trains Di-CTE alone: the lip projector
+    (l_a, which stage 2 learns on) stays bit for bit, so `export-bundle --vaid` can pair the new
+    Di-CTE with a stage 2 trained on the old V-AID; one whose projector differs is refused."""
+    from flax import nnx
+
+    from emotivetalk_jax import bundle as B
+    from emotivetalk_jax.models.vaid_variants import TINY
+    from emotivetalk_jax.train import stages as S
+    from emotivetalk_jax.train.checkpoint import restore_model_arrays
+    from emotivetalk_jax.train.commands import load_config
+
+    with pytest.raises(ValueError, match="set init.vaid"):
+        S.build_stage(load_config("configs/train.py:stage=vaid,variant=tiny", ["--config.vaid_train=dicte"]))
+    with pytest.raises(ValueError, match="choose all or dicte"):
+        S.build_stage(load_config("configs/train.py:stage=vaid,variant=tiny", ["--config.vaid_train=lip"]))
+    c, _ = run("vaid", face_encoders=tmp_path / "encoders", audio=tmp_path / "audio", vaid=tmp_path / "vaid",
+               name="dicte", vaid_train="dicte")
+    base, new = restore_model_arrays(tmp_path / "vaid"), restore_model_arrays(tmp_path / "dicte")
+    assert base.keys() == new.keys()
+    dicte = [k for k in base if k.startswith("dicte.")]
+    for k in base:
+        if not k.startswith(("dicte.", "club.")):
+            np.testing.assert_array_equal(new[k], base[k], err_msg=k)
+    assert sum(not np.array_equal(new[k], base[k]) for k in dicte) > 0.9 * len(dicte)
+
+    paired = B._with_dicte_from(S.vaid_model(c, TINY, 0), tmp_path / "dicte", "base")
+    got = {".".join(map(str, p)): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(paired))}
+    for k, v in new.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    other = S.vaid_model(load_config("configs/train.py:stage=vaid,variant=tiny"), TINY, 7)  # random: another projector
+    with pytest.raises(B.BundleError, match="projector"):
+        B._with_dicte_from(other, tmp_path / "dicte", "base")
 
 
 def test_residual_reconstruction_decoder_starts_from_the_reference():

@@ -138,11 +138,11 @@ def test_dicte_prefix_is_clean_and_unweighted():
         seen.update(x_t=x_t, clean=clean)
         return x_t
 
-    _, w = losses.dicte_denoise(spy, x0, cond, _keys(1)[0], prefix_frames=4, prefix_ratio=1.0)
+    _, _, w = losses.dicte_denoise(spy, x0, cond, _keys(1)[0], prefix_frames=4, prefix_ratio=1.0)
     np.testing.assert_array_equal(seen["clean"], np.arange(12)[None].repeat(2, 0) < 4)
     np.testing.assert_array_equal(seen["x_t"][:, :4], x0[:, :4])
     np.testing.assert_array_equal(w, 1.0 - seen["clean"])
-    _, w = losses.dicte_denoise(spy, x0, cond, _keys(1)[0], prefix_frames=4, prefix_ratio=0.0)
+    _, _, w = losses.dicte_denoise(spy, x0, cond, _keys(1)[0], prefix_frames=4, prefix_ratio=0.0)
     assert not seen["clean"].any() and np.all(w == 1)
 
 

@@ -11,6 +11,9 @@ Prefix-guided continuation: P clean frames are concatenated before the noise, ma
 clean, and held fixed at every step; training gives the first `prefix_frames` frames of a
 window clean with probability `prefix_ratio` (see `losses.dicte_loss`). Any-length
 sampling by chunks is `diffusion.long_dicte`.
+
+A Di-CTE with `standardise` denoises z = (e - mean) / scale (`models.dicte`): `sample_dicte`
+takes the prefix and returns the frames in e_v's units, converting at its edges (`edges`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ def cosine_ddim_step(x: jax.Array, x0: jax.Array, t: jax.Array, s: jax.Array) ->
     return jnp.sqrt(ab_s) * x0 + jnp.sqrt(1.0 - ab_s) * eps
 
 
+def edges(model: Denoiser) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+    """(to the model's space, back to e_v's units): a Di-CTE's `standardise` / `destandardise`;
+    the identity for a denoiser without them."""
+    if hasattr(model, "standardise"):
+        return model.standardise, model.destandardise
+    return (lambda e: e), (lambda z: z)
+
+
 def _bind(model: Denoiser) -> tuple[Callable[[], Denoiser], object]:
     """Split an NNX model so a `lax.scan` body can rebuild it from carried-in state."""
     if isinstance(model, nnx.Module):
@@ -59,11 +70,12 @@ def sample_dicte(
     steps: int = 25,
     prefix: jax.Array | None = None,
 ) -> jax.Array:
-    """Deterministic DDIM from pure noise: -> (B, N, E) new expression frames.
+    """Deterministic DDIM from pure noise: -> (B, N, E) new expression frames (e_v's units).
 
-    `prefix` (B, P, E) clean frames (the end of the previous chunk) are concatenated before
-    the noise and held fixed; `cond.audio` then covers P + N frames.
+    `prefix` (B, P, E) clean frames (the end of the previous chunk, e_v's units) are
+    concatenated before the noise and held fixed; `cond.audio` then covers P + N frames.
     """
+    to_model, from_model = edges(model)
     b = cond.e_cond.shape[0]
     e = cond.e_cond.shape[-1]
     p = 0 if prefix is None else prefix.shape[1]
@@ -73,7 +85,7 @@ def sample_dicte(
     clean = jnp.broadcast_to(jnp.arange(total) < p, (b, total))
     known = jnp.zeros((b, total, e), cond.e_cond.dtype)
     if prefix is not None:
-        known = known.at[:, :p].set(prefix.astype(known.dtype))
+        known = known.at[:, :p].set(to_model(prefix.astype(known.dtype)))
     x = jax.random.normal(key, (b, total, e), known.dtype)
     x = jnp.where(clean[..., None], known, x)
     ts = jnp.linspace(1.0, 0.0, steps + 1)
@@ -86,6 +98,6 @@ def sample_dicte(
         return jnp.where(clean[..., None], known, cosine_ddim_step(x, x0, t, s)), None
 
     x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:]))
-    return x[:, p:]
+    return from_model(x[:, p:])
 
-__all__ = ["alpha_bar", "add_noise", "cosine_ddim_step", "sample_dicte"]
+__all__ = ["alpha_bar", "add_noise", "cosine_ddim_step", "edges", "sample_dicte"]

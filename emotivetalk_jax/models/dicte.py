@@ -11,6 +11,13 @@ with each frame token = embed(e_t[f]) + audio window token(A_w[f]) + sinusoidal 
 position + time embedding (+ a learned "clean" embedding on prefix frames).
 The identity token comes from a small conv encoder of the portrait x_ref.
 
+With `cfg.standardise` the model works on z = (e - mean) / scale per dimension, with fixed
+`DataStat` statistics of the training e_v (set once at the start of stage 1 and saved with
+the weights): e_t, the prediction and the clean prefix are in z; `cond.e_cond` is given as
+e and standardised here. The samplers and the loss convert at their edges
+(`standardise` / `destandardise`; the identity without `cfg.standardise`).
+With `cfg.cond_residual` the prediction is (standardised) e_cond + the output projection.
+
 The noise schedule and the sampler are in `diffusion.dicte` (one chunk) and
 `diffusion.long_dicte` (any length); the training loss in `losses.dicte_loss`.
 """
@@ -28,6 +35,19 @@ from emotivetalk_jax.models.layers import (
     Attention, TimestepEmbedding, conv, group_norm, layer_norm, linear, timestep_embedding,
 )
 from emotivetalk_jax.models.vaid_variants import DiCTEConfig
+
+
+class DataStat(nnx.Param):
+    """A fixed statistic of the training data (never updated by an optimiser: the stage-1
+    parameter filter leaves it out); saved and loaded with the parameters."""
+
+
+class DataStats(nnx.Module):
+    """Per-dimension `mean` and `scale` of e_v (identity until set: 0 and 1)."""
+
+    def __init__(self, dim: int):
+        self.mean = DataStat(jnp.zeros((dim,), jnp.float32))
+        self.scale = DataStat(jnp.ones((dim,), jnp.float32))
 
 
 class DiCTECond(NamedTuple):
@@ -99,6 +119,20 @@ class DiCTE(nnx.Module):
         self.blocks = nnx.List([TransformerBlock(d, cfg.heads, cfg.mlp_ratio, rngs=rngs) for _ in range(cfg.depth)])
         self.norm_out = layer_norm(d, rngs=rngs)
         self.proj_out = linear(d, cfg.expr_dim, rngs=rngs)
+        if cfg.standardise:
+            self.stats = DataStats(cfg.expr_dim)
+
+    def standardise(self, e: jax.Array) -> jax.Array:
+        """e (..., E) in e_v's units -> the model's z = (e - mean) / scale."""
+        if not self.cfg.standardise:
+            return e
+        return (e - self.stats.mean[...].astype(e.dtype)) / self.stats.scale[...].astype(e.dtype)
+
+    def destandardise(self, z: jax.Array) -> jax.Array:
+        """The model's z (..., E) -> e_v's units."""
+        if not self.cfg.standardise:
+            return z
+        return z * self.stats.scale[...].astype(z.dtype) + self.stats.mean[...].astype(z.dtype)
 
     @classmethod
     def from_config(cls, cfg: DiCTEConfig, *, rngs: nnx.Rngs) -> "DiCTE":
@@ -114,8 +148,10 @@ class DiCTE(nnx.Module):
         frames = frames + sinusoidal_positions(f, d)[None] + temb[:, None]
         if clean is not None:
             frames = frames + clean[..., None].astype(frames.dtype) * self.clean_embed[...]
-        tokens = jnp.stack([temb, self.cond_proj(cond.e_cond), self.identity_encoder(cond.portrait)], axis=1)
+        e_cond = self.standardise(cond.e_cond)
+        tokens = jnp.stack([temb, self.cond_proj(e_cond), self.identity_encoder(cond.portrait)], axis=1)
         h = jnp.concatenate([tokens, frames], axis=1)
         for block in self.blocks:
             h = block(h)
-        return self.proj_out(self.norm_out(h[:, tokens.shape[1]:]))
+        out = self.proj_out(self.norm_out(h[:, tokens.shape[1]:]))
+        return out + e_cond[:, None].astype(out.dtype) if self.cfg.cond_residual else out

@@ -22,14 +22,16 @@ import jax
 from flax import nnx
 
 from emotivetalk_jax.models.club import CLUB
-from emotivetalk_jax.models.dicte import DiCTE
+from emotivetalk_jax.models.dicte import DataStat, DiCTE
 from emotivetalk_jax.models.face_encoders import EncoderPretrainer
 from emotivetalk_jax.models.layers import frozen, param_count
 from emotivetalk_jax.models.perceiver import AudioLipProjector
 from emotivetalk_jax.models.vaid_variants import VAIDVariant, get_vaid_variant
 
-STAGE1_MAIN = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("projector"), nnx.PathContains("dicte")))
+STAGE1_MAIN = nnx.All(nnx.Param, nnx.Not(DataStat), nnx.Any(nnx.PathContains("projector"), nnx.PathContains("dicte")))
 STAGE1_CLUB = nnx.All(nnx.Param, nnx.PathContains("club"))
+# Di-CTE alone (stage 1 with `vaid_train=dicte`: the lip projector, and so l_a, stays fixed).
+STAGE1_DICTE = nnx.All(nnx.Param, nnx.Not(DataStat), nnx.PathContains("dicte"))
 
 
 class VAID(nnx.Module):
@@ -72,5 +74,5 @@ def vaid_param_counts(variant_name: str) -> dict[str, int]:
 
 
 __all__ = [
-    "VAID", "VAIDBatch", "STAGE1_MAIN", "STAGE1_CLUB", "frozen", "vaid_param_counts",
+    "VAID", "VAIDBatch", "STAGE1_MAIN", "STAGE1_CLUB", "STAGE1_DICTE", "frozen", "vaid_param_counts",
 ]

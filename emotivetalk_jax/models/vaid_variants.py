@@ -60,6 +60,18 @@ class DiCTEConfig:
     prefix_frames: int = 20
     prefix_ratio: float = 0.8
     sample_steps: int = 25
+    # Diffuse e / scale - mean per dimension, with fixed statistics of the frozen expression
+    # encoder's e_v measured at the start of stage 1 (`DataStat`, stored with the weights).
+    # The paper is silent on e_v's scale; the cosine schedule assumes about unit variance, and
+    # the demo's e_v (trained with an emotion label term) has rms 4.9 per dimension. Off: the
+    # raw e_v (as checkpoints written before this field).
+    standardise: bool = False
+    # Predict the clean sequence as e_cond + a learned offset per frame (in the model's space),
+    # so the conditioning expression carries through unless the audio says otherwise. The
+    # paper is silent; off: the plain x0 prediction. The demo's Di-CTE without it sampled e_a
+    # whose emotion (nearest class mean of e_v) was right on 0.53 of held-out frames, though
+    # e_cond was right on every clip: it ignored e_cond on 6 of 16 clips.
+    cond_residual: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +177,10 @@ TINY = EMOTIVETALK_512.override(
 # the landmark mouth opening from l_v: l_v 0.956 at step 250, 0.984 at 1500, 0.982 at 2000
 # (e_v 0.96 at 2000). The analytic read-back of the rendered frames, which knows the identity,
 # classifies 0.85 of frames right at 32 px and 0.994 at 64 px: 32 px cannot carry the bar.
+# The label term let e_v grow to rms 4.86 per dimension (std 1.7-7.4; 0.02-0.07 without it),
+# and stage 1's Di-CTE loss went to 5.7-14.8 (0.01-0.04 before): Di-CTE standardises e_v.
 DEMO = TINY.override("demo", loss=dict(club_weight=0.1, emotion_label_weight=1.0, lip_opening_weight=1.0),
-                     decoder=dict(residual=True),
+                     decoder=dict(residual=True), dicte=dict(standardise=True, cond_residual=True),
                      face=dict(image_size=64, backbone_channels=(16, 32, 64), pool="flatten"))
 
 VAID_VARIANTS: Mapping[str, VAIDVariant] = MappingProxyType(

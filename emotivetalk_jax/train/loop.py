@@ -152,6 +152,17 @@ def compile_step(program: Program, state: TrainState, frozen: Any, batch: dict, 
     return lowered.compile(compiler_options=dict(options)) if options else lowered.compile()
 
 
+def calibrate(program: Program, state: TrainState, frozen: Any, iterator, num_batches: int) -> TrainState:
+    """`state` with the stage's fixed data statistics set from the next `num_batches` batches
+    (`Stage.calibrate`); the batches are used for nothing else."""
+    if num_batches < 1:
+        raise ValueError(f"calibrate_batches must be >= 1, got {num_batches}")
+    batches = [program.global_batch(next(iterator)) for _ in range(num_batches)]
+    rest = program.stage.calibrate(state.rest, frozen, batches)
+    log.info("calibrated the %s stage's data statistics on %d batches", program.stage.name, num_batches)
+    return state._replace(rest=jax.device_put(rest, program.state_shardings.rest))
+
+
 def place_frozen(program: Program):
     return jax.device_put(program.stage.frozen_state, program.frozen_shardings)
 
@@ -230,6 +241,8 @@ def _train(cfg, workdir: Path, pre: "_Preemption") -> dict:
     else:
         state = initial_state(program, int(cfg.seed))
     frozen = place_frozen(program)
+    if latest is None and stage.calibrate is not None:
+        state = calibrate(program, state, frozen, iterator, int(cfg.calibrate_batches))
     cfg_json = _config_dict(cfg)
     start = int(state.step)
     writer = MetricsWriter(workdir, enabled=pid == 0, resume_step=start)

@@ -36,14 +36,14 @@ class TrainState(NamedTuple):
 def host_init(model: nnx.Module, seed: int = 0) -> nnx.Module:
     """A concrete copy of an abstract (`nnx.eval_shape`) model, initialised on the host like
     flax's defaults: kernels truncated lecun-normal (fan_in = all but the last axis), biases
-    0, norm scales 1, anything else N(0, 0.02^2). An eager NNX build compiles every
+    and means 0, norm scales 1, anything else N(0, 0.02^2). An eager NNX build compiles every
     initialiser (tens of seconds even for tiny models on a small CPU); this takes
     milliseconds. Modules that need special values (ETHD's zero output kernels) set them after."""
 
     def draw(leaf: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         if leaf == "kernel":
             return truncated_lecun_normal(shape, rng)
-        if leaf == "bias":
+        if leaf in ("bias", "mean"):  # mean: a data statistic's identity value (models.dicte.DataStats)
             return np.zeros(shape)
         if leaf == "scale":
             return np.ones(shape)

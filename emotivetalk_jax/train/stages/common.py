@@ -72,6 +72,9 @@ class Stage:
     # Frozen-model outputs the loader computes once per clip and cuts into the batch
     # (`frozen_<name>`, `data.frozen_cache`); None: `prepare` computes them every step.
     frozen_outputs: Any = None
+    # (rest, frozen, batches) -> rest: fixed data statistics set once, from the first
+    # `cfg.calibrate_batches` batches, when a run starts from step 0 (not on resume).
+    calibrate: Callable | None = None
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)
