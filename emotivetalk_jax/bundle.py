@@ -108,7 +108,7 @@ class BundleSettings:
         return cls(variant, vv.name, int(resolution or ev.resolution), ic.fps, ic.window, ic.overlap, ic.steps,
                    lip_scale=ic.guidance_scale, expr_scale=ic.guidance_scale,
                    dicte_steps=vv.dicte.sample_steps, half_width=vv.perceiver.window_half_width,
-                   motion_bucket_id=ic.motion_bucket_id, noise_aug=ic.noise_aug)
+                   motion_bucket_id=ic.motion_bucket_id, noise_aug=ic.noise_aug, decode_chunk=ic.decode_chunk)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "component": COMPONENT, **dataclasses.asdict(self)}

@@ -142,6 +142,7 @@ def test_bench_synthetic_json(bundle, capsys):
     # the ceiling: the bundle VAE's own reconstruction of the ground truth (random weights: poor,
     # but a real PSNR), and the domain the bundle was trained on (a random bundle: the default)
     assert out["identity_psnr_ceiling"] > 0 and out["settings"]["head_motion"] == 1.0
+    assert 0.0 <= out["emotion_accuracy_ceiling"] <= 1.0 and "lip_sync_corr_ceiling" in out
 
 
 def test_bench_metrics_on_ground_truth():

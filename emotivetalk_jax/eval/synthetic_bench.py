@@ -17,6 +17,8 @@ not the state) and compared with the clip's exact ground truth:
   ground truth's small random head motion bounds it from above);
 * identity_psnr_ceiling: the same PSNR for the bundle's own VAE reconstruction of the
   ground-truth frames (encode, decode): what a perfect generator would score;
+* lip_sync_corr_ceiling, emotion_accuracy_ceiling: lip_sync_corr and emotion_accuracy read
+  back from that reconstruction (what the VAE lets through of the mouth and the expression);
 * background_psnr: PSNR against the portrait outside the face box (what never moves).
 Frames the measurement cannot read (not this identity's face) count as misses: their
 opening is dropped from the correlation and their emotion is "unreadable";
@@ -89,6 +91,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
     measured, truth, correct, readable, total = [], [], [], 0, 0
     id_psnr, ceiling, bg_psnr, per_clip = [], [], [], []
+    rec_measured, rec_correct = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
     for i in range(clips):
@@ -114,7 +117,12 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         correct.append(majority == clip.emotion_id)
         gt = sf.render(clip.identity, states, r)
         id_psnr.append(float(np.mean([psnr(a, b) for a, b in zip(video, gt)])))
-        ceiling.append(float(np.mean([psnr(a, b) for a, b in zip(vae_reconstruction(pipe, gt), gt)])))
+        rec = vae_reconstruction(pipe, gt)
+        ceiling.append(float(np.mean([psnr(a, b) for a, b in zip(rec, gt)])))
+        rec_opening, rec_emo = _measure(rec, clip.identity)
+        rec_measured.append(rec_opening)
+        rec_votes = np.bincount(rec_emo[rec_emo >= 0], minlength=len(EMOTIONS))
+        rec_correct.append(bool(rec_votes.sum()) and int(rec_votes.argmax()) == clip.emotion_id)
         outside = 1 - facelib.box_mask(boxes[1], r, r)
         bg_psnr.append(float(np.mean([psnr(a, portrait, outside > 0) for a in video])))
         per_clip.append({"clip": clip.name, "emotion": clip.emotion,
@@ -129,6 +137,10 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "emotion_accuracy": float(np.mean(correct)),
         "identity_psnr": float(np.mean(id_psnr)),
         "identity_psnr_ceiling": float(np.mean(ceiling)),
+        # the same read-back of the VAE's reconstruction of the ground truth: a perfect generator's
+        # scores through this checkpoint's VAE
+        "lip_sync_corr_ceiling": lag_correlations(rec_measured, truth)[0],
+        "emotion_accuracy_ceiling": float(np.mean(rec_correct)),
         "background_psnr": float(np.mean(bg_psnr)),
         "measured_fraction": readable / max(total, 1),
         "lag_correlations": {str(k): v for k, v in lags.items()},
