@@ -39,6 +39,15 @@
 # Measured on the 2-core CPU (2026-11-27, shared with test runs, so slower than alone), gates
 # on 16 held-out clips (eval/probes.py; bars: l_v r >= 0.95, e_v accuracy >= 0.95,
 # l_a r >= 0.90): see benchmarks/README.md ("The demo recipe").
+#
+# The shipped emotivetalk_jax/assets/demo came from this script's stages with four departures,
+# each a step the committed script now makes unnecessary or that time forced: stage 1 ran 700
+# steps before Di-CTE's `cond_residual` existed and its Di-CTE was then retrained alone for
+# 1000 steps (`--config.vaid_train=dicte --config.init.vaid=$W/vaid`, workdir $W/dicte);
+# the VAE stopped at step 1295 of 1500; stage 2 ran 2528 of 3000 steps (its first 588 with the
+# first Di-CTE's e_a, then resumed with init.vaid=$W/dicte, whose lip projector is the same);
+# no decoder fine-tune (250 steps of it changed none of the bench's ceilings), so
+# `export-bundle $W/ethd OUT` without --vae.
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
