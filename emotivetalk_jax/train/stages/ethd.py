@@ -177,8 +177,11 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         x_t = eb.latents + gate_sigma * jax.random.normal(jax.random.fold_in(key, 1), eb.latents.shape)
         d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
                          eb.lip_mask, eb.face_mask)
-        flat = (d / scaling).reshape(-1, frames, *d.shape[2:])
-        return jax.vmap(lambda z: frozen.vae.decode(z, frames))(flat)
+        # decoded in the bundle's chunks (the VAE's training length) where they divide the window
+        c = ic.decode_chunk if frames % ic.decode_chunk == 0 else frames
+        flat = (d / scaling).reshape(-1, c, *d.shape[2:])
+        x = jax.vmap(lambda z: frozen.vae.decode(z, c))(flat)
+        return x.reshape(-1, frames, *x.shape[2:])
 
     def gate(model, frozen):
         _, ev = gates.stage_clips(cfg, size)
