@@ -401,16 +401,26 @@ def synthetic_codebook(face_encoders, resolution: int, *, data_seed: int = 0, cl
     return Codebook(means, counts, {"source": "synthetic", "data_seed": data_seed, "clips": clips})
 
 
+def _with_parts_from(model: nnx.Module, workdir: str | os.PathLike, parts: tuple[str, ...],
+                     what: tuple[str, str, str, str]) -> nnx.Module:
+    """`model` with its top-level `parts` taken from the training workdir `workdir`; every other
+    array must equal `model`'s (what stage 2 trained against), else BundleError naming the
+    first that differs. `what`: (flag, kind, the model stage 2 used, how to make a fitting run)."""
+    flag, kind, stage2, hint = what
+    arrays = _workdir_arrays(workdir)
+    mine = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(model))}
+    for key, value in mine.items():
+        if key.split(".")[0] not in parts and (key not in arrays or not np.array_equal(arrays[key], value)):
+            raise BundleError(f"{flag} {workdir}: its {key} differs from the {kind} stage 2 trained against ({stage2}); "
+                              f"{hint}")
+    return _fill(model, arrays, f"{workdir} ({kind})")
+
+
 def _with_decoder_from(vae: nnx.Module, workdir: str | os.PathLike, stage2_vae: str) -> nnx.Module:
     """`vae` with its decoder taken from a `vae_train=decoder` fine-tune in `workdir`; every other
     array (encoder, quant_conv) must equal `vae`'s, or the latents stage 2 learnt would change."""
-    arrays = _workdir_arrays(workdir)
-    mine = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(vae))}
-    for key, value in mine.items():
-        if key.split(".")[0] != "decoder" and (key not in arrays or not np.array_equal(arrays[key], value)):
-            raise BundleError(f"--vae {workdir}: its {key} differs from the VAE stage 2 trained against ({stage2_vae}); "
-                              "pass a decoder fine-tune of that VAE (stage vae, vae_train=decoder, init.vae=it)")
-    out = _fill(vae, arrays, f"{workdir} (VAE)")
+    out = _with_parts_from(vae, workdir, ("decoder",), (
+        "--vae", "VAE", stage2_vae, "pass a decoder fine-tune of that VAE (stage vae, vae_train=decoder, init.vae=it)"))
     out.config = dict(vae.config)  # stage 2's scaling factor
     return out
 
@@ -418,14 +428,9 @@ def _with_decoder_from(vae: nnx.Module, workdir: str | os.PathLike, stage2_vae: 
 def _with_dicte_from(vaid: nnx.Module, workdir: str | os.PathLike, stage2_vaid: str) -> nnx.Module:
     """`vaid` with Di-CTE (and CLUB's q) taken from a `vaid_train=dicte` run in `workdir`; the lip
     projector must equal `vaid`'s, or the l_a stage 2 learnt on would change."""
-    arrays = _workdir_arrays(workdir)
-    mine = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(vaid))}
-    for key, value in mine.items():
-        if key.split(".")[0] not in ("dicte", "club") and (key not in arrays or not np.array_equal(arrays[key], value)):
-            raise BundleError(f"--vaid {workdir}: its {key} differs from the V-AID stage 2 trained against "
-                              f"({stage2_vaid}); pass a Di-CTE retrain of that V-AID (stage vaid, vaid_train=dicte, "
-                              "init.vaid=it)")
-    return _fill(vaid, arrays, f"{workdir} (V-AID)")
+    return _with_parts_from(vaid, workdir, ("dicte", "club"), (
+        "--vaid", "V-AID", stage2_vaid,
+        "pass a Di-CTE retrain of that V-AID (stage vaid, vaid_train=dicte, init.vaid=it)"))
 
 
 def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike, *, codebook=None,
@@ -457,13 +462,13 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
                      f"{cfg.init.face_encoders} (face encoders)", "encoders")
     else:
         face = S.face_encoders(cfg, vv, seed + 2)
-    dicte_workdir = vaid
     if cfg.init.vaid:
-        vaid = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid), f"{cfg.init.vaid} (V-AID)")
+        vaid_model = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid),
+                           f"{cfg.init.vaid} (V-AID)")
     else:
-        vaid = S.vaid_model(cfg, vv, seed + 4)
-    if dicte_workdir:
-        vaid = _with_dicte_from(vaid, dicte_workdir, cfg.init.vaid or "a random V-AID")
+        vaid_model = S.vaid_model(cfg, vv, seed + 4)
+    if vaid:
+        vaid_model = _with_dicte_from(vaid_model, vaid, cfg.init.vaid or "a random V-AID")
     factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
     motion = float(cfg.data.get("head_motion", 1.0))
@@ -473,7 +478,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
         codebook = synthetic_codebook(face, size, data_seed=int(cfg.data.data_seed))
     elif not hasattr(codebook, "means"):
         codebook = load_codebook(codebook)
-    b = Bundle(s, ethd, vae_model, audio, vaid, face, codebook)
+    b = Bundle(s, ethd, vae_model, audio, vaid_model, face, codebook)
     _check_parts(b)
     return save_bundle(b, out)
 

@@ -120,3 +120,6 @@ def test_stage1_trains_no_statistic_and_calibrate_sets_them():
     np.testing.assert_allclose(rest["dicte"]["stats"]["mean"], e.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(rest["dicte"]["stats"]["scale"], e.std(0), rtol=1e-4, atol=1e-6)
     assert build_stage(get_config("stage=vaid,variant=tiny"), abstract=True).calibrate is None
+    retrain = get_config("stage=vaid,variant=demo")
+    retrain.vaid_train, retrain.init.vaid = "dicte", "/nonexistent/stage1"  # abstract: not read
+    assert build_stage(retrain, abstract=True).calibrate is None  # keeps the loaded statistics

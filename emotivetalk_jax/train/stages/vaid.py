@@ -73,4 +73,6 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     return Stage(name="vaid", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": main, "club": club}, prepare=prepare,
                  data=dict(frames=frames, size=size, mask_sizes=(), audio_context=ctx), model_name="VAID",
-                 audio_encoder=encoder, gate=gate, calibrate=calibrate if v.dicte.standardise else None)
+                 audio_encoder=encoder, gate=gate,
+                 # a Di-CTE retrain keeps the statistics its starting weights were trained under
+                 calibrate=calibrate if v.dicte.standardise and part == "all" else None)
