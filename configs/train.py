@@ -56,6 +56,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample_sigma = 1.0  # noise level of the stage-2 sample videos
     c.vae_kl = 1e-6  # stage vae: weight of the KL term next to the L1 reconstruction
     c.vae_sample = False  # stage vae: decode a posterior sample (True) or the mean (stage 2 encodes the mean)
+    # stage vae: the L1 inside the face box weighs this much more (1 = SVD's plain L1), and an L1
+    # on image gradients is added at this weight (0 = none). Not in the paper; for the demo's small
+    # VAE, which otherwise blurs the expression's thin lines (brows, lids, lip corners).
+    c.vae_face_weight = 1.0
+    c.vae_edge_weight = 0.0
     c.vae_train = "all"  # stage vae: "all", or "decoder" (encoder frozen: a fine-tune that keeps stage 2's latents)
 
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))  # a tuple: config_flags overrides tuples, not lists
@@ -108,6 +113,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Stage 2: the x0 error inside the reference's lip box weighs this much more than elsewhere
     # (1 = eq. 11 as written). The mouth is a few percent of the frame; not in the paper.
     c.lip_loss_weight = 1.0
+    # Stage 2: the same for the rest of the face box (brows, eyes, cheeks), where the expression
+    # shows: with a neutral reference the expression is a small share of the frame's change, and
+    # an unweighted loss learns the lips and the head long before it (not in the paper).
+    c.face_loss_weight = 1.0
     # Stage 2: compute the frozen models' frame-wise outputs (VAE latents, e_v, l_a) once per
     # training clip, keep them in the workdir (frozen_outputs.npz, keyed by the frozen parameters)
     # and slice them into each batch, instead of re-encoding every frame every step. Off by

@@ -276,3 +276,65 @@ def test_residual_reconstruction_decoder_starts_from_the_reference():
     plain.conv_out.kernel[...] = jnp.zeros_like(plain.conv_out.kernel[...])
     plain.conv_out.bias[...] = jnp.zeros_like(plain.conv_out.bias[...])
     assert float(jnp.abs(plain(x, jnp.ones((2, 4)), jnp.ones((2, 3)), keep, keep)).max()) == 0.0
+
+
+def test_region_weight_known_answer():
+    from emotivetalk_jax.diffusion.ethd_loss import region_weight
+
+    lip = jnp.asarray([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1)
+    face = jnp.asarray([1.0, 1.0, 0.0, 0.0]).reshape(1, 2, 2, 1)
+    assert region_weight(lip, face) is None
+    np.testing.assert_allclose(np.ravel(region_weight(lip, face, 4.0, 2.0)), [4.0, 2.0, 1.0, 1.0])
+    np.testing.assert_allclose(np.ravel(region_weight(lip, face, 1.0, 3.0)), [1.0, 3.0, 1.0, 1.0])
+
+
+def test_vae_reconstruction_and_edge_l1_known_answers():
+    from emotivetalk_jax.train.stages.vae import edge_l1, reconstruction_l1
+
+    x = jnp.zeros((1, 2, 2, 1))
+    rec = jnp.asarray([1.0, 0.0, 0.0, 3.0]).reshape(1, 2, 2, 1)
+    w = jnp.asarray([4.0, 1.0, 1.0, 1.0]).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(float(reconstruction_l1(rec, x)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(reconstruction_l1(rec, x, w)), (4 + 3) / 7, rtol=1e-6)
+    # differences: along y (axis 1) [-1, 3], along x (axis 2) [-1, 3]: mean |.| 2 each
+    np.testing.assert_allclose(float(edge_l1(rec, x)), 2.0, rtol=1e-6)
+    # weighted by the first pixel of each difference: y: (4 * 1 + 1 * 3) / 5, x: the same
+    np.testing.assert_allclose(float(edge_l1(rec, x, w)), 7 / 5, rtol=1e-6)
+    assert float(edge_l1(x + 0.5, x)) == 0.0  # a uniform shift has no edges
+
+
+@pytest.mark.slow
+def test_stage2_gate_reads_expression_transfer():
+    """gate/expr_transfer is exactly 0 for a fresh ETHD (the EDI and temporal expression output
+    kernels start at zero, so e_dri changes nothing), pools <dD, dz> / |dz|^2 over the clips that
+    are not neutral, and its batch pairs each window with the same frames at a neutral expression."""
+    from flax import nnx
+
+    from emotivetalk_jax.train import gates
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.stages import build_stage
+
+    c = load_config("configs/train.py:stage=ethd,variant=tiny")
+    c.gate_clips, c.compiler_options = 3, {"xla_backend_optimization_level": 0}
+    stage = build_stage(c)
+    g = stage.gate(stage.model(stage.init_params, stage.init_rest), nnx.merge(stage.frozen_graphdef,
+                                                                                stage.frozen_state))
+    assert {"gate/x0_lip_corr", "gate/x0_emotion_acc", "gate/x0_psnr"} <= set(g)
+    assert g["gate/expr_transfer"] == 0.0
+
+    _, ev = gates.stage_clips(c, 64)
+    emotional = [cl.emotion != "neutral" for cl in ev.clips[:3]]
+    assert any(emotional) and not all(emotional)
+    seen = {}
+
+    def fake(batch):  # emotional windows: dot = 3 |dz|^2; neutral ones (left out of the pool): 100
+        seen.update(batch)
+        norm = np.arange(1.0, len(batch["frames"]) + 1)
+        return norm * np.where(np.repeat(emotional, 2), 3.0, 100.0), norm
+
+    out = gates.expression_transfer_gate(fake, stage.audio_encoder, ev, frames=4, context=2, latent=8, windows=2,
+                                         clips=3)
+    np.testing.assert_allclose(out["gate/expr_transfer"], 3.0, rtol=1e-12)
+    assert seen["neutral_frames"].shape == seen["frames"].shape == (6, 4, 64, 64, 3)
+    for i, e in enumerate(np.repeat(emotional, 2)):  # expression changes pixels only where the clip has one
+        assert (seen["neutral_frames"][i] != seen["frames"][i]).any() == e

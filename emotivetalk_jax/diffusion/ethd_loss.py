@@ -99,6 +99,15 @@ def x0_loss(denoised: jax.Array, x0: jax.Array, sigma: jax.Array, mask: jax.Arra
     return jnp.mean(edm_loss_weight(sigma) * per_clip)
 
 
+def region_weight(lip_mask: jax.Array, face_mask: jax.Array, lip_weight: float = 1.0,
+                  face_weight: float = 1.0) -> jax.Array | None:
+    """Per-pixel loss weight (B, H, W, 1): `lip_weight` inside the lip box, `face_weight` in the
+    rest of the face box, 1 outside; None when both are 1 (the unweighted mean)."""
+    if lip_weight == 1.0 and face_weight == 1.0:
+        return None
+    return 1.0 + (face_weight - 1.0) * face_mask * (1.0 - lip_mask) + (lip_weight - 1.0) * lip_mask
+
+
 def ethd_denoise(
     backbone: Callable[..., jax.Array], x_t: jax.Array, sigma: jax.Array, ref_latent: jax.Array,
     lip_tokens: jax.Array, added_time_ids: jax.Array, e_dri: jax.Array, e_ref: jax.Array,
@@ -118,10 +127,13 @@ def ethd_loss(
     backbone: Callable[..., jax.Array], batch: ETHDBatch, key: jax.Array, *,
     p_mean: float = P_MEAN, p_std: float = P_STD, p_video: float = P_VIDEO_EXPR,
     p_drop_lip: float = P_DROP_LIP, p_drop_expr: float = P_DROP_EXPR, lip_weight: float = 1.0,
+    face_weight: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 11 on one batch. `backbone`: an `ETHD` (or any callable with its signature).
     `lip_weight` > 1 weights the error inside the lip box (`batch.lip_mask`) that much more
-    than elsewhere (a weighted mean, so the loss scale stays that of eq. 11; not in the paper).
+    than elsewhere, `face_weight` the rest of the face box (brows, eyes, cheeks: where the
+    expression shows), both as a weighted mean so the loss scale stays that of eq. 11 (not in
+    the paper; `region_weight`).
 
     Returns (loss, aux) with aux = sigma (B,), used_e_v (B,) and the denoised clip.
     """
@@ -135,5 +147,5 @@ def ethd_loss(
     lip_tokens, e_dri = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip, p_drop_expr)
     d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
                      batch.e_ref, batch.lip_mask, batch.face_mask)
-    weight = None if lip_weight == 1.0 else 1.0 + (lip_weight - 1.0) * batch.lip_mask
+    weight = region_weight(batch.lip_mask, batch.face_mask, lip_weight, face_weight)
     return x0_loss(d, x0, sigma, weight), dict(sigma=sigma, used_e_v=used_e_v, denoised=d)

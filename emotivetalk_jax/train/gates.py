@@ -243,6 +243,58 @@ def expression_gate(vaid, face, encoder, fit: ProbeClips, ev: ProbeClips, *, cli
     return {"gate/e_a_acc": nearest_mean_accuracy(fit_e, fit.frame_emotion, np.concatenate(e_a), sub.frame_emotion)}
 
 
+def _window_starts(c, frames: int, windows: int) -> list[int]:
+    return [min(k * frames, max(c.num_frames - frames, 0)) for k in range(windows)]
+
+
+def _denoiser_batch(encoder, ev: ProbeClips, *, frames: int, context: int, latent: int, windows: int, clips: int,
+                    neutral: bool = False) -> dict[str, np.ndarray]:
+    """`windows` windows of `frames` frames of each of the first `clips` held-out clips, shaped
+    like a training batch, with the clip's neutral portrait as the reference; `neutral` adds
+    `neutral_frames`: the same frames with the expression set to neutral (mouth, pose kept)."""
+    from emotivetalk_jax.data import face as facelib
+    from emotivetalk_jax.data import synthetic_face as sf
+    from emotivetalk_jax.data.audio_cache import clip_features, feature_window
+
+    cs = ev.clips[:clips]
+    feats = clip_features(encoder, [c.audio for c in cs])
+    s = ev.size
+    rows = []
+    for c, f, vid in zip(cs, feats, ev.frames):
+        lm = c.portrait_landmarks(s)
+        lip, face = facelib.box_mask(facelib.lip_box(lm), s, latent), facelib.box_mask(facelib.face_box(lm), s, latent)
+        for start in _window_starts(c, frames, windows):
+            row = dict(frames=vid[start : start + frames], reference=c.portrait(s),
+                       frame_features=feature_window(f, start, frames, context),
+                       **{f"mask_lip_{latent}": lip, f"mask_face_{latent}": face})
+            if neutral:
+                st = c.states[start : start + frames].copy()
+                st[:, 2:6] = sf.NEUTRAL_EXPRESSION
+                row["neutral_frames"] = sf.render(c.identity, st, s)
+            rows.append(row)
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def expression_transfer_gate(transfer_fn, encoder, ev: ProbeClips, *, frames: int, context: int, latent: int,
+                             windows: int = 2, clips: int = 8) -> dict[str, float]:
+    """gate/expr_transfer: how much of the expression the backbone's x0 takes from e_dri, in
+    latent space (so the VAE's blur does not hide it). For each held-out window, z_e and z_n
+    are the latents of its frames and of the same frames with a neutral expression, e_e and e_n
+    their e_v; from x_t = (z_e + z_n) / 2 + sigma n (the gate's sigma: the noise hides the
+    expression), the ratio is <D(x_t; e_e) - D(x_t; e_n), z_e - z_n> / |z_e - z_n|^2, pooled over
+    the clips that are not neutral. 1: x0 moves by exactly the expression's latent change; 0: it
+    ignores e_dri (the demo's first stage-2 run: 0.04).
+
+    `transfer_fn(batch) -> (<dD, dz> (B,), |dz|^2 (B,))` on a batch with `neutral_frames`."""
+    batch = _denoiser_batch(encoder, ev, frames=frames, context=context, latent=latent, windows=windows,
+                            clips=clips, neutral=True)
+    emotional = np.repeat([c.emotion != "neutral" for c in ev.clips[:clips]], windows)
+    if not emotional.any():
+        return {}
+    dot, norm = (np.asarray(x, np.float64)[emotional] for x in transfer_fn(batch))
+    return {"gate/expr_transfer": float(dot.sum() / max(norm.sum(), 1e-12))}
+
+
 def denoiser_gates(x0_fn, encoder, ev: ProbeClips, *, frames: int, context: int, latent: int,
                    windows: int = 4, clips: int = 8) -> dict[str, float]:
     """Stage 2's gate: the backbone's one-call x0 prediction from heavy noise, on held-out clips
@@ -252,32 +304,19 @@ def denoiser_gates(x0_fn, encoder, ev: ProbeClips, *, frames: int, context: int,
 
     `x0_fn(batch) -> frames (B, F, S, S, 3) in [-1, 1]`: the stage's prepare + one denoise +
     decode on a batch shaped like a training batch."""
-    from emotivetalk_jax.data import face as facelib
-    from emotivetalk_jax.data.audio_cache import clip_features, feature_window
     from emotivetalk_jax.data.measure import lag_correlations, psnr, read_opening_and_emotion
 
     cs = ev.clips[:clips]
-    feats = clip_features(encoder, [c.audio for c in cs])
     s = ev.size
-    rows = []
-    for c, f, vid in zip(cs, feats, ev.frames):
-        lm = c.portrait_landmarks(s)
-        lip, face = facelib.box_mask(facelib.lip_box(lm), s, latent), facelib.box_mask(facelib.face_box(lm), s, latent)
-        for k in range(windows):
-            start = min(k * frames, max(c.num_frames - frames, 0))
-            rows.append(dict(frames=vid[start : start + frames], reference=c.portrait(s),
-                             frame_features=feature_window(f, start, frames, context),
-                             **{f"mask_lip_{latent}": lip, f"mask_face_{latent}": face}))
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    batch = _denoiser_batch(encoder, ev, frames=frames, context=context, latent=latent, windows=windows,
+                            clips=clips)
     out = np.asarray(x0_fn(batch))
     px = np.clip(np.round((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
     measured, truth, correct, ps = [], [], [], []
     for i, c in enumerate(cs):
         video = px[i * windows : (i + 1) * windows].reshape(-1, s, s, 3)
         gt = batch["frames"][i * windows : (i + 1) * windows].reshape(-1, s, s, 3)
-        idx = np.concatenate([np.arange(min(k * frames, max(c.num_frames - frames, 0)),
-                                        min(k * frames, max(c.num_frames - frames, 0)) + frames)
-                              for k in range(windows)])
+        idx = np.concatenate([np.arange(st, st + frames) for st in _window_starts(c, frames, windows)])
         opening, emo = read_opening_and_emotion(video, c.identity)
         measured.append(opening)
         truth.append(c.states[idx, 0])

@@ -127,8 +127,10 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
     lip_weight = float(cfg.get("lip_loss_weight", 1.0))
-    if lip_weight <= 0:
-        raise ValueError(f"lip_loss_weight must be > 0, got {lip_weight}")
+    face_weight = float(cfg.get("face_loss_weight", 1.0))
+    for name, w in (("lip_loss_weight", lip_weight), ("face_loss_weight", face_weight)):
+        if not w > 0:
+            raise ValueError(f"{name} must be > 0, got {w}")
 
     def prepare(frozen, batch, key):
         k_aug, k_ea = jax.random.split(key)
@@ -148,7 +150,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     def loss(model, inp, key, aux):
         l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
-                         lip_weight=lip_weight)
+                         lip_weight=lip_weight, face_weight=face_weight)
         return l, dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
 
     def sample(model, frozen, inp, key):
@@ -164,17 +166,18 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     gate_sigma = float(cfg.get("gate_sigma", 4.0))
 
+    def _gate_inputs(params, rest, frozen_state, x0):
+        """(model, frozen, sigma (B,), x_t = x0 + gate_sigma n) of the gates' one denoising call."""
+        model = nnx.merge(graphdef, *(params[g] for g in groups), rest)
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), 1), x0.shape)  # as logged since step 0
+        return model, nnx.merge(fgraph, frozen_state), jnp.full(x0.shape[:1], gate_sigma), x0 + gate_sigma * noise
+
     @jax.jit
     def _x0(params, rest, frozen_state, batch):
         from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
 
-        model = nnx.merge(graphdef, *(params[g] for g in groups), rest)
-        frozen = nnx.merge(fgraph, frozen_state)
-        key = jax.random.key(0)
-        eb = prepare(frozen, batch, key)["eb"]
-        b = eb.latents.shape[0]
-        sigma = jnp.full((b,), gate_sigma, jnp.float32)
-        x_t = eb.latents + gate_sigma * jax.random.normal(jax.random.fold_in(key, 1), eb.latents.shape)
+        eb = prepare(nnx.merge(fgraph, frozen_state), batch, jax.random.key(0))["eb"]
+        model, frozen, sigma, x_t = _gate_inputs(params, rest, frozen_state, eb.latents)
         d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
                          eb.lip_mask, eb.face_mask)
         # decoded in the bundle's chunks (the VAE's training length) where they divide the window
@@ -183,12 +186,31 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         x = jax.vmap(lambda z: frozen.vae.decode(z, c))(flat)
         return x.reshape(-1, frames, *x.shape[2:])
 
+    @jax.jit
+    def _transfer(params, rest, frozen_state, batch):
+        """(<D(e_e) - D(e_n), z_e - z_n>, |z_e - z_n|^2) per window (`gates.expression_transfer_gate`)."""
+        from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
+
+        frozen, key = nnx.merge(fgraph, frozen_state), jax.random.key(0)
+        emo = prepare(frozen, batch, key)["eb"]
+        neu = prepare(frozen, dict(batch, frames=batch["neutral_frames"]), key)["eb"]
+        model, _, sigma, x_t = _gate_inputs(params, rest, frozen_state, (emo.latents + neu.latents) / 2)
+        dz = emo.latents - neu.latents
+        d = [ethd_denoise(model, x_t, sigma, emo.ref_latent, emo.lip_tokens, emo.added_time_ids, e, emo.e_ref,
+                          emo.lip_mask, emo.face_mask) for e in (emo.e_v, neu.e_v)]
+        axes = tuple(range(1, dz.ndim))
+        return jnp.sum((d[0] - d[1]) * dz, axis=axes), jnp.sum(dz * dz, axis=axes)
+
     def gate(model, frozen):
         _, ev = gates.stage_clips(cfg, size)
         _, *states = nnx.split(model, *groups.values(), ...)
         params = {g: st.to_pure_dict() for g, st in zip(groups, states[:-1])}
-        fn = lambda batch: _x0(params, states[-1].to_pure_dict(), fstate, batch)  # noqa: E731
-        return gates.denoiser_gates(fn, encoder, ev, frames=frames, context=ctx, latent=latent)
+        rest = states[-1].to_pure_dict()
+        out = gates.denoiser_gates(lambda batch: _x0(params, rest, fstate, batch), encoder, ev, frames=frames,
+                                   context=ctx, latent=latent)
+        out.update(gates.expression_transfer_gate(lambda batch: _transfer(params, rest, fstate, batch), encoder,
+                                                  ev, frames=frames, context=ctx, latent=latent))
+        return out
 
     return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,

@@ -2,7 +2,9 @@
 trained as an autoencoder on clips (L1 + `vae_kl` x KL, the decoder over the clip's frames,
 decoding the posterior mean, which is what stage 2 and the pipeline use, or a posterior
 sample with `vae_sample=True`), for a domain no converted VAE covers (the synthetic demo).
-Stage 2 takes its workdir as `init.vae`. With `vae_train=decoder` and `init.vae` it
+`vae_face_weight` weights the L1 inside the face box and `vae_edge_weight` adds an L1 on image
+gradients (not in SVD's recipe: the demo's small VAE otherwise flattens the expression, whose
+lines move by a pixel or two at 64 px). Stage 2 takes its workdir as `init.vae`. With `vae_train=decoder` and `init.vae` it
 fine-tunes only the decoder of a trained VAE, so the latents stage 2 learnt on stay exactly
 the same.
 
@@ -11,6 +13,7 @@ Shape legend: B batch, F frames, S image size.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -21,6 +24,30 @@ from emotivetalk_jax.train.stages.frozen import from_workdir, vae_abstract
 # trained on) fixed while the decoder keeps learning, so a decoder fine-tune can run next to, or
 # after, stage 2 and still pair with it (`export-bundle --vae`); SD's ft-MSE VAE was made this way.
 VAE_PARTS = {"all": nnx.Param, "decoder": nnx.All(nnx.Param, nnx.PathContains("decoder"))}
+
+
+def _weighted_mean(err: jax.Array, w: jax.Array | None) -> jax.Array:
+    if w is None:
+        return jnp.mean(err)
+    w = jnp.broadcast_to(w, err.shape)
+    return jnp.sum(w * err) / jnp.sum(w)
+
+
+def reconstruction_l1(rec: jax.Array, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """Mean |rec - x| over (N, S, S, C) images, weighted per pixel by w (N, S, S, 1) if given."""
+    return _weighted_mean(jnp.abs(rec - x), w)
+
+
+def edge_l1(rec: jax.Array, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """Mean |grad rec - grad x| over forward differences along x and y (the thin lines an
+    expression moves: brows, lids, lip corners, which an L1 on pixels blurs at little cost),
+    weighted like `reconstruction_l1` (the weight of each difference is that of its first pixel)."""
+    out = 0.0
+    for axis in (1, 2):
+        n = rec.shape[axis] - 1
+        d = jnp.diff(rec, axis=axis) - jnp.diff(x, axis=axis)
+        out = out + _weighted_mean(jnp.abs(d), None if w is None else jax.lax.slice_in_dim(w, 0, n, axis=axis))
+    return out / 2
 
 
 def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
@@ -44,9 +71,17 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     fgraph, fstate = split_frozen(Frozen())
     kl_weight = float(cfg.get("vae_kl", 1e-6))
     sample = bool(cfg.get("vae_sample", False))
+    face_weight = float(cfg.get("vae_face_weight", 1.0))
+    edge_weight = float(cfg.get("vae_edge_weight", 0.0))
+    if not face_weight > 0 or not edge_weight >= 0:
+        raise ValueError(f"vae_face_weight must be > 0 and vae_edge_weight >= 0, got {face_weight}, {edge_weight}")
+    masks = (size,) if face_weight != 1.0 else ()
 
     def prepare(frozen, batch, key):
-        return dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
+        inp = dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
+        if masks:
+            inp["face"] = batch[f"mask_face_{size}"]  # (B, S, S, 1)
+        return inp
 
     def loss(model, inp, key, aux):
         from emotivetalk_jax.models.vae import sample_latent
@@ -55,13 +90,20 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         mean, logvar = model.encode(x)
         z = sample_latent(mean, logvar, key) if sample else mean
         rec = model.decode(z, frames).astype(jnp.float32)
-        l1 = jnp.mean(jnp.abs(rec - x))
+        w = None
+        if masks:  # the reference's face box, for every frame of its clip
+            w = jnp.repeat(1.0 + (face_weight - 1.0) * inp["face"], frames, axis=0)
+        l1 = reconstruction_l1(rec, x, w)
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
         psnr = -10.0 * jnp.log10(jnp.mean(jnp.square(rec - x)) / 4.0)  # images span [-1, 1]: peak-to-peak 2
-        return l1 + kl_weight * kl, dict(l1=l1, kl=kl, psnr=psnr, latent_std=jnp.std(mean))
+        total, metrics = l1 + kl_weight * kl, dict(l1=l1, kl=kl, psnr=psnr, latent_std=jnp.std(mean))
+        if edge_weight:
+            edge = edge_l1(rec, x, w)
+            total, metrics = total + edge_weight * edge, dict(metrics, edge=edge)
+        return total, metrics
 
     return Stage(name="vae", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
-                 data=dict(frames=frames, size=size, mask_sizes=(), audio_context=0),
+                 data=dict(frames=frames, size=size, mask_sizes=masks, audio_context=0),
                  model_name="AutoencoderKLTemporalDecoder")
