@@ -117,6 +117,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # shows: with a neutral reference the expression is a small share of the frame's change, and
     # an unweighted loss learns the lips and the head long before it (not in the paper).
     c.face_loss_weight = 1.0
+    # Stage 2: the learning rate of the parameters ETHD adds to SVD's UNet (lip and expression
+    # projections, EDI, temporal expression attention; `models.ethd.NEW_KEYS`) is this many times
+    # the rest's. The EDI and temporal expression outputs start at zero, and with one rate the
+    # demo's e_dri had moved x0 by 6% of the expression after 2528 steps (gate/expr_transfer);
+    # 1 = the paper's single rate.
+    c.new_params_lr_scale = 1.0
     # Stage 2: compute the frozen models' frame-wise outputs (VAE latents, e_v, l_a) once per
     # training clip, keep them in the workdir (frozen_outputs.npz, keyed by the frozen parameters)
     # and slice them into each batch, instead of re-encoding every frame every step. Off by

@@ -338,3 +338,46 @@ def test_stage2_gate_reads_expression_transfer():
     assert seen["neutral_frames"].shape == seen["frames"].shape == (6, 4, 64, 64, 3)
     for i, e in enumerate(np.repeat(emotional, 2)):  # expression changes pixels only where the clip has one
         assert (seen["neutral_frames"][i] != seen["frames"][i]).any() == e
+
+
+def test_scaled_updates_multiply_the_update_and_keep_the_state():
+    import optax
+
+    from emotivetalk_jax.train.optim import lr_scales, scaled_updates
+
+    params = {"unet": {"w": jnp.ones(3)}, "edi": {"w": jnp.ones(2)}}
+    scales = lr_scales(params, lambda path: 10.0 if "edi" in path else 1.0)
+    assert scales == {"unet": {"w": 1.0}, "edi": {"w": 10.0}}
+    assert lr_scales(params, lambda path: 1.0) is None
+    base = optax.adam(0.1)
+    tx = scaled_updates(base, scales)
+    grads = {"unet": {"w": jnp.full(3, 0.5)}, "edi": {"w": jnp.full(2, -2.0)}}
+    state = tx.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(base.init(params))  # checkpoints stay loadable
+    ref, _ = base.update(grads, base.init(params), params)
+    out, _ = tx.update(grads, state, params)
+    np.testing.assert_allclose(out["unet"]["w"], ref["unet"]["w"], rtol=0)
+    np.testing.assert_allclose(out["edi"]["w"], 10 * ref["edi"]["w"], rtol=1e-6)  # adam's first step: -lr sign(g)
+    np.testing.assert_allclose(out["edi"]["w"], 1.0, rtol=1e-5)
+
+
+def test_ethd_new_params_lr_scale_marks_exactly_the_ethd_additions():
+    from flax import nnx
+
+    from emotivetalk_jax.models.ethd import NEW_PARAMS
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.optim import lr_scales
+    from emotivetalk_jax.train.stages import build_stage
+
+    c = load_config("configs/train.py:stage=ethd,variant=tiny", ["--config.new_params_lr_scale=8"])
+    stage = build_stage(c, abstract=True)
+    scales = lr_scales(stage.init_params["main"], stage.lr_scale)
+    model = stage.model(stage.init_params, stage.init_rest)
+    new = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, NEW_PARAMS))}
+    flat = {".".join(str(getattr(k, "key", k)) for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(scales)}
+    assert new and {k for k, v in flat.items() if v == 8.0} == new
+    assert {v for k, v in flat.items() if k not in new} == {1.0}
+    assert build_stage(load_config("configs/train.py:stage=ethd,variant=tiny"), abstract=True).lr_scale is None
+    with pytest.raises(ValueError, match="new_params_lr_scale must be > 0"):
+        build_stage(load_config("configs/train.py:stage=ethd,variant=tiny", ["--config.new_params_lr_scale=0"]),
+                    abstract=True)

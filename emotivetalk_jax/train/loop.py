@@ -29,7 +29,7 @@ from emotivetalk_jax import sharding as shd
 from emotivetalk_jax.train import checkpoint as ckpt
 from emotivetalk_jax.train.inputs import make_dataset
 from emotivetalk_jax.train.metrics import MetricsWriter
-from emotivetalk_jax.train.optim import make_optimizer
+from emotivetalk_jax.train.optim import lr_scales, make_optimizer, scaled_updates
 from emotivetalk_jax.train.stages import Stage, abstract_state, build_stage, init_state, make_step
 from emotivetalk_jax.train.state import TrainState
 
@@ -123,6 +123,9 @@ def build_program(cfg, *, mesh=None, stage: Stage | None = None, donate: bool = 
     txs, schedules = {}, {}
     for g in stage.groups:
         txs[g], schedules[g] = make_optimizer(cfg.optim)
+        scales = lr_scales(stage.init_params[g], stage.lr_scale) if stage.lr_scale else None
+        if scales is not None:
+            txs[g] = scaled_updates(txs[g], scales)
     ema = float(cfg.get("ema_decay", 0.0))
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema}")

@@ -245,6 +245,26 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
     return base, schedule
 
 
+def scaled_updates(tx: optax.GradientTransformation, scales: Any) -> optax.GradientTransformation:
+    """`tx` with its updates multiplied leaf by leaf by `scales` (floats, shaped like the params):
+    per-parameter learning-rate multipliers. Its state is `tx`'s own, so a checkpoint written
+    without the multipliers resumes with them and back."""
+
+    def update(updates, state, params=None, **extra):
+        out, state = tx.update(updates, state, params, **extra)
+        return jax.tree.map(lambda u, k: u if k == 1.0 else u * jnp.asarray(k, u.dtype), out, scales), state
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+def lr_scales(params: Any, scale_of) -> Any | None:
+    """{path: multiplier} as a tree like `params` from `scale_of(path names) -> float`; None when
+    every multiplier is 1."""
+    scales = jax.tree_util.tree_map_with_path(
+        lambda path, _: float(scale_of(tuple(str(getattr(k, "key", k)) for k in path))), params)
+    return None if all(k == 1.0 for k in jax.tree.leaves(scales)) else scales
+
+
 def state_bytes(tree: Any) -> int:
     """Bytes held by the arrays of a (possibly abstract) pytree."""
     return int(sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)

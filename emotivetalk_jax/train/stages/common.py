@@ -75,6 +75,8 @@ class Stage:
     # (rest, frozen, batches) -> rest: fixed data statistics set once, from the first
     # `cfg.calibrate_batches` batches, when a run starts from step 0 (not on resume).
     calibrate: Callable | None = None
+    # (parameter path names) -> learning-rate multiplier of that parameter; None: one rate.
+    lr_scale: Callable | None = None
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)

@@ -12,6 +12,8 @@ Shape legend: B batch, F frames, S image size, c context frames each side.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 
 import jax
@@ -128,7 +130,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
     lip_weight = float(cfg.get("lip_loss_weight", 1.0))
     face_weight = float(cfg.get("face_loss_weight", 1.0))
-    for name, w in (("lip_loss_weight", lip_weight), ("face_loss_weight", face_weight)):
+    new_scale = float(cfg.get("new_params_lr_scale", 1.0))
+    for name, w in (("lip_loss_weight", lip_weight), ("face_loss_weight", face_weight),
+                    ("new_params_lr_scale", new_scale)):
         if not w > 0:
             raise ValueError(f"{name} must be > 0, got {w}")
 
@@ -215,4 +219,12 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
                  data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), model_name="ETHD",
-                 sample=sample, audio_encoder=encoder, gate=gate, frozen_outputs=cached)
+                 sample=sample, audio_encoder=encoder, gate=gate, frozen_outputs=cached,
+                 lr_scale=None if new_scale == 1.0 else functools.partial(_new_params_scale, new_scale))
+
+
+def _new_params_scale(scale: float, path: tuple[str, ...]) -> float:
+    """`new_params_lr_scale` for the parameters ETHD adds to SVD's UNet (`NEW_KEYS`), 1 elsewhere."""
+    from emotivetalk_jax.models.ethd import NEW_KEYS
+
+    return scale if any(k in path for k in NEW_KEYS) else 1.0
