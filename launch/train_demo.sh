@@ -30,24 +30,35 @@
 # models/vaid_variants.py say why): no head motion (no input predicts it; with it, stage 0's
 # e_v learned pose); the neutral portrait as the reference of stage 0 (with another frame of
 # the same clip, whose emotion is the driving frame's, the renderer needs no expression
-# latent: e_v accuracy 0.08 at step 250, chance 0.125) and of stage 1 (users give one), and
-# half the time in stage 2; a 64 px expression encoder with an emotion label term in stage 0
+# latent: e_v accuracy 0.08 at step 250, chance 0.125), of stage 1 (users give one) and of
+# stage 2; a 64 px expression encoder with an emotion label term in stage 0
 # (variant DEMO); 4096 clips for stage 0, so identity does not give the emotion away; lip-box
 # x0 error weighted 4x; EMA 0.999 exported; stage 2 reads its frozen models' outputs (VAE
-# latents, e_v, l_a) from a per-clip cache (`frozen_cache`: 0.79-0.83x the step time).
+# latents, e_v, l_a) from a per-clip cache (`frozen_cache`: 0.79-0.83x the step time); stage 2
+# always takes the neutral portrait as its reference, weighs the face box's x0 error 4x too and
+# trains ETHD's additions at 10x the rate (`face_loss_weight`, `new_params_lr_scale`: e_dri was
+# otherwise ignored, gate/expr_transfer 0.06); the decoder fine-tune weighs the face box 4x and
+# adds an L1 on image gradients (`vae_face_weight`, `vae_edge_weight`: the expression's lines).
 #
 # Measured on the 2-core CPU (2026-11-27, shared with test runs, so slower than alone), gates
 # on 16 held-out clips (eval/probes.py; bars: l_v r >= 0.95, e_v accuracy >= 0.95,
 # l_a r >= 0.90): see benchmarks/README.md ("The demo recipe").
 #
-# The shipped emotivetalk_jax/assets/demo came from this script's stages with four departures,
-# each a step the committed script now makes unnecessary or that time forced: stage 1 ran 700
-# steps before Di-CTE's `cond_residual` existed and its Di-CTE was then retrained alone for
-# 1000 steps (`--config.vaid_train=dicte --config.init.vaid=$W/vaid`, workdir $W/dicte);
-# the VAE stopped at step 1295 of 1500; stage 2 ran 2528 of 3000 steps (its first 588 with the
-# first Di-CTE's e_a, then resumed with init.vaid=$W/dicte, whose lip projector is the same);
-# no decoder fine-tune (250 steps of it changed none of the bench's ceilings), so
-# `export-bundle $W/ethd OUT` without --vae.
+# The shipped emotivetalk_jax/assets/demo came from this script's stages with these departures,
+# each a step the committed script now makes unnecessary or that time forced:
+# - stage 1 ran 700 steps before Di-CTE's `cond_residual` existed, and its Di-CTE was then
+#   retrained alone for 1000 steps (`--config.vaid_train=dicte --config.init.vaid=$W/vaid`,
+#   workdir $W/dicte);
+# - the VAE stopped at step 1295 of 1500;
+# - stage 2 ran in three legs (checkpoints copied forward into a new workdir each time): steps
+#   0-2528 with the reference neutral half the time, one learning rate, no face weight and EMA
+#   0.999 (its first 588 steps with the first Di-CTE's e_a, then init.vaid=$W/dicte, whose lip
+#   projector is the same); 2528-3005 with the reference always neutral and
+#   face_loss_weight=4, EMA 0.995, to 4000 steps' cosine; 3005-4500 with new_params_lr_scale=10
+#   as well, cosine to 4500. The script runs the last leg's settings from step 0 (not yet run
+#   that way from scratch);
+# - the decoder fine-tune ran 1600 steps at lr 3e-4 (cosine over 600, then resumed over 1600);
+# - the bundle is `export-bundle $W/ethd OUT --vae $W/vae_dec --vaid $W/dicte`.
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
@@ -89,8 +100,9 @@ wait "$vae"
 fi
 
 nice -n 19 $ET train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae_dec" "${COMMON[@]}" \
-  --config.total_steps="${DEC_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=5e-4 \
+  --config.total_steps="${DEC_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=3e-4 \
   --config.optim.schedule=cosine --config.optim.warmup_steps=20 --config.vae_train=decoder \
+  --config.vae_face_weight=4 --config.vae_edge_weight=1 \
   --config.init.vae="$W/vae" --config.seed=1 > "$W/vae_dec.log" 2>&1 &
 dec=$!
 timeout -s TERM "${ETHD_SECONDS:-0}" \
@@ -99,7 +111,8 @@ $ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" 
   --config.optim.name=adam --config.optim.lr="${ETHD_LR:-3e-4}" --config.optim.schedule="${ETHD_SCHEDULE:-cosine}" \
   --config.optim.warmup_steps=100 \
   --config.init.face_encoders="$W/encoders" --config.init.vaid="$W/vaid" --config.init.vae="$W/vae" \
-  --config.init.audio="$W/audio" --config.data.reference_neutral=0.5 --config.lip_loss_weight=4 \
+  --config.init.audio="$W/audio" --config.data.reference_neutral=1 --config.lip_loss_weight=4 \
+  --config.face_loss_weight=4 --config.new_params_lr_scale=10 \
   --config.ema_decay=0.999 --config.frozen_cache=True > "$W/ethd.log" 2>&1 || [ $? = 124 ]  # 124: ETHD_SECONDS ran out
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere
