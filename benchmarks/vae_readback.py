@@ -65,7 +65,8 @@ def main(argv=None) -> int:
                       "frame_accuracy": round(float(np.mean(frame_ok)), 3),
                       "clip_accuracy": round(float(np.mean(clip_ok)), 3),
                       "mean_error": {k: round(float(v), 3) for k, v in zip(sf.EXPRESSION_KEYS, err.mean(0))},
-                      "mean_abs_error": {k: round(float(v), 3) for k, v in zip(sf.EXPRESSION_KEYS, np.abs(err).mean(0))}}))
+                      "mean_abs_error": {k: round(float(v), 3)
+                                         for k, v in zip(sf.EXPRESSION_KEYS, np.abs(err).mean(0))}}))
     return 0
 
 

@@ -13,7 +13,6 @@ Shape legend: B batch, F frames, S image size, c context frames each side.
 from __future__ import annotations
 
 import functools
-
 import logging
 
 import jax
@@ -170,18 +169,19 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     gate_sigma = float(cfg.get("gate_sigma", 4.0))
 
-    def _gate_inputs(params, rest, frozen_state, x0):
-        """(model, frozen, sigma (B,), x_t = x0 + gate_sigma n) of the gates' one denoising call."""
+    def _gate_inputs(params, rest, x0):
+        """(model, sigma (B,), x_t = x0 + gate_sigma n) of the gates' one denoising call."""
         model = nnx.merge(graphdef, *(params[g] for g in groups), rest)
         noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), 1), x0.shape)  # as logged since step 0
-        return model, nnx.merge(fgraph, frozen_state), jnp.full(x0.shape[:1], gate_sigma), x0 + gate_sigma * noise
+        return model, jnp.full(x0.shape[:1], gate_sigma), x0 + gate_sigma * noise
 
     @jax.jit
     def _x0(params, rest, frozen_state, batch):
         from emotivetalk_jax.diffusion.ethd_loss import ethd_denoise
 
-        eb = prepare(nnx.merge(fgraph, frozen_state), batch, jax.random.key(0))["eb"]
-        model, frozen, sigma, x_t = _gate_inputs(params, rest, frozen_state, eb.latents)
+        frozen = nnx.merge(fgraph, frozen_state)
+        eb = prepare(frozen, batch, jax.random.key(0))["eb"]
+        model, sigma, x_t = _gate_inputs(params, rest, eb.latents)
         d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
                          eb.lip_mask, eb.face_mask)
         # decoded in the bundle's chunks (the VAE's training length) where they divide the window
@@ -198,7 +198,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         frozen, key = nnx.merge(fgraph, frozen_state), jax.random.key(0)
         emo = prepare(frozen, batch, key)["eb"]
         neu = prepare(frozen, dict(batch, frames=batch["neutral_frames"]), key)["eb"]
-        model, _, sigma, x_t = _gate_inputs(params, rest, frozen_state, (emo.latents + neu.latents) / 2)
+        model, sigma, x_t = _gate_inputs(params, rest, (emo.latents + neu.latents) / 2)
         dz = emo.latents - neu.latents
         d = [ethd_denoise(model, x_t, sigma, emo.ref_latent, emo.lip_tokens, emo.added_time_ids, e, emo.e_ref,
                           emo.lip_mask, emo.face_mask) for e in (emo.e_v, neu.e_v)]

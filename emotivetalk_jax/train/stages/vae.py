@@ -4,9 +4,9 @@ decoding the posterior mean, which is what stage 2 and the pipeline use, or a po
 sample with `vae_sample=True`), for a domain no converted VAE covers (the synthetic demo).
 `vae_face_weight` weights the L1 inside the face box and `vae_edge_weight` adds an L1 on image
 gradients (not in SVD's recipe: the demo's small VAE otherwise flattens the expression, whose
-lines move by a pixel or two at 64 px). Stage 2 takes its workdir as `init.vae`. With `vae_train=decoder` and `init.vae` it
-fine-tunes only the decoder of a trained VAE, so the latents stage 2 learnt on stay exactly
-the same.
+lines move by a pixel or two at 64 px). Stage 2 takes its workdir as `init.vae`. With
+`vae_train=decoder` and `init.vae` it fine-tunes only the decoder of a trained VAE, so the
+latents stage 2 learnt on stay exactly the same.
 
 Shape legend: B batch, F frames, S image size.
 """
