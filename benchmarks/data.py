@@ -9,6 +9,9 @@ Prints one JSON object:
   prepare_clips_s          `emotivetalk prepare` on those mp4s (probe, audio, face, crop, landmarks,
                            JPEG, tfds array_record), `workers` processes
   pipeline_windows_s       grain windows of 16 frames at 64 px (synthetic source, in-process)
+  stage2_windows_{rendered,cached}_s   the demo's stage-2 windows (6 frames, 64 px) from generated
+                           clips, with pixels and without (`ClipWindow(pixels=False)`, what the
+                           frozen-output cache reads), and their ratio
 Clip length 2-4 s (50-100 frames at 25 fps), mean about 3 s.
 """
 
@@ -19,6 +22,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def _rate(n, fn):
@@ -33,7 +38,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     from emotivetalk_jax.data import synthetic as syn
-    from emotivetalk_jax.data.pipeline import SyntheticClips, make_loader
+    from emotivetalk_jax.data.pipeline import ClipWindow, SyntheticClips, make_loader
     from emotivetalk_jax.data.prepare import PrepareConfig, prepare_main
 
     n = a.clips
@@ -61,6 +66,15 @@ def main() -> None:
     it = iter(ld)
     next(it)
     out["pipeline_windows_s"] = _rate(4 * 8, lambda: [next(it) for _ in range(8)])
+    # stage 2's windows (the demo's: 6 frames at 64 px, neutral reference), once the clips are
+    # generated: rendered, and without pixels as its frozen-output cache reads them
+    src = SyntheticClips(0, "train", 64)
+    for name, pixels in (("stage2_windows_rendered_s", True), ("stage2_windows_cached_s", False)):
+        w = ClipWindow(frames=6, size=64, mask_sizes=(16,), reference_neutral=1.0, pixels=pixels)
+        rng = np.random.default_rng(0)
+        [w.random_map(src[i], rng) for i in range(64)]
+        out[name] = _rate(256, lambda: [w.random_map(src[i % 64], rng) for i in range(256)])
+    out["stage2_windows_speedup"] = round(out["stage2_windows_cached_s"] / out["stage2_windows_rendered_s"], 1)
     print(json.dumps(out, indent=1))
 
 

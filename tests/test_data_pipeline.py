@@ -1,10 +1,12 @@
 """grain pipelines: checkpointable iterator state, disjoint shards covering the split,
-worker processes, and the prepared-dataset source."""
+worker processes, the prepared-dataset source, and windows without pixels (stage 2's cached
+path)."""
 
 import numpy as np
 import pytest
 
-from emotivetalk_jax.data.pipeline import PreparedClips, SyntheticClips, make_loader
+from emotivetalk_jax.data import synthetic_face as sf
+from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, make_loader
 from emotivetalk_jax.data.synthetic import SynthConfig
 
 CFG = SynthConfig(min_seconds=1.0, max_seconds=1.4)
@@ -72,3 +74,26 @@ def test_prepared_source(tmp_path):
     assert b["frames"].shape == (1, 4, 32, 32, 3) and b["landmarks"].shape == (1, 4, 68, 2)
     assert b["audio_features"].shape == (1, 4, 4, 80)
     assert b["mask_lip_4"].sum() > 0
+    _check_without_pixels(src[0], 32)
+
+
+def _check_without_pixels(record, size):
+    """`pixels=False` (stage 2 reading frozen outputs) leaves out frames and landmarks and
+    changes nothing else: the same window, reference and masks from the same rng."""
+    kw = dict(frames=4, size=size, mask_sizes=(4,), reference_neutral=0.5)
+    for seed in range(4):  # both references: the neutral portrait and another frame
+        full = ClipWindow(**kw).random_map(record, np.random.default_rng(seed))
+        lean = ClipWindow(**kw, pixels=False).random_map(record, np.random.default_rng(seed))
+        assert set(full) - set(lean) == {"frames", "landmarks"}
+        assert _same(lean, {k: full[k] for k in lean})
+
+
+def test_window_without_pixels_and_cached_portrait():
+    src = SyntheticClips(0, "train", 2, CFG)
+    _check_without_pixels(src[0], 16)
+    clip = src[1]
+    first = clip.portrait(16)
+    first[:] = 0  # callers get a copy: the cached portrait is not theirs to change
+    state = sf.neutral_state(1)
+    assert np.array_equal(clip.portrait(16), sf.render(clip.identity, state, 16)[0])
+    assert np.array_equal(clip.portrait_landmarks(16), sf.landmarks(clip.identity, state[0], 16))

@@ -58,6 +58,12 @@ def test_cached_batch_gives_the_per_step_inputs(stage, source, tmp_path):
     loaded = next(iter(make_dataset(data, d, batch_size=2, seed=0, audio_encoder=stage.audio_encoder,
                                     frozen_outputs=stage.frozen_outputs, cache_dir=tmp_path)))
     assert {"frozen_latents", "frozen_e_v", "frozen_l_a"} <= set(loaded)
+    assert not {"frames", "landmarks"} & set(loaded)  # the cached step renders no window pixels
+    # the same loader without the cache draws the same windows: its frames are these rows' frames
+    plain = next(iter(make_dataset(data, d, batch_size=2, seed=0, audio_encoder=stage.audio_encoder,
+                                   cache_dir=tmp_path)))
+    assert np.array_equal(plain["frame_features"], loaded["frame_features"])
+    loaded["frames"] = plain["frames"]
     batch = {k: np.concatenate([v, np.stack([padded[0][k], exs[0][k]])]) for k, v in loaded.items()}
     prepare = jax.jit(lambda fs, b: stage.prepare(nnx.merge(stage.frozen_graphdef, fs), b, jax.random.key(0))["eb"])
     cached = prepare(stage.frozen_state, batch)

@@ -136,6 +136,9 @@ class ClipWindow(grain.transforms.RandomMap):
     features: Sequence[np.ndarray] | None = None  # clip index -> (N, D) whole-utterance features
     frozen: Sequence[dict[str, np.ndarray]] | None = None  # clip index -> {name: (R, ...)} frozen outputs
     reference_neutral: float = 0.0  # probability that the reference is the neutral portrait
+    # False: no `frames` / `landmarks`, for a step that reads the window from `frozen` alone
+    # (stage 2 with `frozen_cache`: rendering them was most of its loader's time)
+    pixels: bool = True
 
     def random_map(self, record, rng: np.random.Generator) -> dict:
         if isinstance(record, syn.Clip):
@@ -162,7 +165,6 @@ class ClipWindow(grain.transforms.RandomMap):
         start, idx, valid = _window(n, self.frames, rng)
         ref = int(rng.integers(n))
         states = clip.states[idx]
-        frames = sf.render(clip.identity, states, size)
         if self.reference_neutral > 0 and rng.random() < self.reference_neutral:
             reference, ref_lm = clip.portrait(size), clip.portrait_landmarks(size)
         else:
@@ -170,14 +172,16 @@ class ClipWindow(grain.transforms.RandomMap):
             reference = sf.render(clip.identity, ref_state[None], size)[0]
             ref_lm = sf.landmarks(clip.identity, ref_state, size)
         ex = {
-            "frames": frames, "reference": reference,
+            "reference": reference,
             "audio": _audio_window(clip.audio, start, self.frames, self.audio_context),
-            "landmarks": np.stack([sf.landmarks(clip.identity, s, size) for s in states]),
             "valid": valid, "emotion": np.int32(clip.emotion_id), "start": np.int32(start),
             "clip": np.int32(clip.index), "identity": np.int32(clip.identity_id),
             "opening": states[:, 0].copy(), "width": states[:, 1].copy(),
             "expression": states[:, 2:6].copy(), "intensity": clip.intensity[idx],
         }
+        if self.pixels:
+            ex["frames"] = sf.render(clip.identity, states, size)
+            ex["landmarks"] = np.stack([sf.landmarks(clip.identity, s, size) for s in states])
         self._with_features(ex, clip.index, start)
         return self._with_masks(ex, facelib.lip_box(ref_lm), facelib.face_box(ref_lm), size)
 
@@ -191,16 +195,18 @@ class ClipWindow(grain.transforms.RandomMap):
         native = int(rec["lip_mask"].shape[0])
         size = self.size or native
         dec = {}
-        for i in set(idx.tolist()) | {ref}:
+        for i in (set(idx.tolist()) if self.pixels else set()) | {ref}:
             dec[i] = _resize(decode_jpeg(jpegs[i]), size)
         scale = size / native
         ex = {
-            "frames": np.stack([dec[i] for i in idx]), "reference": dec[ref],
+            "reference": dec[ref],
             "audio": _audio_window(np.asarray(rec["audio"]), start, self.frames, self.audio_context),
-            "landmarks": np.asarray(rec["landmarks"])[idx] * scale,
             "valid": valid, "emotion": np.int32(rec["emotion"]), "start": np.int32(start),
             "clip": np.int32(rec.get("_index", -1)),
         }
+        if self.pixels:
+            ex["frames"] = np.stack([dec[i] for i in idx])
+            ex["landmarks"] = np.asarray(rec["landmarks"])[idx] * scale
         feats = np.asarray(rec.get("audio_features", np.zeros((0, 80), np.float32)))
         if len(feats):  # 100 Hz features: 4 per video frame
             fidx = np.clip(idx[:, None] * 4 + np.arange(4)[None], 0, len(feats) - 1)

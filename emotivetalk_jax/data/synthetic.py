@@ -77,6 +77,7 @@ class Clip:
     intensity: np.ndarray  # (F,)
     phones: list
     size: int
+    _portraits: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
@@ -101,10 +102,18 @@ class Clip:
 
     def portrait(self, size: int | None = None) -> np.ndarray:
         """The reference portrait: neutral face, closed mouth, no head motion (S, S, 3)."""
-        return sf.render(self.identity, sf.neutral_state(1), size or self.size)[0]
+        return self._portrait(size or self.size)[0].copy()
 
     def portrait_landmarks(self, size: int | None = None) -> np.ndarray:
-        return sf.landmarks(self.identity, sf.neutral_state(1)[0], size or self.size)
+        return self._portrait(size or self.size)[1].copy()
+
+    def _portrait(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(portrait, its landmarks) at `size`, rendered once per clip (training windows take the
+        neutral reference at every step)."""
+        if size not in self._portraits:
+            state = sf.neutral_state(1)
+            self._portraits[size] = (sf.render(self.identity, state, size)[0], sf.landmarks(self.identity, state[0], size))
+        return self._portraits[size]
 
     def audio_window(self, start: int, stop: int) -> np.ndarray:
         """Audio samples aligned with frames [start, stop): (640 (stop - start),)."""
@@ -154,7 +163,7 @@ def _identity(seed: int, identity_id: int, variation: float) -> sf.Identity:
     return sf.Identity.sample(np.random.default_rng([seed, 7, identity_id]), variation)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)  # a training run's clips are drawn again every epoch; ~0.2 MB each
 def _clip(seed: int, split: str, index: int, cfg: SynthConfig) -> Clip:
     code = SPLITS.index(split)
     rng = np.random.default_rng([seed, 11, code, index])

@@ -90,8 +90,9 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
         raise ValueError(f"data.reference_neutral is a probability, got {p_neutral}")
     window = ClipWindow(frames=int(spec["frames"]), size=int(spec["size"]), mask_sizes=tuple(spec["mask_sizes"]),
                         audio_context=int(spec["audio_context"]), features=features, frozen=frozen,
-                        reference_neutral=p_neutral)
-    keys = KEEP + (("frame_features",) if features is not None else ())
+                        reference_neutral=p_neutral, pixels=frozen is None)
+    keys = KEEP if window.pixels else tuple(k for k in KEEP if k not in ("frames", "landmarks"))
+    keys += (("frame_features",) if features is not None else ())
     keys += tuple(f"frozen_{name}" for name in (frozen[0] if frozen else ()))
     keys += tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
     per = batch_size // processes
