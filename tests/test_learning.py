@@ -307,7 +307,7 @@ def test_vae_reconstruction_and_edge_l1_known_answers():
 def test_stage2_gate_reads_expression_transfer():
     """gate/expr_transfer is exactly 0 for a fresh ETHD (the EDI and temporal expression output
     kernels start at zero, so e_dri changes nothing), pools <dD, dz> / |dz|^2 over the clips that
-    are not neutral, and its batch pairs each window with the same frames at a neutral expression."""
+    are not neutral (and per emotion), and its batch pairs each window with the same frames at a neutral expression."""
     from flax import nnx
 
     from emotivetalk_jax.train import gates
@@ -335,6 +335,9 @@ def test_stage2_gate_reads_expression_transfer():
     out = gates.expression_transfer_gate(fake, stage.audio_encoder, ev, frames=4, context=2, latent=8, windows=2,
                                          clips=3)
     np.testing.assert_allclose(out["gate/expr_transfer"], 3.0, rtol=1e-12)
+    per = {k.rsplit("/", 1)[1]: v for k, v in out.items() if k.startswith("gate/expr_transfer/")}
+    assert set(per) == {cl.emotion for cl, e in zip(ev.clips[:3], emotional) if e}
+    np.testing.assert_allclose(list(per.values()), 3.0, rtol=1e-12)
     assert seen["neutral_frames"].shape == seen["frames"].shape == (6, 4, 64, 64, 3)
     for i, e in enumerate(np.repeat(emotional, 2)):  # expression changes pixels only where the clip has one
         assert (seen["neutral_frames"][i] != seen["frames"][i]).any() == e

@@ -283,16 +283,21 @@ def expression_transfer_gate(transfer_fn, encoder, ev: ProbeClips, *, frames: in
     their e_v; from x_t = (z_e + z_n) / 2 + sigma n (the gate's sigma: the noise hides the
     expression), the ratio is <D(x_t; e_e) - D(x_t; e_n), z_e - z_n> / |z_e - z_n|^2, pooled over
     the clips that are not neutral. 1: x0 moves by exactly the expression's latent change; 0: it
-    ignores e_dri (the demo's first stage-2 run: 0.04).
+    ignores e_dri (the demo's first stage-2 run: 0.04). `gate/expr_transfer/<emotion>`: the same
+    pooled over each emotion's windows alone.
 
     `transfer_fn(batch) -> (<dD, dz> (B,), |dz|^2 (B,))` on a batch with `neutral_frames`."""
     batch = _denoiser_batch(encoder, ev, frames=frames, context=context, latent=latent, windows=windows,
                             clips=clips, neutral=True)
-    emotional = np.repeat([c.emotion != "neutral" for c in ev.clips[:clips]], windows)
+    emotion = np.repeat([c.emotion for c in ev.clips[:clips]], windows)
+    emotional = emotion != "neutral"
     if not emotional.any():
         return {}
-    dot, norm = (np.asarray(x, np.float64)[emotional] for x in transfer_fn(batch))
-    return {"gate/expr_transfer": float(dot.sum() / max(norm.sum(), 1e-12))}
+    dot, norm = (np.asarray(x, np.float64) for x in transfer_fn(batch))
+    out = {"gate/expr_transfer": float(dot[emotional].sum() / max(norm[emotional].sum(), 1e-12))}
+    for e in sorted(set(emotion[emotional])):  # which emotions it has learned (few windows each)
+        out[f"gate/expr_transfer/{e}"] = float(dot[emotion == e].sum() / max(norm[emotion == e].sum(), 1e-12))
+    return out
 
 
 def denoiser_gates(x0_fn, encoder, ev: ProbeClips, *, frames: int, context: int, latent: int,
