@@ -16,7 +16,9 @@
 #
 # On an accelerator (stage 2 is the expensive stage): FROM=ethd skips to stage 2 on the finished
 # workdirs of the earlier stages (the VAE's is finished first if it stopped short); ETHD_BATCH, ETHD_LR, ETHD_SCHEDULE (cosine | constant) and
-# WORKERS (loader processes) size it; ETHD_SECONDS stops it after that many seconds (SIGTERM:
+# WORKERS (loader processes) size it (its cached loader renders no pixels: 10.7 ms per batch of
+# 32 on a 2-core CPU, benchmarks/stage2_loader.py; one H200 ran 254 steps at batch 32 before
+# that fix, loader-bound at 1.01 s/step); ETHD_SECONDS stops it after that many seconds (SIGTERM:
 # it saves the step it reached; with a constant schedule the EMA it exports is a sound stopping
 # point). Two jax processes share one GPU there (stage 2 and vae_dec): set
 # XLA_PYTHON_CLIENT_MEM_FRACTION (e.g. 0.45) so that both fit.
@@ -55,10 +57,13 @@
 #   0.999 (its first 588 steps with the first Di-CTE's e_a, then init.vaid=$W/dicte, whose lip
 #   projector is the same); 2528-3005 with the reference always neutral and
 #   face_loss_weight=4, EMA 0.995, to 4000 steps' cosine; 3005-4500 with new_params_lr_scale=10
-#   as well, cosine to 4500. The script runs the last leg's settings from step 0 (not yet run
-#   that way from scratch);
-# - the decoder fine-tune ran 1600 steps at lr 3e-4 (cosine over 600, then resumed over 1600);
-# - the bundle is `export-bundle $W/ethd OUT --vae $W/vae_dec --vaid $W/dicte`.
+#   as well, cosine to 4500; then 4500-11249 at a constant lr 1e-4 (ETHD_SCHEDULE=constant),
+#   of which 6304-6558 at batch 32 on one H200 and the rest at batch 4 on the CPU. The script
+#   runs the third leg's settings from step 0 (not yet run that way from scratch);
+# - the decoder fine-tune ran 1600 steps at lr 3e-4 (cosine over 600, then resumed over 1600),
+#   then 1500 more at lr 1e-4 constant with vae_face_weight=8 and vae_edge_weight=2 (workdir
+#   vae_x2: emotion read back from its reconstructions 0.67 -> 0.74 per frame);
+# - the bundle is `export-bundle $W/ethd OUT --vae $W/vae_x2 --vaid $W/dicte`.
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
