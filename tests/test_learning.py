@@ -307,7 +307,8 @@ def test_vae_reconstruction_and_edge_l1_known_answers():
 def test_stage2_gate_reads_expression_transfer():
     """gate/expr_transfer is exactly 0 for a fresh ETHD (the EDI and temporal expression output
     kernels start at zero, so e_dri changes nothing), pools <dD, dz> / |dz|^2 over the clips that
-    are not neutral (and per emotion), and its batch pairs each window with the same frames at a neutral expression."""
+    are not neutral (and per emotion), and its batch pairs each window with the same frames at a
+    neutral expression."""
     from flax import nnx
 
     from emotivetalk_jax.train import gates

@@ -112,7 +112,8 @@ class Clip:
         neutral reference at every step)."""
         if size not in self._portraits:
             state = sf.neutral_state(1)
-            self._portraits[size] = (sf.render(self.identity, state, size)[0], sf.landmarks(self.identity, state[0], size))
+            self._portraits[size] = (sf.render(self.identity, state, size)[0],
+                                     sf.landmarks(self.identity, state[0], size))
         return self._portraits[size]
 
     def audio_window(self, start: int, stop: int) -> np.ndarray:

@@ -294,9 +294,13 @@ def expression_transfer_gate(transfer_fn, encoder, ev: ProbeClips, *, frames: in
     if not emotional.any():
         return {}
     dot, norm = (np.asarray(x, np.float64) for x in transfer_fn(batch))
-    out = {"gate/expr_transfer": float(dot[emotional].sum() / max(norm[emotional].sum(), 1e-12))}
+
+    def pooled(rows):
+        return float(dot[rows].sum() / max(norm[rows].sum(), 1e-12))
+
+    out = {"gate/expr_transfer": pooled(emotional)}
     for e in sorted(set(emotion[emotional])):  # which emotions it has learned (few windows each)
-        out[f"gate/expr_transfer/{e}"] = float(dot[emotion == e].sum() / max(norm[emotion == e].sum(), 1e-12))
+        out[f"gate/expr_transfer/{e}"] = pooled(emotion == e)
     return out
 
 
