@@ -12,7 +12,8 @@ For each held-out clip of `bench-synthetic` (test split, the same seeds), one JS
              frames (Di-CTE skipped: the backbone alone).
 Each reading is the median expression vector over frames (brow_raise, brow_inner, eye_open,
 corner; the median because a frame whose brows cannot be read gives a wild value) and the
-majority per-frame emotion. A last line pools each reading's clip accuracy.
+majority per-frame emotion, over the frames `data.measure` can read (as `bench-synthetic` counts
+them; `readable` is their share). A last line pools each reading's clip accuracy.
 
 If `text` fails where `truth_ev` also fails, Di-CTE is not the cause; if `vae` fails too, the
 VAE's reconstruction already loses the expression.
@@ -60,12 +61,15 @@ def main(argv=None) -> int:
     pipe.expression_latents = capture
 
     def read(frames, ident):
-        m = M.measure_video(frames, ident)
-        v = M.expression_vector(m)
-        k, _ = M.classify_expression(v)
-        votes = np.bincount(k[k >= 0], minlength=len(EMOTIONS))
-        return {"vector": np.round(np.median(v, 0), 2).tolist(),
-                "emotion": EMOTIONS[int(votes.argmax())] if votes.sum() else None}
+        _, emo = M.read_opening_and_emotion(frames, ident)  # the bench's rule: unreadable frames are -1
+        vectors = []
+        for f, e in zip(frames, emo):
+            if e >= 0:
+                vectors.append(M.expression_vector(M.measure_frame(f, ident)))
+        votes = np.bincount(emo[emo >= 0], minlength=len(EMOTIONS))
+        return {"vector": np.round(np.median(vectors, 0), 2).tolist() if vectors else None,
+                "emotion": EMOTIONS[int(votes.argmax())] if votes.sum() else None,
+                "readable": float(np.mean(emo >= 0))}
 
     domain = SyntheticDomain(0, SynthConfig(head_motion=float(pipe.settings.synthetic_head_motion)))
     hits = {k: [] for k in ("dicte", "truth", "vae", "text", "truth_ev")}
