@@ -117,6 +117,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # shows: with a neutral reference the expression is a small share of the frame's change, and
     # an unweighted loss learns the lips and the head long before it (not in the paper).
     c.face_loss_weight = 1.0
+    # Stage 2: weight of an expression-consistency term added to eq. 11 (0 = off, the paper). The
+    # denoised clip D is decoded by the frozen VAE and read by the frozen expression encoder, and
+    # its e is pulled to the ground truth's e_v, as a relative error (0 = the clip's expression,
+    # 1 = the neutral portrait's; `ethd_loss.expression_consistency`). The x0 error alone weighs
+    # the expression by its share of the latent, under 1% in the synthetic demo, and its
+    # generated expressions came out at a third to a half of the truth's amplitude (inner brows
+    # about none). Costs a VAE decode and an encoder pass, forward and backward, per step.
+    c.expression_loss_weight = 0.0
     # Stage 2: the learning rate of the parameters ETHD adds to SVD's UNet (lip and expression
     # projections, EDI, temporal expression attention; `models.ethd.NEW_KEYS`) is this many times
     # the rest's. The EDI and temporal expression outputs start at zero, and with one rate the

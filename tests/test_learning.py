@@ -385,3 +385,73 @@ def test_ethd_new_params_lr_scale_marks_exactly_the_ethd_additions():
     with pytest.raises(ValueError, match="new_params_lr_scale must be > 0"):
         build_stage(load_config("configs/train.py:stage=ethd,variant=tiny", ["--config.new_params_lr_scale=0"]),
                     abstract=True)
+
+
+def test_expression_consistency_known_answers():
+    """0 for the clip's own expression, 1 for the neutral portrait's, clips with a dropped
+    expression condition left out, and a floor on an all-neutral batch's denominator."""
+    from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
+
+    e_ref = jnp.asarray([[0.0, 0.0], [1.0, 1.0]])
+    e_v = jnp.asarray([[[3.0, 4.0]] * 2, [[1.0, 2.0]] * 2])  # (B=2, F=2, De=2); |e_ref - e_v|^2: 25, 1 per frame
+    keep = jnp.asarray([True, True])
+    assert float(expression_consistency(e_v, e_v, e_ref, keep)) == 0.0
+    np.testing.assert_allclose(float(expression_consistency(jnp.broadcast_to(e_ref[:, None], e_v.shape), e_v,
+                                                            e_ref, keep)), 1.0, rtol=1e-6)
+    half = (e_v + e_ref[:, None]) / 2  # half the expression: a quarter of the squared error
+    np.testing.assert_allclose(float(expression_consistency(half, e_v, e_ref, keep)), 0.25, rtol=1e-6)
+    wrong_second = e_v.at[1].add(10.0)  # the dropped clip's error does not count
+    assert float(expression_consistency(wrong_second, e_v, e_ref, jnp.asarray([True, False]))) == 0.0
+    neutral = jnp.broadcast_to(e_ref[:1, None], (1, 2, 2)) + 1.0  # e_v = e_ref + 1 on a portrait with |e_v|^2 = 2
+    # denominator max(|e_ref - e_v|^2 = 4, 1% of |e_v|^2 = 0.04): the floor only guards a ~0
+    np.testing.assert_allclose(float(expression_consistency(neutral + 1.0, neutral, e_ref[:1], keep[:1])), 1.0,
+                               rtol=1e-6)
+    same = jnp.broadcast_to(e_ref[1:, None], (1, 2, 2))  # e_v == e_ref: den = 1% of |e_v|^2 = 0.04 (+ 1e-6)
+    np.testing.assert_allclose(float(expression_consistency(same + 1.0, same, e_ref[1:], keep[:1])),
+                               4 / (0.04 + 1e-6), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_ethd_expression_loss_adds_the_decoded_clips_expression_error():
+    """`expression_loss_weight` > 0: the stage's loss gets the frozen models, decodes D, reads its
+    expression and adds w * expression_consistency to the x0 loss; the term has a gradient in
+    the backbone; 0 leaves the loss and the loss's signature as they were; < 0 is refused."""
+    from flax import nnx
+
+    from configs.train import get_config
+    from emotivetalk_jax.train.inputs import make_dataset
+    from emotivetalk_jax.train.stages import build_stage
+
+    cfg = get_config("stage=ethd,variant=tiny")
+    cfg.e_a_steps, cfg.expression_loss_weight = 1, 0.5
+    stage = build_stage(cfg)
+    assert stage.loss_reads_frozen
+    data = get_config("variant=tiny").data
+    data.num_clips = 2
+    batch = next(iter(make_dataset(data, stage.data, batch_size=2, seed=0, audio_encoder=stage.audio_encoder)))
+    groups = list(stage.groups)
+
+    @jax.jit
+    def run(params, frozen_state, batch):
+        frozen = nnx.merge(stage.frozen_graphdef, frozen_state)
+        inp = stage.prepare(frozen, batch, jax.random.key(0))
+
+        def total(p, part):
+            model = stage.model({**params, groups[0]: p}, stage.init_rest)
+            l, a = stage.losses["main"](model, inp, jax.random.key(1), {}, frozen)
+            return {"loss": l, "x0": a["loss_x0"], "expr": a["loss_expr"]}[part], a
+
+        (l, a), g = jax.value_and_grad(total, has_aux=True)(params[groups[0]], "expr")
+        return total(params[groups[0]], "loss")[0], a, optax.global_norm(g)
+
+    import optax
+
+    loss, a, gnorm = run(stage.init_params, stage.frozen_state, batch)
+    assert np.isfinite(float(a["loss_expr"])) and float(a["loss_expr"]) > 0
+    np.testing.assert_allclose(float(loss), float(a["loss_x0"]) + 0.5 * float(a["loss_expr"]), rtol=1e-5)
+    assert float(gnorm) > 0
+    cfg.expression_loss_weight = 0.0
+    assert not build_stage(cfg, abstract=True).loss_reads_frozen
+    cfg.expression_loss_weight = -1.0
+    with pytest.raises(ValueError, match="expression_loss_weight must be >= 0"):
+        build_stage(cfg, abstract=True)

@@ -135,7 +135,8 @@ def ethd_loss(
     expression shows), both as a weighted mean so the loss scale stays that of eq. 11 (not in
     the paper; `region_weight`).
 
-    Returns (loss, aux) with aux = sigma (B,), used_e_v (B,) and the denoised clip.
+    Returns (loss, aux) with aux = sigma (B,), used_e_v (B,), kept_expr (B,: False where the
+    expression condition was dropped to e_ref) and the denoised clip.
     """
     batch = ETHDBatch(*(jax.lax.stop_gradient(x) for x in batch))  # conditions are data (frozen models)
     k_sigma, k_noise, k_expr, k_drop = jax.random.split(key, 4)
@@ -145,7 +146,26 @@ def ethd_loss(
     e_dri = choose_e_dri(k_expr, batch.e_v, batch.e_a, p_video)
     used_e_v = jnp.all(e_dri == batch.e_v, axis=tuple(range(1, e_dri.ndim)))
     lip_tokens, e_dri = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip, p_drop_expr)
+    kept_expr = ~jnp.all(e_dri == jnp.broadcast_to(batch.e_ref[:, None], e_dri.shape), axis=tuple(range(1, e_dri.ndim)))
     d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
                      batch.e_ref, batch.lip_mask, batch.face_mask)
     weight = region_weight(batch.lip_mask, batch.face_mask, lip_weight, face_weight)
-    return x0_loss(d, x0, sigma, weight), dict(sigma=sigma, used_e_v=used_e_v, denoised=d)
+    return x0_loss(d, x0, sigma, weight), dict(sigma=sigma, used_e_v=used_e_v, kept_expr=kept_expr, denoised=d)
+
+
+def expression_consistency(e_hat: jax.Array, e_v: jax.Array, e_ref: jax.Array, keep: jax.Array) -> jax.Array:
+    """Relative expression error of a denoised clip: sum |e_hat - e_v|^2 / sum |e_ref - e_v|^2
+    over the clips in `keep`, so 0 is the clip's own expression and 1 is the neutral
+    portrait's (what a model that copies the reference scores).
+
+    e_hat / e_v (B, F, De): the expression encoder on the decoded D and on the ground truth;
+    e_ref (B, De) the portrait's; keep (B,) bool: clips whose expression condition was kept
+    (a dropped one has no expression to match). The denominator has a floor of 1% of the kept
+    clips' |e_v|^2, so a batch of neutral clips (e_v close to e_ref) does not divide by ~0.
+    Not in the paper (`expression_loss_weight`).
+    """
+    k = keep.astype(jnp.float32).reshape(-1, 1, 1)
+    e_v = e_v.astype(jnp.float32)
+    num = jnp.sum(k * jnp.square(e_hat.astype(jnp.float32) - e_v))
+    den = jnp.sum(k * jnp.square(jnp.broadcast_to(e_ref[:, None].astype(jnp.float32), e_v.shape) - e_v))
+    return num / jnp.maximum(den, 1e-2 * jnp.sum(k * jnp.square(e_v)) + 1e-6)

@@ -77,6 +77,9 @@ class Stage:
     calibrate: Callable | None = None
     # (parameter path names) -> learning-rate multiplier of that parameter; None: one rate.
     lr_scale: Callable | None = None
+    # True: every loss also gets the frozen models, fn(model, inputs, key, prev_aux, frozen)
+    # (a loss that decodes or encodes its own prediction: stage 2's `expression_loss_weight`).
+    loss_reads_frozen: bool = False
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)

@@ -130,10 +130,14 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     lip_weight = float(cfg.get("lip_loss_weight", 1.0))
     face_weight = float(cfg.get("face_loss_weight", 1.0))
     new_scale = float(cfg.get("new_params_lr_scale", 1.0))
+    expr_weight = float(cfg.get("expression_loss_weight", 0.0))
     for name, w in (("lip_loss_weight", lip_weight), ("face_loss_weight", face_weight),
                     ("new_params_lr_scale", new_scale)):
         if not w > 0:
             raise ValueError(f"{name} must be > 0, got {w}")
+    if not expr_weight >= 0:
+        raise ValueError(f"expression_loss_weight must be >= 0, got {expr_weight}")
+    chunk = ic.decode_chunk if frames % ic.decode_chunk == 0 else frames  # the bundle's decode length
 
     def prepare(frozen, batch, key):
         k_aug, k_ea = jax.random.split(key)
@@ -151,10 +155,21 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
                                  batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
 
-    def loss(model, inp, key, aux):
-        l, a = ethd_loss(model, inp["eb"], key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
+    def loss(model, inp, key, aux, frozen=None):
+        eb = inp["eb"]
+        l, a = ethd_loss(model, eb, key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
                          lip_weight=lip_weight, face_weight=face_weight)
-        return l, dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
+        out = dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
+        if expr_weight:
+            from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
+
+            d = a["denoised"]
+            x = frozen.vae.decode((d / scaling).reshape(-1, *d.shape[2:]), chunk)
+            e_hat = frozen.face.encode_expression(x.reshape(*d.shape[:2], *x.shape[1:]))
+            l_expr = expression_consistency(e_hat, eb.e_v, eb.e_ref, a["kept_expr"])
+            out.update(loss_x0=l, loss_expr=l_expr)
+            l = l + expr_weight * l_expr
+        return l, out
 
     def sample(model, frozen, inp, key):
         """x0 prediction at sigma = cfg.sample_sigma for the batch's first clip, decoded (F, S, S, 3)."""
@@ -185,9 +200,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_a, eb.e_ref,
                          eb.lip_mask, eb.face_mask)
         # decoded in the bundle's chunks (the VAE's training length) where they divide the window
-        c = ic.decode_chunk if frames % ic.decode_chunk == 0 else frames
-        flat = (d / scaling).reshape(-1, c, *d.shape[2:])
-        x = jax.vmap(lambda z: frozen.vae.decode(z, c))(flat)
+        flat = (d / scaling).reshape(-1, chunk, *d.shape[2:])
+        x = jax.vmap(lambda z: frozen.vae.decode(z, chunk))(flat)
         return x.reshape(-1, frames, *x.shape[2:])
 
     @jax.jit
@@ -220,7 +234,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
                  data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), model_name="ETHD",
                  sample=sample, audio_encoder=encoder, gate=gate, frozen_outputs=cached,
-                 lr_scale=None if new_scale == 1.0 else functools.partial(_new_params_scale, new_scale))
+                 lr_scale=None if new_scale == 1.0 else functools.partial(_new_params_scale, new_scale),
+                 loss_reads_frozen=bool(expr_weight))
 
 
 def _new_params_scale(scale: float, path: tuple[str, ...]) -> float:

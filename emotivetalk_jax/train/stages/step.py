@@ -62,7 +62,8 @@ def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedu
             def loss_fn(p, g=g):
                 full = {**params, g: p}
                 model = stage.model(cast_floating(full, compute_dtype), cast_floating(state.rest, compute_dtype))
-                loss, a = stage.losses[g](model, inputs, jax.random.fold_in(k_loss, i), aux)
+                more = (frozen,) if stage.loss_reads_frozen else ()
+                loss, a = stage.losses[g](model, inputs, jax.random.fold_in(k_loss, i), aux, *more)
                 return loss.astype(jnp.float32), a
 
             (loss, a), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[g])
