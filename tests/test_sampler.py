@@ -253,6 +253,28 @@ def test_guidance_formula():
         sample(_temporal, Branches(_cond(4)), jax.random.key(0), SamplerConfig(lip_scale=2.0, expr_scale=3.0))
 
 
+def test_expression_guidance_is_dual_with_lip_scale_one_without_the_null_branch():
+    """lip_scale 1: D_null cancels in the dual formula, so "auto" runs two branches (cond,
+    no_expr) and samples what forced "dual" samples; forcing it with lip_scale != 1 is refused."""
+    from emotivetalk_jax.diffusion.guidance import guidance_mode
+
+    r = np.random.default_rng(1)
+    cond, no_expr, null = (jnp.asarray(r.normal(size=(5,))) for _ in range(3))
+    np.testing.assert_allclose(combine(jnp.stack([cond, no_expr]), "expression", 1.0, 2.5),
+                               combine(jnp.stack([cond, no_expr, null]), "dual", 1.0, 2.5), rtol=1e-6, atol=1e-6)
+    assert guidance_mode(1.0, 2.0) == "expression" and guidance_mode(2.0, 1.0) == "dual"
+    with pytest.raises(ValueError, match="expression guidance needs lip_scale == 1"):
+        guidance_mode(1.5, 2.0, "expression")
+    n = 14
+    br, noise = _branches(n), _noise(n)
+    auto = SamplerConfig(steps=3, window=8, overlap=3, expr_scale=2.5, ramp=(0.2, 1.0))
+    dual = SamplerConfig(steps=3, window=8, overlap=3, expr_scale=2.5, ramp=(0.2, 1.0), guidance="dual")
+    guided = sample(_temporal, br._replace(null=None), jax.random.key(0), auto, noise=noise)
+    np.testing.assert_allclose(guided, sample(_temporal, br, jax.random.key(0), dual, noise=noise),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(guided, sample(_temporal, br.cond, jax.random.key(0), SMALL, noise=noise), atol=1e-3)
+
+
 # ------------------------------------------------------------------ configs
 
 

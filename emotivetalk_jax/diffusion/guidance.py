@@ -15,7 +15,9 @@ the raw output, since all branches share sigma and the scales sum to one) as
     D = D_null + s_lip (D_no_expr - D_null) + s_expr (D_cond - D_no_expr),
 
 the nested form of multi-condition CFG (InstructPix2Pix): s_lip = s_expr = 1 gives D_cond,
-s_lip = s_expr = s collapses to the two-branch D_null + s (D_cond - D_null). Each scale may
+s_lip = s_expr = s collapses to the two-branch D_null + s (D_cond - D_null), and s_lip = 1
+to the two-branch D_no_expr + s_expr (D_cond - D_no_expr) ("expression" mode: D_null cancels,
+so it is not computed). Each scale may
 vary per frame: s_f = 1 + r_f (s - 1) with a linear ramp profile r (SVD's 1 -> 3 frame
 ramp is s = 3 with r from 0 to 1).
 """
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODES = ("none", "joint", "dual")
+MODES = ("none", "joint", "expression", "dual")
 
 
 class Conditions(NamedTuple):
@@ -64,21 +66,27 @@ def drop(cond: Conditions, *names: str, reference: bool = False, value: float = 
 
 
 def guidance_mode(lip_scale: float, expr_scale: float, mode: str = "auto") -> str:
-    """Which branches to run: "none" (cond only), "joint" (cond, null) or "dual" (cond, no_expr, null)."""
+    """Which branches to run: "none" (cond only), "joint" (cond, null), "expression" (cond,
+    no_expr; lip_scale 1) or "dual" (cond, no_expr, null)."""
     if mode == "auto":
         if lip_scale == 1.0 and expr_scale == 1.0:
             return "none"
+        if lip_scale == 1.0:
+            return "expression"
         return "joint" if lip_scale == expr_scale else "dual"
     if mode not in MODES:
         raise ValueError(f"guidance mode {mode!r}; choose auto or one of {MODES}")
     if mode == "joint" and lip_scale != expr_scale:
         raise ValueError(f"joint guidance needs lip_scale == expr_scale, got {lip_scale} and {expr_scale}")
+    if mode == "expression" and lip_scale != 1.0:
+        raise ValueError(f"expression guidance needs lip_scale == 1, got {lip_scale}; use dual")
     return mode
 
 
 def branch_list(branches: Branches, mode: str) -> tuple[Conditions, ...]:
     """The conditions to batch for `mode`, in the order `combine` expects."""
-    need = {"none": ("cond",), "joint": ("cond", "null"), "dual": ("cond", "no_expr", "null")}[mode]
+    need = {"none": ("cond",), "joint": ("cond", "null"), "expression": ("cond", "no_expr"),
+            "dual": ("cond", "no_expr", "null")}[mode]
     missing = [n for n in need if getattr(branches, n) is None]
     if missing:
         raise ValueError(f"guidance mode {mode!r} needs the {missing} branch(es) of Branches")
@@ -100,6 +108,9 @@ def combine(preds: jax.Array, mode: str, lip_scale: jax.Array, expr_scale: jax.A
     if mode == "joint":
         cond, null = preds
         return null + lip_scale * (cond - null)
+    if mode == "expression":
+        cond, no_expr = preds
+        return no_expr + expr_scale * (cond - no_expr)
     cond, no_expr, null = preds
     return null + lip_scale * (no_expr - null) + expr_scale * (cond - no_expr)
 

@@ -59,7 +59,8 @@ class SamplerConfig:
     (its cost tables count two UNet forwards per step, REFERENCE.md 9), and the variants'
     `InferenceConfig.guidance_scale`, the bundles and the 512 / 1024 presets of
     `configs/sampler.py` turn them on. guidance: "auto" picks the fewest branches for the
-    scales; "none" / "joint" / "dual" force a branch set.
+    scales (lip_scale 1 with expr_scale != 1: the two-branch "expression" mode); "none" /
+    "joint" / "expression" / "dual" force a branch set.
     ramp: optional (r_start, r_end) linear per-frame guidance profile, s_f = 1 + r_f (s - 1),
     over each window's frames (ramp_over "window", SVD's style) or over the video ("video").
     batch_windows: windows per backbone call (1: scan over windows, least memory; 0: all
