@@ -41,6 +41,11 @@
 # trains ETHD's additions at 10x the rate (`face_loss_weight`, `new_params_lr_scale`: e_dri was
 # otherwise ignored, gate/expr_transfer 0.06); the decoder fine-tune weighs the face box 4x and
 # adds an L1 on image gradients (`vae_face_weight`, `vae_edge_weight`: the expression's lines).
+# Stage 2 adds an expression-consistency term, weight EXPR_WEIGHT (`expression_loss_weight`:
+# D decoded and read by the frozen expression encoder; the x0 error alone left the generated
+# expressions at a third to a half of the truth's), and the bundle samples with expression
+# guidance EXPR_SCALE (`expr_scale`, two branches): benchmarks/README.md, "An
+# expression-consistency loss and expression guidance".
 #
 # Measured on the 2-core CPU (2026-11-27, shared with test runs, so slower than alone), gates
 # on 16 held-out clips (eval/probes.py; bars: l_v r >= 0.95, e_v accuracy >= 0.95,
@@ -57,13 +62,20 @@
 #   0.999 (its first 588 steps with the first Di-CTE's e_a, then init.vaid=$W/dicte, whose lip
 #   projector is the same); 2528-3005 with the reference always neutral and
 #   face_loss_weight=4, EMA 0.995, to 4000 steps' cosine; 3005-4500 with new_params_lr_scale=10
-#   as well, cosine to 4500; then 4500-11249 at a constant lr 1e-4 (ETHD_SCHEDULE=constant),
-#   of which 6304-6558 at batch 32 on one H200 and the rest at batch 4 on the CPU. The script
-#   runs the third leg's settings from step 0 (not yet run that way from scratch);
+#   as well, cosine to 4500; then 4500-14146 at a constant lr 1e-4 (ETHD_SCHEDULE=constant),
+#   of which 6304-6558 at batch 32 on one H200 and the rest at batch 4 on the CPU (workdir
+#   ethd_w). The script runs the third leg's settings, with the expression term, from step 0
+#   (not yet run that way from scratch);
 # - the decoder fine-tune ran 1600 steps at lr 3e-4 (cosine over 600, then resumed over 1600),
 #   then 1500 more at lr 1e-4 constant with vae_face_weight=8 and vae_edge_weight=2 (workdir
 #   vae_x2: emotion read back from its reconstructions 0.67 -> 0.74 per frame);
-# - the bundle is `export-bundle $W/ethd OUT --vae $W/vae_x2 --vaid $W/dicte`.
+# - the VAE, encoder and decoder, then trained 4023 more steps from vae_x2 (`vae_train=all`,
+#   lr 2e-4 constant, vae_face_weight=8, vae_edge_weight=2; workdir vae_all, its step 4023
+#   frozen as vae_s24: read back 0.73 -> 0.87 per frame), and stage 2 went on from step 14146
+#   with init.vae=$W/vae_s24 (its latents) to 17369 (workdir ethd_v), then with
+#   expression_loss_weight=0.02 to 19000 (workdir ethd_x2; EMA 0.995 throughout these legs);
+# - the bundle is `export-bundle $W/ethd_x2 OUT --vaid $W/dicte --set expr_scale=2.0` (no
+#   --vae: stage 2's own VAE, vae_s24, whole).
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
@@ -118,9 +130,10 @@ $ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" 
   --config.init.face_encoders="$W/encoders" --config.init.vaid="$W/vaid" --config.init.vae="$W/vae" \
   --config.init.audio="$W/audio" --config.data.reference_neutral=1 --config.lip_loss_weight=4 \
   --config.face_loss_weight=4 --config.new_params_lr_scale=10 \
+  --config.expression_loss_weight="${EXPR_WEIGHT:-0.02}" \
   --config.ema_decay=0.999 --config.frozen_cache=True > "$W/ethd.log" 2>&1 || [ $? = 124 ]  # 124: ETHD_SECONDS ran out
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere
 wait "$dec" || true
-$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec"
+$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-2.0}"
 du -sh "$OUT"
