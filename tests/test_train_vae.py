@@ -93,7 +93,8 @@ def _decoder_finetune_pairs_with_stage_two(tmp_path, base, capsys):
     from emotivetalk_jax.train.commands import load_config
 
     vae = ["--config.image_size=16", "--config.frames=2", "--config.optim.lr=1e-3"]
-    _train(tmp_path / "dec", "vae", 3, *vae, "--config.vae_train=decoder", f"--config.init.vae={base}")
+    _train(tmp_path / "dec", "vae", 3, *vae, "--config.vae_train=decoder", f"--config.init.vae={base}",
+           "--config.vae_face_weight=2", "--config.vae_lip_weight=3")  # the box-weighted L1 too
     _train(tmp_path / "all", "vae", 1, *vae, f"--config.init.vae={base}")
     base_dec, base_rest = _split_arrays(restore_model_arrays(base))
     dec_dec, dec_rest = _split_arrays(restore_model_arrays(tmp_path / "dec"))
@@ -103,8 +104,9 @@ def _decoder_finetune_pairs_with_stage_two(tmp_path, base, capsys):
     changed = [k for k in base_dec if not np.array_equal(base_dec[k], dec_dec[k])]
     assert len(changed) > 0.9 * len(base_dec), (len(changed), len(base_dec))
 
-    for bad, match in (("decoder", "set init.vae"), ("encoder", "choose all or decoder")):
-        cfg = load_config("configs/train.py:stage=vae,variant=tiny", [f"--config.vae_train={bad}"])
+    for bad, match in (("vae_train=decoder", "set init.vae"), ("vae_train=encoder", "choose all or decoder"),
+                       ("vae_lip_weight=0", "vae_lip_weight must be > 0")):
+        cfg = load_config("configs/train.py:stage=vae,variant=tiny", [f"--config.{bad}"])
         with pytest.raises(ValueError, match=match):
             S.build_stage(cfg)
 

@@ -73,14 +73,16 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     sample = bool(cfg.get("vae_sample", False))
     face_weight = float(cfg.get("vae_face_weight", 1.0))
     edge_weight = float(cfg.get("vae_edge_weight", 0.0))
-    if not face_weight > 0 or not edge_weight >= 0:
-        raise ValueError(f"vae_face_weight must be > 0 and vae_edge_weight >= 0, got {face_weight}, {edge_weight}")
-    masks = (size,) if face_weight != 1.0 else ()
+    lip_weight = float(cfg.get("vae_lip_weight", 1.0))
+    if not face_weight > 0 or not lip_weight > 0 or not edge_weight >= 0:
+        raise ValueError("vae_face_weight and vae_lip_weight must be > 0 and vae_edge_weight >= 0, got "
+                         f"{face_weight}, {lip_weight}, {edge_weight}")
+    masks = (size,) if (face_weight, lip_weight) != (1.0, 1.0) else ()
 
     def prepare(frozen, batch, key):
         inp = dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
-        if masks:
-            inp["face"] = batch[f"mask_face_{size}"]  # (B, S, S, 1)
+        if masks:  # (B, S, S, 1) each
+            inp["face"], inp["lip"] = batch[f"mask_face_{size}"], batch[f"mask_lip_{size}"]
         return inp
 
     def loss(model, inp, key, aux):
@@ -91,8 +93,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         z = sample_latent(mean, logvar, key) if sample else mean
         rec = model.decode(z, frames).astype(jnp.float32)
         w = None
-        if masks:  # the reference's face box, for every frame of its clip
-            w = jnp.repeat(1.0 + (face_weight - 1.0) * inp["face"], frames, axis=0)
+        if masks:  # the reference's face and lip boxes, for every frame of its clip
+            w = 1.0 + (face_weight - 1.0) * inp["face"] + (lip_weight - 1.0) * inp["lip"]
+            w = jnp.repeat(w, frames, axis=0)
         l1 = reconstruction_l1(rec, x, w)
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
