@@ -7,8 +7,9 @@ For each of the first `--clips` held-out clips (test split, no head motion), eve
 first 24 frames is rendered, encoded and decoded by the bundle's VAE (or the latest checkpoint
 of a stage-`vae` workdir, `--vae`, e.g. a decoder fine-tune), and read back with
 `data.measure`: the per-frame emotion (`classify_expression`), the clip's majority, and the
-mean error of each expression parameter against the truth. The ground truth itself reads
-back at about 0.98 per frame. Prints one JSON line.
+mean error of each expression parameter against the truth, overall and per emotion (`by_emotion`:
+frame accuracy and signed mean error in `synthetic_face.EXPRESSION_KEYS` order). The ground truth
+itself reads back at about 0.98 per frame. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
 
         pipe.bundle.vae = from_workdir(a.vae, pipe.bundle.vae)
     domain = SyntheticDomain(0, SynthConfig(head_motion=0.0))
-    frame_ok, clip_ok, errors = [], [], []
+    frame_ok, clip_ok, errors, emotions, frame_emotion = [], [], [], [], []
     for i in range(a.clips):
         clip = domain.clip(i, "test")
         states = clip.states[:24:3]
@@ -56,17 +57,25 @@ def main(argv=None) -> int:
             labels.append(int(M.classify_expression(e)[0]) if np.all(np.isfinite(e)) else -1)
             if np.all(np.isfinite(e)):
                 errors.append(e - st[2:6])
+                emotions.append(clip.emotion_id)
         labels = np.asarray(labels)
+        frame_emotion += [(clip.emotion_id, int(lab) == clip.emotion_id) for lab in labels]
         frame_ok.append(np.mean(labels == clip.emotion_id))
         votes = np.bincount(labels[labels >= 0], minlength=len(EMOTIONS))
         clip_ok.append(bool(votes.sum()) and int(votes.argmax()) == clip.emotion_id)
-    err = np.asarray(errors)
+    err, emotions, frame_emotion = np.asarray(errors), np.asarray(emotions), np.asarray(frame_emotion)
+    by_emotion = {}
+    for k, name in enumerate(EMOTIONS):
+        if np.any(frame_emotion[:, 0] == k):
+            by_emotion[name] = {"frame_accuracy": round(float(frame_emotion[frame_emotion[:, 0] == k, 1].mean()), 3),
+                                "mean_error": [round(float(v), 3) for v in err[emotions == k].mean(0)]}
     print(json.dumps({"checkpoint": os.fspath(a.checkpoint or "default"), "vae": a.vae, "clips": a.clips,
                       "frame_accuracy": round(float(np.mean(frame_ok)), 3),
                       "clip_accuracy": round(float(np.mean(clip_ok)), 3),
                       "mean_error": {k: round(float(v), 3) for k, v in zip(sf.EXPRESSION_KEYS, err.mean(0))},
                       "mean_abs_error": {k: round(float(v), 3)
-                                         for k, v in zip(sf.EXPRESSION_KEYS, np.abs(err).mean(0))}}))
+                                         for k, v in zip(sf.EXPRESSION_KEYS, np.abs(err).mean(0))},
+                      "by_emotion": by_emotion}))
     return 0
 
 
