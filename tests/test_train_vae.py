@@ -126,3 +126,62 @@ def _decoder_finetune_pairs_with_stage_two(tmp_path, base, capsys):
     err = capsys.readouterr().err.strip()
     assert "differs from the VAE stage 2 trained against" in err and "encoder." in err and "\n" not in err
     assert not (tmp_path / "b2").exists()
+
+
+def test_vae_expression_loss_adds_the_reconstructions_expression_error():
+    """`vae_expression_weight` > 0: the loss reads the reconstruction with the frozen expression
+    encoder and adds w * expression_consistency (against the frames' own expression and the
+    neutral portrait's) to the L1 + KL; it has a gradient in the decoder. A reference that is
+    not always the neutral portrait, and a negative weight, are refused."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from configs.train import get_config
+    from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
+    from emotivetalk_jax.train.inputs import make_dataset
+    from emotivetalk_jax.train.stages import build_stage
+
+    cfg = get_config("stage=vae,variant=tiny")
+    cfg.image_size, cfg.frames, cfg.vae_expression_weight, cfg.data.reference_neutral = 16, 2, 0.5, 1.0
+    stage = build_stage(cfg)
+    assert stage.loss_reads_frozen
+    data = get_config("variant=tiny").data
+    data.num_clips, data.reference_neutral = 2, 1.0
+    batch = next(iter(make_dataset(data, stage.data, batch_size=2, seed=0)))
+    g = stage.groups[0]
+
+    @jax.jit
+    def run(params, frozen_state, batch):
+        frozen = nnx.merge(stage.frozen_graphdef, frozen_state)
+        inp = stage.prepare(frozen, batch, jax.random.key(0))
+
+        def total(p):
+            model = stage.model({**params, g: p}, stage.init_rest)
+            return stage.losses["main"](model, inp, jax.random.key(1), {}, frozen)
+
+        (l, a), grads = jax.value_and_grad(total, has_aux=True)(params[g])
+        model = stage.model(params, stage.init_rest)
+        x = inp["x"].reshape(-1, *inp["x"].shape[2:])
+        rec = model.decode(model.encode(x)[0], 2).reshape(inp["x"].shape)
+        want = expression_consistency(frozen.face.encode_expression(rec), inp["e_x"], inp["e_ref"],
+                                      jnp.ones((2,), bool))
+        return l, a, want, optax.global_norm(grads)
+
+    loss, a, want, gnorm = run(stage.init_params, stage.frozen_state, batch)
+    assert np.isfinite(float(a["expr"])) and float(a["expr"]) > 0
+    np.testing.assert_allclose(float(a["expr"]), float(want), rtol=1e-4)
+    np.testing.assert_allclose(float(loss), float(a["l1"]) + cfg.vae_kl * float(a["kl"]) + 0.5 * float(a["expr"]),
+                               rtol=1e-5)
+    assert float(gnorm) > 0
+    for key, value, match in (("data.reference_neutral", 0.5, "set data.reference_neutral=1"),
+                              ("vae_expression_weight", -1.0, "vae_expression_weight must be >= 0")):
+        bad = get_config("stage=vae,variant=tiny")
+        bad.vae_expression_weight, bad.data.reference_neutral = 0.5, 1.0
+        if key == "data.reference_neutral":
+            bad.data.reference_neutral = value
+        else:
+            bad.vae_expression_weight = value
+        with pytest.raises(ValueError, match=match):
+            build_stage(bad, abstract=True)

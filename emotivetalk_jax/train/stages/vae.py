@@ -4,7 +4,10 @@ decoding the posterior mean, which is what stage 2 and the pipeline use, or a po
 sample with `vae_sample=True`), for a domain no converted VAE covers (the synthetic demo).
 `vae_face_weight` weights the L1 inside the face box and `vae_edge_weight` adds an L1 on image
 gradients (not in SVD's recipe: the demo's small VAE otherwise flattens the expression, whose
-lines move by a pixel or two at 64 px). Stage 2 takes its workdir as `init.vae`. With
+lines move by a pixel or two at 64 px). `vae_expression_weight` adds the frozen expression
+encoder's relative error on the reconstruction (`ethd_loss.expression_consistency`: 0 = the
+frames' own expression, 1 = the neutral portrait's), for the cues an L1 ignores because they
+cover a few pixels (the mouth corners). Stage 2 takes its workdir as `init.vae`. With
 `vae_train=decoder` and `init.vae` it fine-tunes only the decoder of a trained VAE, so the
 latents stage 2 learnt on stay exactly the same.
 
@@ -68,7 +71,19 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         model = initialised(model, seed, abstract)
     groups = {"main": VAE_PARTS[part]}
     graphdef, params, rest = split_model(model, groups, "vae", cfg)
-    fgraph, fstate = split_frozen(Frozen())
+    expr_weight = float(cfg.get("vae_expression_weight", 0.0))
+    if not expr_weight >= 0:
+        raise ValueError(f"vae_expression_weight must be >= 0, got {expr_weight}")
+    face = None
+    if expr_weight:
+        from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+        from emotivetalk_jax.train.stages.frozen import face_encoders
+
+        if float(cfg.data.get("reference_neutral", 0.0)) != 1.0:
+            raise ValueError("vae_expression_weight measures the error against the neutral portrait: "
+                             "set data.reference_neutral=1")
+        face = face_encoders(cfg, get_vaid_variant(cfg.vaid_variant or cfg.variant), seed + 2, abstract=abstract)
+    fgraph, fstate = split_frozen(Frozen(face=face))
     kl_weight = float(cfg.get("vae_kl", 1e-6))
     sample = bool(cfg.get("vae_sample", False))
     face_weight = float(cfg.get("vae_face_weight", 1.0))
@@ -83,9 +98,12 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         inp = dict(x=to_float_image(batch["frames"]))  # (B, F, S, S, 3)
         if masks:  # (B, S, S, 1) each
             inp["face"], inp["lip"] = batch[f"mask_face_{size}"], batch[f"mask_lip_{size}"]
+        if expr_weight:  # the frames' expression (B, F, De) and the neutral portrait's (B, De)
+            inp["e_x"] = frozen.face.encode_expression(inp["x"])
+            inp["e_ref"] = frozen.face.encode_expression(to_float_image(batch["reference"]))
         return inp
 
-    def loss(model, inp, key, aux):
+    def loss(model, inp, key, aux, frozen=None):
         from emotivetalk_jax.models.vae import sample_latent
 
         x = inp["x"].reshape(-1, *inp["x"].shape[2:])
@@ -104,9 +122,16 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         if edge_weight:
             edge = edge_l1(rec, x, w)
             total, metrics = total + edge_weight * edge, dict(metrics, edge=edge)
+        if expr_weight:
+            from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
+
+            e_rec = frozen.face.encode_expression(rec.reshape(inp["x"].shape))
+            keep = jnp.ones(e_rec.shape[:1], bool)
+            expr = expression_consistency(e_rec, inp["e_x"], inp["e_ref"], keep)
+            total, metrics = total + expr_weight * expr, dict(metrics, expr=expr)
         return total, metrics
 
     return Stage(name="vae", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
                  data=dict(frames=frames, size=size, mask_sizes=masks, audio_context=0),
-                 model_name="AutoencoderKLTemporalDecoder")
+                 model_name="AutoencoderKLTemporalDecoder", loss_reads_frozen=bool(expr_weight))
