@@ -326,11 +326,16 @@ def test_condition_dropout_known_answers():
     e_ref = jnp.asarray(r.normal(size=(64, 4)), jnp.float32)
     key = jax.random.key(1)
     same = drop_conditions(key, lip, e_dri, e_ref, 0.0, 0.0)
-    assert np.array_equal(same[0], lip) and np.array_equal(same[1], e_dri)
+    assert np.array_equal(same[0], lip) and np.array_equal(same[1], e_dri) and np.asarray(same[2]).all()
     gone = drop_conditions(key, lip, e_dri, e_ref, 1.0, 1.0)
-    assert not np.asarray(gone[0]).any()
+    assert not np.asarray(gone[0]).any() and not np.asarray(gone[2]).any()
     np.testing.assert_array_equal(gone[1], np.broadcast_to(np.asarray(e_ref)[:, None], e_dri.shape))
-    half_lip, half_expr = drop_conditions(key, lip, e_dri, e_ref, 0.5, 0.5)
+    half_lip, half_expr, kept_expr = drop_conditions(key, lip, e_dri, e_ref, 0.5, 0.5)
+    kept_expr = np.asarray(kept_expr)
+    assert 16 < (~kept_expr).sum() < 48
+    np.testing.assert_array_equal(np.asarray(half_expr)[kept_expr], np.asarray(e_dri)[kept_expr])
+    np.testing.assert_array_equal(np.asarray(half_expr)[~kept_expr],
+                                  np.broadcast_to(np.asarray(e_ref)[:, None], e_dri.shape)[~kept_expr])
     dropped = ~np.asarray(half_lip).reshape(64, -1).any(axis=1)
     assert 16 < dropped.sum() < 48  # per clip, about half
     kept = ~dropped

@@ -65,8 +65,9 @@ def choose_e_dri(key: jax.Array, e_v: jax.Array, e_a: jax.Array, p_video: float 
 
 def drop_conditions(
     key: jax.Array, lip_tokens: jax.Array, e_dri: jax.Array, e_ref: jax.Array, p_lip: float, p_expr: float
-) -> tuple[jax.Array, jax.Array]:
-    """Per clip, zero the lip tokens with probability p_lip and replace e_dri by e_ref with p_expr.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per clip, zero the lip tokens with probability p_lip and replace e_dri by e_ref with p_expr:
+    -> (lip_tokens, e_dri, kept_expr (B,) bool, False where e_dri was replaced).
 
     These are the guidance branches' "unconditional" inputs (the pipeline builds the same):
     no lip condition = zero lip tokens; no expression condition = e_dri = e_ref, which makes
@@ -79,7 +80,7 @@ def drop_conditions(
     drop_expr = jax.random.uniform(k_expr, (b,)) < p_expr
     ref = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
     e_dri = jnp.where(drop_expr.reshape((-1,) + (1,) * (e_dri.ndim - 1)), ref, e_dri)
-    return lip_tokens, e_dri
+    return lip_tokens, e_dri, ~drop_expr
 
 
 def x0_loss(denoised: jax.Array, x0: jax.Array, sigma: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -145,8 +146,8 @@ def ethd_loss(
     x_t = x0 + sigma.reshape(-1, *(1,) * (x0.ndim - 1)).astype(x0.dtype) * jax.random.normal(k_noise, x0.shape, x0.dtype)
     e_dri = choose_e_dri(k_expr, batch.e_v, batch.e_a, p_video)
     used_e_v = jnp.all(e_dri == batch.e_v, axis=tuple(range(1, e_dri.ndim)))
-    lip_tokens, e_dri = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip, p_drop_expr)
-    kept_expr = ~jnp.all(e_dri == jnp.broadcast_to(batch.e_ref[:, None], e_dri.shape), axis=tuple(range(1, e_dri.ndim)))
+    lip_tokens, e_dri, kept_expr = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip,
+                                                   p_drop_expr)
     d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
                      batch.e_ref, batch.lip_mask, batch.face_mask)
     weight = region_weight(batch.lip_mask, batch.face_mask, lip_weight, face_weight)
