@@ -56,10 +56,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample_sigma = 1.0  # noise level of the stage-2 sample videos
     c.vae_kl = 1e-6  # stage vae: weight of the KL term next to the L1 reconstruction
     c.vae_sample = False  # stage vae: decode a posterior sample (True) or the mean (stage 2 encodes the mean)
-    # stage vae: the L1 inside the face box weighs this much more (1 = SVD's plain L1), inside the
-    # lip box (within the face box) that much more on top, and an L1 on image gradients is added at
-    # this weight (0 = none). Not in the paper; for the demo's small VAE, which otherwise blurs the
-    # expression's thin lines (brows, lids, and the lip corners most: benchmarks/vae_readback.py).
+    # stage vae: per-pixel L1 weight 1 + (vae_face_weight - 1) [face box] + (vae_lip_weight - 1)
+    # [lip box] (1, 1 = SVD's plain L1; additive, so face 8 and lip 4 weigh the lip box 11), and an
+    # L1 on image gradients added at vae_edge_weight (0 = none). Not in the paper; for the demo's
+    # small VAE, which otherwise blurs the expression's thin lines (brows, lids, the lip corners).
+    # The lip weight did not move the corners' read-back error in 750 decoder steps (stop 26).
     c.vae_face_weight = 1.0
     c.vae_lip_weight = 1.0
     # stage vae: weight of the frozen expression encoder's relative error on the reconstruction
