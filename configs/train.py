@@ -5,7 +5,9 @@ fails naming the valid ones): comma-separated `key=value` items, plus bare flags
   stage     encoders | vaid | ethd (stage 0 / 1 / 2) | vae (SVD's VAE as an autoencoder,
             for a domain without a converted VAE: the synthetic demo) | audio (the audio
             encoder learns to hear lips with the lip loss against stage 0's l_v: the demo's
-            stand-in for a pretrained wav2vec2; runs between stages 0 and 1)
+            stand-in for a pretrained wav2vec2; runs between stages 0 and 1) | reader (an
+            expression reader trained on the synthetic domain's expression parameters, for
+            stage 2's expression term: init.expression_reader)
   variant   tiny | demo | emotivetalk_512 | emotivetalk_1024
   smoke     a few steps, tiny batch, frequent logs and checkpoints
 Every field is overridable with `--config.x=y` (ml_collections config_flags) or
@@ -27,6 +29,7 @@ _STAGE_DEFAULTS = {
     "ethd": dict(optimizer="adam8bit", lr=1e-5, batch_size=8),
     "vae": dict(optimizer="adam", lr=1e-4, batch_size=8),
     "audio": dict(optimizer="adam", lr=1e-4, batch_size=16),
+    "reader": dict(optimizer="adam", lr=1e-3, batch_size=16),
 }
 
 
@@ -132,6 +135,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # the expression by its share of the latent, under 1% in the synthetic demo, and its
     # generated expressions came out at a third to a half of the truth's amplitude (inner brows
     # about none). Costs a VAE decode and an encoder pass, forward and backward, per step.
+    # With init.expression_reader (a stage-`reader` workdir) the term reads D and the ground truth
+    # through that reader instead: the expression encoder does not see the mouth corners (stop 26).
     c.expression_loss_weight = 0.0
     # Stage 2: the learning rate of the parameters ETHD adds to SVD's UNet (lip and expression
     # projections, EDI, temporal expression attention; `models.ethd.NEW_KEYS`) is this many times
@@ -165,7 +170,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         face_encoders="",  # stage-0 workdir
         vaid="",  # stage-1 workdir
         vae="",  # stage-`vae` workdir (takes precedence over init.svd's VAE)
+        ethd="",  # stage 2 starts from these ETHD weights (a stage-2 workdir; takes precedence over init.svd)
+        expression_reader="",  # stage-`reader` workdir: what stage 2's expression term reads (see there)
     ))
+    # Every init path above except svd may also be a native component folder (an export, or a
+    # part of a bundle: `--config.init.vae=emotivetalk_jax/assets/demo/vae` and so on), so a run
+    # can fine-tune the shipped demo without the demo's training workdirs.
     c.audio_encoder = ml_collections.ConfigDict(dict(default_audio_config(variant)))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True, resume=True))

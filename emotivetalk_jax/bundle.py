@@ -457,12 +457,12 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     if vae:
         vae_model = _with_decoder_from(vae_model, vae, cfg.init.vae or cfg.init.svd or "a random VAE")
     audio = S.audio_encoder(cfg, seed + 1)
-    if cfg.init.face_encoders:
+    if cfg.init.face_encoders and S.is_workdir(cfg.init.face_encoders):
         face = _fill(shape(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
                      f"{cfg.init.face_encoders} (face encoders)", "encoders")
     else:
         face = S.face_encoders(cfg, vv, seed + 2)
-    if cfg.init.vaid:
+    if cfg.init.vaid and S.is_workdir(cfg.init.vaid):
         vaid_model = _fill(shape(lambda: VAID(vv, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.vaid),
                            f"{cfg.init.vaid} (V-AID)")
     else:

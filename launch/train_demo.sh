@@ -7,11 +7,12 @@
 # Stages: vae (SVD's temporal VAE as an autoencoder) runs in the background from the start
 # and is needed only by stage 2; encoders (stage 0); audio (the demo's wav2vec2 learns to hear
 # lips: lip loss against stage 0's l_v, the stand-in for a pretrained wav2vec2); vaid (stage 1)
-# on the trained face and audio encoders; then ethd (stage 2) on all of them next to vae_dec, a
+# on the trained face and audio encoders; reader (the expression reader of stage 2's expression
+# term, about 8 minutes); then ethd (stage 2) on all of them next to vae_dec, a
 # decoder-only fine-tune of the VAE (`vae_train=decoder`: the encoder, and so every latent
 # stage 2 learns on, stays bit-identical), then `emotivetalk export-bundle --vae vae_dec`. Each
 # stage resumes from its workdir, so rerunning continues. Step counts: env VAE_STEPS,
-# ENC_STEPS, AUDIO_STEPS, VAID_STEPS, ETHD_STEPS, DEC_STEPS. vae and vae_dec run at the lowest
+# ENC_STEPS, AUDIO_STEPS, VAID_STEPS, READER_STEPS, ETHD_STEPS, DEC_STEPS. vae and vae_dec run at the lowest
 # priority.
 #
 # On an accelerator (stage 2 is the expensive stage): FROM=ethd skips to stage 2 on the finished
@@ -42,8 +43,10 @@
 # otherwise ignored, gate/expr_transfer 0.06); the decoder fine-tune weighs the face box 4x and
 # adds an L1 on image gradients (`vae_face_weight`, `vae_edge_weight`: the expression's lines).
 # Stage 2 adds an expression-consistency term, weight EXPR_WEIGHT (`expression_loss_weight`:
-# D decoded and read by the frozen expression encoder; the x0 error alone left the generated
-# expressions at a third to a half of the truth's), and the bundle samples with expression
+# D decoded and read by the expression reader of stage `reader`, `init.expression_reader`; the
+# x0 error alone left the generated expressions at a third to a half of the truth's, and the
+# stage-0 expression encoder, which the term read first, does not see the mouth corners), and
+# the bundle samples with expression
 # guidance EXPR_SCALE (`expr_scale`, two branches): benchmarks/README.md, "An
 # expression-consistency loss and expression guidance".
 #
@@ -116,6 +119,13 @@ gate "$W/vaid"
 wait "$vae"
 fi
 
+# The expression reader stage 2's expression term reads through (stage `reader`: the synthetic
+# domain's brows, lids and mouth corners by regression; with head motion, so that it reads any pose)
+$ET train --config configs/train.py:stage=reader,variant=demo --workdir "$W/reader" \
+  --config.total_steps="${READER_STEPS:-1500}" --config.batch_size=16 --config.data.num_clips=2048 \
+  --config.checkpoint.every=500 --config.log_every=50 --config.image_size=64 > "$W/reader.log" 2>&1
+gate "$W/reader"
+
 nice -n 19 $ET train --config configs/train.py:stage=vae,variant=demo --workdir "$W/vae_dec" "${COMMON[@]}" \
   --config.total_steps="${DEC_STEPS:-1500}" --config.batch_size=4 --config.frames=2 --config.optim.lr=3e-4 \
   --config.optim.schedule=cosine --config.optim.warmup_steps=20 --config.vae_train=decoder \
@@ -130,7 +140,7 @@ $ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" 
   --config.init.face_encoders="$W/encoders" --config.init.vaid="$W/vaid" --config.init.vae="$W/vae" \
   --config.init.audio="$W/audio" --config.data.reference_neutral=1 --config.lip_loss_weight=4 \
   --config.face_loss_weight=4 --config.new_params_lr_scale=10 \
-  --config.expression_loss_weight="${EXPR_WEIGHT:-0.02}" \
+  --config.expression_loss_weight="${EXPR_WEIGHT:-0.2}" --config.init.expression_reader="$W/reader" \
   --config.ema_decay=0.999 --config.frozen_cache=True > "$W/ethd.log" 2>&1 || [ $? = 124 ]  # 124: ETHD_SECONDS ran out
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere

@@ -27,6 +27,9 @@ at every checkpoint of the stage that trains the part):
                          sampled e_a, conditioned as at inference on the clip's own e_cond
                          (its first frame's e_v) and neutral portrait: does the expression
                          sequence keep the emotion it is given                  >= 0.90
+  gate/reader_r_min      the smallest, over brow_raise, brow_inner, eye_open and corner, of
+                         Pearson r between the expression reader's reading and the truth
+                         (stage `reader`, `train.stages.reader.reader_gate`)     >= 0.90
 
 Probes are fitted on clips of the training split that no run trains on (indices from
 `FIT_OFFSET`; training identities, unseen utterances) and scored on the "test" split
@@ -45,7 +48,8 @@ from emotivetalk_jax.data.synthetic import SynthConfig, SyntheticDomain
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
 
 FIT_OFFSET = 50_000
-BARS = {"gate/l_v_r": 0.95, "gate/e_v_acc": 0.95, "gate/l_a_r_inference": 0.90, "gate/e_a_acc": 0.90}
+BARS = {"gate/l_v_r": 0.95, "gate/e_v_acc": 0.95, "gate/l_a_r_inference": 0.90, "gate/e_a_acc": 0.90,
+        "gate/reader_r_min": 0.90}
 TRAINING_WAY_TOLERANCE = 0.03
 _CHUNK = 256  # frames per probe forward (one compile whatever the clip lengths)
 

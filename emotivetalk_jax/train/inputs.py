@@ -61,7 +61,8 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
 
     `data_cfg`: source ('synthetic' | 'prepared'), path, num_clips, data_seed, worker_count (processes),
     threads and prefetch (batches read ahead), reference_neutral, head_motion (synthetic);
-    `spec`: frames, size, mask_sizes, audio_context (from the stage).
+    `spec`: frames, size, mask_sizes, audio_context, and optionally labels (the synthetic
+    window's per-frame labels to keep, e.g. "expression") (from the stage).
     `audio_encoder`: the frozen encoder whose whole-utterance features every clip gets once
     (`data.audio_cache.source_features`, cached in `cache_dir`); batches then carry
     `frame_features`.
@@ -95,6 +96,7 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
     keys += (("frame_features",) if features is not None else ())
     keys += tuple(f"frozen_{name}" for name in (frozen[0] if frozen else ()))
     keys += tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
+    keys += tuple(spec.get("labels", ()))  # per-frame labels a stage learns from (stage reader: expression)
     per = batch_size // processes
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(window, seed=seed)
     ds = _ProcessRows(ds.map(_select(keys)), process, processes, per).batch(per, drop_remainder=True)

@@ -6,6 +6,8 @@
 - `vaid` (stage 1, eq. 8): V-AID and CLUB against the frozen face encoders.
 - `ethd` (stage 2, eq. 11, 6.4): the ETHD backbone under EDM, everything else frozen.
 - `vae` (not in the paper): SVD's temporal VAE as an autoencoder, for a domain without one.
+- `reader` (not in the paper): an expression reader that stage 2's expression term reads
+  through (the demo's stand-in for an action-unit detector).
 
 `common` holds the `Stage` record and what the builders share, `frozen` the public builders of
 the frozen models a stage conditions on (what `bundle.py` rebuilds), `step` the one step
@@ -22,18 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emotivetalk_jax.train.stages import audio, encoders, ethd, vae, vaid
+from emotivetalk_jax.train.stages import audio, encoders, ethd, reader, vae, vaid
 from emotivetalk_jax.train.stages.audio import AUDIO_STAGE_FRAMES
 from emotivetalk_jax.train.stages.common import (EMA, REMAT_BLOCKS, REMAT_LAYERS, SAMPLES_PER_FRAME, Frozen, Stage,
                                                  audio_frames, audio_windows, to_float_image)
 from emotivetalk_jax.train.stages.ethd import ethd_model
-from emotivetalk_jax.train.stages.frozen import (audio_encoder, face_encoders, vae_model, vae_scaling_factor,
-                                                 vaid_model)
+from emotivetalk_jax.train.stages.frozen import (audio_encoder, face_encoders, is_workdir, vae_model,
+                                                 vae_scaling_factor, vaid_model)
 from emotivetalk_jax.train.stages.step import abstract_state, init_state, make_step
 from emotivetalk_jax.train.stages.vae import VAE_PARTS
 
 STAGES: dict[str, Callable[..., Stage]] = {"encoders": encoders.build, "audio": audio.build, "vaid": vaid.build,
-                                           "ethd": ethd.build, "vae": vae.build}
+                                           "ethd": ethd.build, "vae": vae.build,
+                                           "reader": reader.build}
 
 
 def build_stage(cfg, *, abstract: bool = False) -> Stage:
@@ -45,5 +48,5 @@ def build_stage(cfg, *, abstract: bool = False) -> Stage:
 
 __all__ = ["AUDIO_STAGE_FRAMES", "EMA", "REMAT_BLOCKS", "REMAT_LAYERS", "SAMPLES_PER_FRAME", "STAGES", "VAE_PARTS",
            "Frozen", "Stage", "abstract_state", "audio_encoder", "audio_frames", "audio_windows", "build_stage",
-           "ethd_model", "face_encoders", "init_state", "make_step", "to_float_image", "vae_model",
+           "ethd_model", "face_encoders", "init_state", "is_workdir", "make_step", "to_float_image", "vae_model",
            "vae_scaling_factor", "vaid_model"]

@@ -32,6 +32,7 @@ REMAT_BLOCKS = {
     "encoders": ("ResBlock",),
     "vae": ("DownEncoderBlock2D", "UNetMidBlock2D", "MidBlockTemporalDecoder", "UpBlockTemporalDecoder"),
     "audio": ("EncoderLayer",),
+    "reader": ("ResBlock",),
 }
 REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
     "ethd": ("SpatioTemporalResBlock", "ETHDTransformer"),
@@ -39,14 +40,15 @@ REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
     "encoders": ("ResBlock",),
     "vae": ("ResnetBlock2D", "SpatioTemporalResBlock"),
     "audio": ("EncoderLayer",),
+    "reader": ("ResBlock",),
 }
 
 
 class Frozen(nnx.Module):
     """The frozen conditioning models of a stage (any may be None)."""
 
-    def __init__(self, audio=None, face=None, vaid=None, vae=None):
-        self.audio, self.face, self.vaid, self.vae = audio, face, vaid, vae
+    def __init__(self, audio=None, face=None, vaid=None, vae=None, reader=None):
+        self.audio, self.face, self.vaid, self.vae, self.reader = audio, face, vaid, vae, reader
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -1,7 +1,8 @@
 """Stage `ethd` (2, eq. 11, 6.4): the ETHD backbone under EDM with V-AID, the face encoders,
 the audio encoder and the VAE frozen; e_dri = e_v w.p. 0.6 else e_a.
 
-With `cfg.frozen_cache` the frame-wise frozen outputs (VAE latents, e_v, l_a) are computed once
+With `cfg.frozen_cache` the frame-wise frozen outputs (VAE latents, e_v, l_a, and with
+`init.expression_reader` the reader's r_v) are computed once
 per training clip by `frozen_outputs` (the same `_frame_parts` the step runs) and the loader
 cuts them into the batch (`data.frozen_cache`); `prepare` then reads them instead. The
 reference latent (noise-augmented in pixel space), e_ref and e_a (Di-CTE sampled with the
@@ -24,29 +25,35 @@ from emotivetalk_jax.train import gates
 from emotivetalk_jax.train.state import host_init
 from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, split_frozen,
                                                  split_model, to_float_image)
-from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, vaid_model, vae_model
+from emotivetalk_jax.train.stages.frozen import (audio_encoder, expression_reader, face_encoders, vaid_model,
+                                                 vae_model)
 
 log = logging.getLogger(__name__)
 
 FROZEN_CHUNK = 8  # windows of F frames per call of the cache's encoder (one compile for every clip)
 
 
-def _frame_parts(frozen, x: jax.Array, windows: jax.Array, scaling: float) -> tuple:
+def _frame_parts(frozen, x: jax.Array, windows: jax.Array, scaling: float) -> dict:
     """Frames x (B, F, S, S, 3) in [-1, 1], A_w (B, F, W, D) -> latents (B, F, h, w, L) (the VAE's
-    mean x scaling), e_v (B, F, E), l_a (B, F, Dl): what depends on one frame and its window."""
+    mean x scaling), e_v (B, F, E), l_a (B, F, Dl), and with an expression reader its reading
+    r_v (B, F, P): what depends on one frame and its window."""
     b, f = x.shape[:2]
     mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
     _, e_v = frozen.face(x)
-    return (mean * scaling).reshape(b, f, *mean.shape[1:]), e_v, frozen.vaid.lip(windows)
+    out = dict(latents=(mean * scaling).reshape(b, f, *mean.shape[1:]), e_v=e_v, l_a=frozen.vaid.lip(windows))
+    if frozen.reader is not None:
+        out["r_v"] = frozen.reader(x)
+    return out
 
 
 def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, context: int, size: int,
                    scaling: float, compute_dtype):
-    """`data.frozen_cache.FrozenOutputs` of stage 2: one clip's latents (N, h, w, L), e_v (N, E)
-    and l_a (N + c, Dl), each row what `prepare` computes for that frame (in `compute_dtype`, as
-    the step casts the frozen models). l_a has c rows past the clip's end: the per-step path's
-    windows on padded frames, where `feature_window` clamps each row (row N - 1 + c onwards
-    reads the last feature only, so the loader's clamp to the last row stays exact)."""
+    """`data.frozen_cache.FrozenOutputs` of stage 2: one clip's latents (N, h, w, L), e_v (N, E),
+    with an expression reader r_v (N, P), and l_a (N + c, Dl), each row what `prepare` computes
+    for that frame (in `compute_dtype`, as the step casts the frozen models). l_a has c rows past
+    the clip's end: the per-step path's windows on padded frames, where `feature_window` clamps
+    each row (row N - 1 + c onwards reads the last feature only, so the loader's clamp to the last
+    row stays exact)."""
     from emotivetalk_jax.data.audio_cache import encoder_digest, feature_window
     from emotivetalk_jax.data.frozen_cache import FrozenOutputs, modules_digest
     from emotivetalk_jax.train.state import cast_floating
@@ -69,25 +76,31 @@ def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, con
         parts = []
         for i in range(0, len(x), FROZEN_CHUNK):
             out = encode(fstate, x[i : i + FROZEN_CHUNK], win[i : i + FROZEN_CHUNK])
-            parts.append([np.asarray(a, np.float32).reshape(-1, *a.shape[2:]) for a in out])
-        latents, e_v, l_a = (np.concatenate(p) for p in zip(*parts))
-        return dict(latents=latents[:n], e_v=e_v[:n], l_a=l_a[:n + context])
+            parts.append({k: np.asarray(a, np.float32).reshape(-1, *a.shape[2:]) for k, a in out.items()})
+        return {k: np.concatenate([p[k] for p in parts])[:n + context if k == "l_a" else n] for k in parts[0]}
 
-    face, vaid, vae = modules.face, modules.vaid, modules.vae
+    face, vaid, vae, reader = modules.face, modules.vaid, modules.vae, modules.reader
     extra = (f"ethd:{encoder_digest(encoder)}:{scaling!r}:{size}:{context}:{dtype}:{sorted(vae.config.items())}:"
-             f"{face.cfg!r}:{vaid.projector.cfg!r}")
-    return FrozenOutputs(digest=modules_digest(vae, face, vaid.projector, extra=extra), compute=compute, size=size)
+             f"{face.cfg!r}:{vaid.projector.cfg!r}" + (":reader" if reader is not None else ""))
+    readers = (reader,) if reader is not None else ()
+    return FrozenOutputs(digest=modules_digest(vae, face, vaid.projector, *readers, extra=extra), compute=compute,
+                         size=size)
 
 
 def ethd_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
-    """The ETHD stage 2 starts from: SVD's UNet of `cfg.init.svd` inherited (a random SVD UNet
-    when unset); `abstract=True`: shapes only."""
+    """The ETHD stage 2 starts from: `cfg.init.ethd` (a stage-2 workdir's latest weights or a
+    native ethd folder, e.g. a bundle's `ethd/`: fine-tuning a trained backbone), else SVD's UNet
+    of `cfg.init.svd` inherited (a random SVD UNet when unset); `abstract=True`: shapes only."""
     from emotivetalk_jax.convert.ethd import inherit_svd, load_ethd_from_svd
     from emotivetalk_jax.models import ethd as E
     from emotivetalk_jax.models.unet import UNetSpatioTemporal
 
     if abstract:
         return abstract_model(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd, rngs=nnx.Rngs(0)))
+    if cfg.init.get("ethd"):
+        from emotivetalk_jax.train.stages.frozen import load_init
+
+        return load_init(cfg.init.ethd, ethd_model(cfg, variant, seed, abstract=True), "ethd")
     if cfg.init.svd:
         return load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
     log.info("no SVD checkpoint configured (init.svd): ETHD starts from a random SVD UNet")
@@ -116,8 +129,15 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     graphdef, params, rest = split_model(model, groups, "ethd", cfg)
     vae = vae_model(cfg, ev, seed + 3, abstract=abstract)
     encoder = audio_encoder(cfg, seed + 1, abstract=abstract)
+    expr_weight = float(cfg.get("expression_loss_weight", 0.0))
+    reader = None
+    if cfg.init.get("expression_reader"):
+        if not expr_weight > 0:
+            raise ValueError("init.expression_reader is read only by the expression term: set expression_loss_weight "
+                             "> 0, or leave init.expression_reader empty")
+        reader = expression_reader(cfg, size, abstract=abstract)
     modules = Frozen(face=face_encoders(cfg, vv, seed + 2, abstract=abstract),
-                     vaid=vaid_model(cfg, vv, seed + 4, abstract=abstract), vae=vae)
+                     vaid=vaid_model(cfg, vv, seed + 4, abstract=abstract), vae=vae, reader=reader)
     fgraph, fstate = split_frozen(modules)
     scaling = float(vae.config.get("scaling_factor", 0.18215))
     cached = None
@@ -130,7 +150,6 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     lip_weight = float(cfg.get("lip_loss_weight", 1.0))
     face_weight = float(cfg.get("face_loss_weight", 1.0))
     new_scale = float(cfg.get("new_params_lr_scale", 1.0))
-    expr_weight = float(cfg.get("expression_loss_weight", 0.0))
     for name, w in (("lip_loss_weight", lip_weight), ("face_loss_weight", face_weight),
                     ("new_params_lr_scale", new_scale)):
         if not w > 0:
@@ -143,17 +162,21 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         k_aug, k_ea = jax.random.split(key)
         windows = batch_windows(batch, frames, ctx)
         if "frozen_latents" in batch:  # the loader's per-clip cache (cfg.frozen_cache)
-            latents, e_v, l_a = batch["frozen_latents"], batch["frozen_e_v"], batch["frozen_l_a"]
+            parts = {k: batch[f"frozen_{k}"] for k in ("latents", "e_v", "l_a", "r_v") if f"frozen_{k}" in batch}
         else:
-            latents, e_v, l_a = _frame_parts(frozen, to_float_image(batch["frames"]), windows, scaling)
+            parts = _frame_parts(frozen, to_float_image(batch["frames"]), windows, scaling)
+        latents, e_v, l_a = parts["latents"], parts["e_v"], parts["l_a"]
         b = latents.shape[0]
         ref = to_float_image(batch["reference"])
         ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
         e_ref = frozen.face.encode_expression(ref)
         e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
         ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
-        return dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
-                                 batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
+        out = dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
+                                batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
+        if frozen.reader is not None:  # the reader on the ground truth (B, F, P) and on the portrait (B, P)
+            out.update(r_v=parts["r_v"], r_ref=frozen.reader(ref))
+        return out
 
     def loss(model, inp, key, aux, frozen=None):
         eb = inp["eb"]
@@ -165,8 +188,11 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
             d = a["denoised"]
             x = frozen.vae.decode((d / scaling).reshape(-1, *d.shape[2:]), chunk)
-            e_hat = frozen.face.encode_expression(x.reshape(*d.shape[:2], *x.shape[1:]))
-            l_expr = expression_consistency(e_hat, eb.e_v, eb.e_ref, a["kept_expr"])
+            x = x.reshape(*d.shape[:2], *x.shape[1:])
+            if frozen.reader is not None:  # in the reader's units (init.expression_reader)
+                l_expr = expression_consistency(frozen.reader(x), inp["r_v"], inp["r_ref"], a["kept_expr"])
+            else:
+                l_expr = expression_consistency(frozen.face.encode_expression(x), eb.e_v, eb.e_ref, a["kept_expr"])
             out.update(loss_x0=l, loss_expr=l_expr)
             l = l + expr_weight * l_expr
         return l, out

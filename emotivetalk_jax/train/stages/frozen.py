@@ -2,12 +2,16 @@
 exactly what a stage-2 run trained against through these).
 
 Each takes the training config (its `init.*` paths) and a seed: a configured checkpoint is
-loaded, otherwise the model is initialised from the seed (`abstract=True`: shapes only).
+loaded, otherwise the model is initialised from the seed (`abstract=True`: shapes only). A
+path is a training workdir (its latest checkpoint) or a native component folder (`save_model`:
+an export, or a part of a bundle, e.g. `emotivetalk_jax/assets/demo/vae`), so a run can start
+from the shipped demo's models without their training workdirs (`load_init`).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from flax import nnx
@@ -26,15 +30,13 @@ def _audio_abstract(cfg) -> nnx.Module:
 def audio_encoder(cfg, seed: int, *, abstract: bool = False) -> nnx.Module:
     """The audio encoder of `cfg.init.audio`: an `audio`-stage workdir, a converted
     (`emotivetalk convert audio`) or Hugging Face folder; random when unset."""
-    from pathlib import Path
-
     from emotivetalk_jax.convert.audio import load_hf_audio_encoder
 
     if cfg.init.audio:
         from emotivetalk_jax.convert import native
 
         path = cfg.init.audio
-        if (Path(path) / "checkpoints").is_dir():
+        if is_workdir(path):
             return from_workdir(path, _audio_abstract(cfg), "encoder")
         try:
             return native.load_model(path)
@@ -53,24 +55,50 @@ def from_workdir(path: str, abstract: nnx.Module, subtree: str | None = None) ->
     return fill_from_arrays(abstract, restore_model_arrays(path), path, subtree=subtree)
 
 
+def is_workdir(path) -> bool:
+    """True for a training workdir (it has checkpoints/), False for a native component folder."""
+    return (Path(path) / "checkpoints").is_dir()
+
+
+def load_init(path: str, abstract: nnx.Module, component: str, subtree: str | None = None) -> nnx.Module:
+    """`abstract` filled from `path`: a training workdir (its latest checkpoint; `subtree` the
+    model's place in the stage's model) or a native `component` folder (strict: the folder's
+    arrays must have exactly `abstract`'s paths and shapes, so a part of another variant is refused)."""
+    if is_workdir(path):
+        return from_workdir(path, abstract, subtree)
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is neither a training workdir (checkpoints/) nor a native {component} "
+                                "folder (config.json + state/)")
+    from emotivetalk_jax.convert import native
+    from emotivetalk_jax.convert.engine import fill_from_arrays
+
+    loaded = native.load_model(path, component=component)
+    arrays = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(loaded))}
+    model = fill_from_arrays(abstract, arrays, f"{path} ({component})")
+    if component == "vae":
+        model.config = dict(loaded.config)  # with the scaling factor it was exported with
+    return model
+
+
 def face_encoders(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
-    """The face encoders of `cfg.init.face_encoders` (a stage-0 workdir); random when unset."""
+    """The face encoders of `cfg.init.face_encoders` (a stage-0 workdir or a native face_encoders
+    folder); random when unset."""
     from emotivetalk_jax.models.face_encoders import FaceEncoders
 
     model = abstract_model(lambda: FaceEncoders(variant.face, rngs=nnx.Rngs(0)))
     if cfg.init.face_encoders:
-        return from_workdir(cfg.init.face_encoders, model, "encoders")
+        return load_init(cfg.init.face_encoders, model, "face_encoders", "encoders")
     log.info("no stage-0 workdir configured (init.face_encoders): random face encoders")
     return initialised(model, seed, abstract)
 
 
 def vaid_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
-    """V-AID from `cfg.init.vaid` (a stage-1 workdir); random when unset."""
+    """V-AID from `cfg.init.vaid` (a stage-1 workdir or a native vaid folder); random when unset."""
     from emotivetalk_jax.models.vaid import VAID
 
     model = abstract_model(lambda: VAID(variant, rngs=nnx.Rngs(0)))
     if cfg.init.vaid:
-        return from_workdir(cfg.init.vaid, model)
+        return load_init(cfg.init.vaid, model, "vaid")
     log.info("no stage-1 workdir configured (init.vaid): random V-AID")
     return initialised(model, seed, abstract)
 
@@ -83,11 +111,14 @@ def vae_abstract(variant) -> nnx.Module:
 
 
 def vae_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
-    """The VAE of `cfg.init.vae` (a `vae`-stage workdir, with its measured scaling factor) or
-    `cfg.init.svd` (a diffusers SVD folder); random when neither is set."""
+    """The VAE of `cfg.init.vae` (a `vae`-stage workdir, with its measured scaling factor, or a
+    native vae folder, with its saved one) or `cfg.init.svd` (a diffusers SVD folder); random
+    when neither is set."""
     from emotivetalk_jax.convert import svd
 
     model = vae_abstract(variant)
+    if cfg.init.get("vae") and not is_workdir(cfg.init.vae):
+        return load_init(cfg.init.vae, model, "vae")
     if cfg.init.get("vae"):
         vae = from_workdir(cfg.init.vae, model)
         vae.config = {**vae.config, "scaling_factor": vae_scaling_factor(cfg.init.vae)}
@@ -103,7 +134,6 @@ def vae_scaling_factor(workdir: str, rows: int = 20) -> float:
     `scaling_factor` (0.18215 for its own VAE) for a VAE trained here, so that stage 2's
     scaled latents have unit variance whatever the KL weight let the latents drift to."""
     import json
-    from pathlib import Path
 
     path = Path(workdir) / "metrics.jsonl"
     try:
@@ -113,3 +143,17 @@ def vae_scaling_factor(workdir: str, rows: int = 20) -> float:
     if not stds:
         raise ValueError(f"{path} logs no latent_std; is {workdir} a `vae`-stage workdir?")
     return float(1.0 / np.mean(stds[-rows:]))
+
+
+def expression_reader(cfg, size: int, *, abstract: bool = False) -> nnx.Module:
+    """The `ExpressionReader` of `cfg.init.expression_reader` (a stage-`reader` workdir) for
+    frames of `size`; shapes only with `abstract=True`."""
+    from emotivetalk_jax.train.stages.reader import reader_abstract
+
+    model = reader_abstract(size)
+    if abstract:
+        return model
+    if not is_workdir(cfg.init.expression_reader):
+        raise ValueError(f"init.expression_reader={cfg.init.expression_reader!r} is not a training workdir "
+                         "(no checkpoints/); pass the workdir of a stage-reader run")
+    return from_workdir(cfg.init.expression_reader, model)
