@@ -77,8 +77,14 @@
 #   frozen as vae_s24: read back 0.73 -> 0.87 per frame), and stage 2 went on from step 14146
 #   with init.vae=$W/vae_s24 (its latents) to 17369 (workdir ethd_v), then with
 #   expression_loss_weight=0.02 to 19000 (workdir ethd_x2; EMA 0.995 throughout these legs);
-# - the bundle is `export-bundle $W/ethd_x2 OUT --vaid $W/dicte --set expr_scale=2.0` (no
-#   --vae: stage 2's own VAE, vae_s24, whole).
+# - that bundle (`export-bundle $W/ethd_x2 OUT --vaid $W/dicte --set expr_scale=2.0`, no --vae:
+#   stage 2's own VAE, vae_s24, whole) was stop 26's. Stop 27 trained the expression reader
+#   (workdir $W/reader, 1500 steps as below) and fine-tuned that bundle's ETHD (its EMA at 19000)
+#   for 750 steps against its own frozen parts (`init.ethd`, `init.vae` ... = the bundle's
+#   folders), with expression_loss_weight=0.2 read through the reader (0.05 for the first 96
+#   steps), a fresh Adam, lr 1e-4 constant, EMA 0.995 (workdir ethd_r);
+# - the bundle is `export-bundle $W/ethd_r OUT --set expr_scale=1.5` at step 750 (guidance 2.0
+#   overshot once the corners were drawn; benchmarks/README.md, "An expression reader").
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
@@ -145,5 +151,5 @@ $ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" 
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere
 wait "$dec" || true
-$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-2.0}"
+$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-1.5}"
 du -sh "$OUT"
