@@ -35,7 +35,7 @@ def test_reader_gate_known_answers():
             np.testing.assert_allclose(v, sign, atol=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_reader_learns_and_stage_two_reads_its_expression_term_through_it(tmp_path):
     """A short reader run lowers its error and logs its gate; stage 2 with it as
     `init.expression_reader` carries exactly its arrays, and its expression term is
@@ -128,7 +128,7 @@ def test_reader_learns_and_stage_two_reads_its_expression_term_through_it(tmp_pa
         build_stage(rcfg, abstract=True)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_stage_two_starts_from_a_bundles_parts_and_exports_them(tmp_path, capsys):
     """Every `init.*` path may be a native component folder: stage 2 built from a bundle's parts
     carries the bundle's ETHD, VAE (with its scaling factor), face encoders and V-AID exactly, and
@@ -158,6 +158,15 @@ def test_stage_two_starts_from_a_bundles_parts_and_exports_them(tmp_path, capsys
         assert a.keys() == b.keys(), name
         for k in b:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")
+
+    # stage vae's own init.vae (a decoder fine-tune of the bundle's VAE) reads the folder too
+    vcfg = get_config("stage=vae,variant=tiny")
+    vcfg.init.vae, vcfg.vae_train = str(src / "vae"), "decoder"
+    vstage = build_stage(vcfg)
+    a, b = _flat(vstage.model(vstage.init_params, vstage.init_rest)), _flat(want.vae)
+    assert a.keys() == b.keys()
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"stage vae: {k}")
 
     work = tmp_path / "ethd"
     res = train_from_args(["--config", "configs/train.py:stage=ethd,variant=tiny", "--workdir", str(work),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from emotivetalk_jax.train.stages.common import Frozen, Stage, initialised, split_frozen, split_model, to_float_image
-from emotivetalk_jax.train.stages.frozen import from_workdir, vae_abstract
+from emotivetalk_jax.train.stages.frozen import load_init, vae_abstract
 
 # vae_train: what stage `vae` updates. "decoder" keeps the encoder (and so every latent stage 2
 # trained on) fixed while the decoder keeps learning, so a decoder fine-tune can run next to, or
@@ -63,8 +63,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     if part not in VAE_PARTS:
         raise ValueError(f"vae_train={part!r}: choose {' or '.join(VAE_PARTS)}")
     model = vae_abstract(ev)
-    if cfg.init.get("vae"):
-        model = from_workdir(cfg.init.vae, model)
+    if cfg.init.get("vae"):  # a `vae` workdir or a native vae folder
+        model = load_init(cfg.init.vae, model, "vae")
     elif part == "decoder":
         raise ValueError("vae_train=decoder fine-tunes the decoder of a trained VAE: set init.vae to its `vae` workdir")
     else:

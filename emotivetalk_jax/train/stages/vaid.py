@@ -13,7 +13,7 @@ from flax import nnx
 from emotivetalk_jax.train import gates
 from emotivetalk_jax.train.stages.common import (Frozen, Stage, abstract_model, batch_windows, initialised,
                                                  split_frozen, split_model, to_float_image)
-from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, from_workdir
+from emotivetalk_jax.train.stages.frozen import audio_encoder, face_encoders, load_init
 
 
 def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
@@ -33,7 +33,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     if part == "dicte":
         if not cfg.init.get("vaid"):
             raise ValueError("vaid_train=dicte retrains the Di-CTE of a finished stage 1: set init.vaid to its workdir")
-        model = model if abstract else from_workdir(cfg.init.vaid, model)
+        model = model if abstract else load_init(cfg.init.vaid, model, "vaid")  # a workdir or a native folder
     else:
         model = initialised(model, seed, abstract)
     groups = {"main": main, "club": STAGE1_CLUB}
