@@ -71,9 +71,10 @@ def load_init(path: str, abstract: nnx.Module, component: str, subtree: str | No
                                 "folder (config.json + state/)")
     from emotivetalk_jax.convert import native
     from emotivetalk_jax.convert.engine import fill_from_arrays
+    from emotivetalk_jax.sharding import path_str
 
     loaded = native.load_model(path, component=component)
-    arrays = {".".join(str(k) for k in p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(loaded))}
+    arrays = {path_str(p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(loaded))}
     model = fill_from_arrays(abstract, arrays, f"{path} ({component})")
     if component == "vae":
         model.config = dict(loaded.config)  # with the scaling factor it was exported with
@@ -117,9 +118,9 @@ def vae_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
     from emotivetalk_jax.convert import svd
 
     model = vae_abstract(variant)
-    if cfg.init.get("vae") and not is_workdir(cfg.init.vae):
-        return load_init(cfg.init.vae, model, "vae")
     if cfg.init.get("vae"):
+        if not is_workdir(cfg.init.vae):
+            return load_init(cfg.init.vae, model, "vae")
         vae = from_workdir(cfg.init.vae, model)
         vae.config = {**vae.config, "scaling_factor": vae_scaling_factor(cfg.init.vae)}
         return vae
