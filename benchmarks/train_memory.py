@@ -3,7 +3,7 @@
 abstract inputs, and XLA's per-device memory estimate with and without rematerialisation.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_memory.py \
-        [--variant emotivetalk_512] [--remat none,blocks] [--mesh "[('data',1),('fsdp',8),('tensor',1)]"] [--lower-only]
+        [--variant emotivetalk_512] [--stage ethd|student] [--remat none,blocks] [--mesh "[('data',1),('fsdp',8),('tensor',1)]"] [--lower-only]
 
 Nothing is allocated: models are built with `nnx.eval_shape`, the batch is ShapeDtypeStructs.
 The estimate is XLA's buffer assignment for the CPU backend (argument + output + temp - alias
@@ -92,8 +92,10 @@ def _wait_for_dump(lowered, options: dict, dump: Path, before: set, timeout_s: f
 
 
 def measure(variant: str, remat: str, mesh_cfg, batch_size: int, lower_only: bool, options: dict,
-            dump: Path | None = None) -> dict:
-    cfg = get_config(f"stage=ethd,variant={variant}")
+            dump: Path | None = None, stage_name: str = "ethd") -> dict:
+    cfg = get_config(f"stage={stage_name},variant={variant}")
+    if stage_name == "student":  # the paper's two-branch guidance folded in: the teacher runs both branches
+        cfg.teacher_lip_scale, cfg.teacher_expr_scale = 1.0, 2.5
     cfg.remat = remat
     cfg.batch_size = batch_size
     cfg.mesh = mesh_cfg
@@ -105,7 +107,7 @@ def measure(variant: str, remat: str, mesh_cfg, batch_size: int, lower_only: boo
     batch = abstract_batch(stage, batch_size, program.mesh, program.mesh_rules)
     lowered = program.step_fn.lower(program.abstract, frozen, batch)
     t1 = time.perf_counter()
-    out = dict(variant=variant, remat=remat, mesh=dict(program.mesh.shape), batch=batch_size,
+    out = dict(stage=stage_name, variant=variant, remat=remat, mesh=dict(program.mesh.shape), batch=batch_size,
                frames=stage.data["frames"], size=stage.data["size"], lower_s=round(t1 - t0, 1),
                trained_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(program.abstract.params))),
                opt_state_gib=state_bytes(program.abstract.opt) / 2**30,
@@ -130,6 +132,8 @@ def measure(variant: str, remat: str, mesh_cfg, batch_size: int, lower_only: boo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="emotivetalk_512")
+    p.add_argument("--stage", default="ethd", choices=("ethd", "student"),
+                   help="student: the consistency-distillation step (a frozen teacher ETHD beside the student)")
     p.add_argument("--remat", default="none,blocks")
     p.add_argument("--mesh", default="[('data', 1), ('fsdp', 8), ('tensor', 1)]")
     p.add_argument("--batch", type=int, default=8)
@@ -141,7 +145,7 @@ def main() -> None:
     options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if a.fast_compile else {}
     for remat in a.remat.split(","):
         print(json.dumps(measure(a.variant, remat, ast.literal_eval(a.mesh), a.batch, a.lower_only, options,
-                                 a.from_dump)), flush=True)
+                                 a.from_dump, a.stage)), flush=True)
     if a.from_dump is not None:
         os._exit(0)  # the compile threads would run code generation for hours
 

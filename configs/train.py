@@ -7,7 +7,8 @@ fails naming the valid ones): comma-separated `key=value` items, plus bare flags
             encoder learns to hear lips with the lip loss against stage 0's l_v: the demo's
             stand-in for a pretrained wav2vec2; runs between stages 0 and 1) | reader (an
             expression reader trained on the synthetic domain's expression parameters, for
-            stage 2's expression term: init.expression_reader)
+            stage 2's expression term: init.expression_reader) | student (a few-step
+            ETHD distilled from init.teacher by consistency distillation, guidance folded in)
   variant   tiny | demo | emotivetalk_512 | emotivetalk_1024
   smoke     a few steps, tiny batch, frequent logs and checkpoints
 Every field is overridable with `--config.x=y` (ml_collections config_flags) or
@@ -30,6 +31,7 @@ _STAGE_DEFAULTS = {
     "vae": dict(optimizer="adam", lr=1e-4, batch_size=8),
     "audio": dict(optimizer="adam", lr=1e-4, batch_size=16),
     "reader": dict(optimizer="adam", lr=1e-3, batch_size=16),
+    "student": dict(optimizer="adam8bit", lr=1e-5, batch_size=8),
 }
 
 
@@ -120,7 +122,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     ))
     # Exponential moving average of the trained parameters (stage 2), kept in the checkpoint and
     # exported by `export-bundle`; 0 = off. Not in the paper.
-    c.ema_decay = 0.0
+    c.ema_decay = 0.95 if stage == "student" else 0.0  # student: the consistency target (LCM's 0.95)
     # Stage 2: the x0 error inside the reference's lip box weighs this much more than elsewhere
     # (1 = eq. 11 as written). The mouth is a few percent of the frame; not in the paper.
     c.lip_loss_weight = 1.0
@@ -163,6 +165,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # without touching l_a, which a stage-2 run may already have learned on
     # (`export-bundle --vaid` then takes its Di-CTE).
     c.vaid_train = "all"
+    # stage student (consistency distillation, `diffusion/consistency.py`)
+    c.teacher_lip_scale = -1.0  # guidance folded in; -1: the scales of the bundle init.teacher belongs to
+    c.teacher_expr_scale = -1.0
+    c.student_grid = 32  # Karras sigmas of the distillation schedule
+    c.consistency_huber = 0.0  # pseudo-Huber c of the consistency loss (0: squared error)
+    c.teacher_steps = 8  # the teacher's DDIM steps in the student's gates
 
     c.init = ml_collections.ConfigDict(dict(
         svd="",  # diffusers SVD folder or `emotivetalk convert svd` output (ETHD + VAE)
@@ -172,6 +180,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         vae="",  # stage-`vae` workdir (takes precedence over init.svd's VAE)
         ethd="",  # stage 2 starts from these ETHD weights (a stage-2 workdir; takes precedence over init.svd)
         expression_reader="",  # stage-`reader` workdir: what stage 2's expression term reads (see there)
+        teacher="",  # stage student: the ETHD it distils (a stage-2 workdir or a bundle's ethd/ folder)
     ))
     # Every init path above except svd may also be a native component folder (an export, or a
     # part of a bundle: `--config.init.vae=emotivetalk_jax/assets/demo/vae` and so on), so a run

@@ -92,8 +92,24 @@ class BundleSettings:
     synthetic_head_motion: float = 1.0
     crop_scale: float = 1.8  # square crop side = crop_scale x the face box's larger side
     decode_chunk: int = 16  # frames per VAE decode call
+    # "ddim" (any backbone) or "consistency": `ethd/` is a student of stage `student`, sampled in
+    # `steps` (1 or 2) single-branch steps from `student_grid` (`diffusion.consistency`); its
+    # guidance is folded in at `folded_scales` (lip, expr), so lip_scale / expr_scale stay 1.
+    sampler: str = "ddim"
+    student_grid: int = 32
+    folded_scales: tuple[float, float] | None = None
 
     def __post_init__(self):
+        from emotivetalk_jax.diffusion.sampler import KINDS
+
+        if self.sampler not in KINDS:
+            raise BundleError(f"bad pipeline settings: sampler {self.sampler!r}; choose one of {', '.join(KINDS)}")
+        if self.sampler == "consistency" and (self.lip_scale != 1.0 or self.expr_scale != 1.0):
+            raise BundleError(f"this checkpoint's backbone is a consistency student with its guidance folded in (at "
+                              f"{self.folded_scales}); it runs one branch: leave lip_scale and expr_scale at 1 (got "
+                              f"{self.lip_scale}, {self.expr_scale})")
+        if self.folded_scales is not None:
+            object.__setattr__(self, "folded_scales", tuple(float(v) for v in self.folded_scales))
         if not (self.window >= 1 and 0 <= self.overlap < self.window and self.steps >= 1 and self.dicte_steps >= 1
                 and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0):
             raise BundleError(f"bad pipeline settings: need window >= 1, 0 <= overlap < window, steps, dicte_steps, "
@@ -359,13 +375,13 @@ def training_config(workdir: str | os.PathLike) -> dict:
     return dict(cfg)
 
 
-def _workdir_arrays(workdir: str | os.PathLike, ema: bool = False) -> dict[str, np.ndarray]:
+def _workdir_arrays(workdir: str | os.PathLike, ema: bool = False, step: int | None = None) -> dict[str, np.ndarray]:
     """{dotted model path: array} of the latest checkpoint of a training workdir, on the host
     (`ema`: the run's moving average of its trained parameters, where it kept one)."""
     if not (Path(workdir) / "checkpoints").is_dir():
         raise BundleError(f"{workdir} is not a training workdir (no checkpoints/)")
     try:
-        return restore_model_arrays(workdir, ema=ema)
+        return restore_model_arrays(workdir, ema=ema, step=step)
     except FileNotFoundError as e:
         raise BundleError(f"{e}; train that stage first") from None
     except Exception as e:  # noqa: BLE001 - orbax errors are pages long; keep one line
@@ -435,23 +451,27 @@ def _with_dicte_from(vaid: nnx.Module, workdir: str | os.PathLike, stage2_vaid: 
 
 def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike, *, codebook=None,
                          resolution: int | None = None, vae: str | os.PathLike | None = None,
-                         vaid: str | os.PathLike | None = None, **settings: Any) -> Path:
+                         vaid: str | os.PathLike | None = None, step: int | None = None, **settings: Any) -> Path:
     """A bundle from a stage-2 (`ethd`) training workdir: the trained ETHD plus exactly the frozen
     models that stage trained against (its audio encoder, face encoders, V-AID and VAE, rebuilt
     from the run's saved config), and a codebook (given, or from synthetic training clips).
     `vae`: a decoder fine-tune (stage `vae`, `vae_train=decoder`) of stage 2's VAE whose decoder
     replaces the original one (its encoder must be identical). `vaid`: a Di-CTE retrain (stage
     `vaid`, `vaid_train=dicte`) of stage 2's V-AID whose Di-CTE replaces the original one (its lip
-    projector must be identical)."""
+    projector must be identical). `step`: that checkpoint of the run instead of the latest.
+
+    A `student` run (consistency distillation) gives a bundle with `sampler="consistency"`, two
+    steps by default and its folded guidance recorded; where its teacher is a bundle's `ethd/`,
+    that bundle's settings, codebook and speech head carry over."""
     cfg = ml_collections.ConfigDict(training_config(ethd_workdir))
-    if cfg.stage != "ethd":
-        raise BundleError(f"{ethd_workdir} is a {cfg.stage!r} run; pass the stage-2 (ethd) workdir")
+    if cfg.stage not in ("ethd", "student"):
+        raise BundleError(f"{ethd_workdir} is a {cfg.stage!r} run; pass the stage-2 (ethd) or student workdir")
     ev = get_ethd_variant(cfg.variant)
     vv = get_vaid_variant(cfg.vaid_variant or cfg.variant)
     seed = int(cfg.seed)
     shape = nnx.eval_shape
     ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))),
-                 _workdir_arrays(ethd_workdir, ema=True), f"{ethd_workdir} (ETHD)")
+                 _workdir_arrays(ethd_workdir, ema=True, step=step), f"{ethd_workdir} (ETHD)")
     # The frozen models exactly as stage 2 built them (its config's init paths and seeds).
     vae_model = S.vae_model(cfg, ev, seed + 3)
     if vae:
@@ -472,13 +492,27 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
     motion = float(cfg.data.get("head_motion", 1.0))
-    s = dataclasses.replace(BundleSettings.for_variant(ev.name, vv.name, size), synthetic_head_motion=motion,
-                            **settings)
-    if codebook is None:
+    base, teacher, head = BundleSettings.for_variant(ev.name, vv.name, size), None, None
+    if cfg.stage == "student":
+        from emotivetalk_jax.train.stages.student import teacher_scales
+
+        try:
+            teacher = Path(cfg.init.teacher).parent
+            base = dataclasses.replace(read_settings(teacher), resolution=size)
+        except BundleError:
+            teacher = None  # a stage-2 workdir: the variant's settings
+        base = dataclasses.replace(base, sampler="consistency", steps=2, lip_scale=1.0, expr_scale=1.0,
+                                   folded_scales=teacher_scales(cfg), student_grid=int(cfg.student_grid))
+        if teacher is not None and (teacher / "speech_head").is_dir():
+            head = load_speech_head(teacher / "speech_head")
+    s = dataclasses.replace(base, synthetic_head_motion=motion, **settings)
+    if codebook is None and teacher is not None:
+        codebook = load_codebook(teacher / "codebook")
+    elif codebook is None:
         codebook = synthetic_codebook(face, size, data_seed=int(cfg.data.data_seed))
     elif not hasattr(codebook, "means"):
         codebook = load_codebook(codebook)
-    b = Bundle(s, ethd, vae_model, audio, vaid_model, face, codebook)
+    b = Bundle(s, ethd, vae_model, audio, vaid_model, face, codebook, head)
     _check_parts(b)
     return save_bundle(b, out)
 

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("--seed", type=int, default=0)
     rb.add_argument("--resolution", type=int, default=None)
     rb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a generation setting (window=16, steps=10, ...)")
-    eb = sub.add_parser("export-bundle", help="pipeline checkpoint from a stage-2 (ethd) training workdir")
+    eb = sub.add_parser("export-bundle", help="pipeline checkpoint from a stage-2 (ethd) or student training workdir")
     eb.add_argument("ethd_workdir")
     eb.add_argument("out")
     eb.add_argument("--codebook", metavar="DIR", help="emotion codebook (default: built from synthetic training clips)")
@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     eb.add_argument("--vae", metavar="WORKDIR", help="take the VAE decoder from this decoder fine-tune of stage 2's VAE")
     eb.add_argument("--vaid", metavar="WORKDIR", help="take Di-CTE from this Di-CTE retrain (vaid_train=dicte) of stage 2's V-AID")
     eb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a generation setting (window=16, steps=10, ...)")
+    eb.add_argument("--step", type=int, default=None, help="that checkpoint of the run (default: the latest)")
 
     from emotivetalk_jax.data.commands import add_data_commands
     from emotivetalk_jax.emotion.commands import add_emotion_commands
@@ -160,7 +161,7 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.bundle import verify_bundle
 
         out = bundle_from_training(args.out, args.ethd_workdir, codebook=args.codebook, resolution=args.resolution,
-                                   vae=args.vae, vaid=args.vaid, **parse_settings(args.set))
+                                   vae=args.vae, vaid=args.vaid, step=args.step, **parse_settings(args.set))
         verify_bundle(out, hashes=True)  # the bundle as written, read back against its manifest
         return str(out)
     if args.command == "random-svd":

@@ -279,7 +279,7 @@ class EmotiveTalkPipeline:
 
         s = self.settings
         return SamplerConfig(steps=int(steps or s.steps), window=s.window, overlap=s.overlap,
-                             lip_scale=s.lip_scale, expr_scale=s.expr_scale)
+                             lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid)
 
     def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
         """The sampler's Branches (the dropped variants only when guidance is on)."""
@@ -389,6 +389,16 @@ class EmotiveTalkPipeline:
         return Result(frames, a.wave, written, dict(self.timings), info)
 
 
+    def stream(self, portrait, audio_chunks, **kwargs):
+        """A generator: speech in as it arrives (`audio_chunks`, arrays at `sr` or (array, rate)
+        pairs), finished frames out window by window ((k, R, R, 3) uint8), frames once emitted
+        never changed; its return value is the `Result`. Keywords: emotion, seed, steps, sr, out,
+        paste, face_box, crop, boxes, audio_context_s, lookahead, stats (`streaming.stream`)."""
+        from emotivetalk_jax.streaming import stream
+
+        return stream(self, portrait, audio_chunks, **kwargs)
+
+
 def check_output_path(out: str | os.PathLike) -> Path:
     """The output .mp4 path, checked writable before any work (GenerationError otherwise).
     Creates nothing (its folder is made when the video is written); removes the temporary file
@@ -440,6 +450,9 @@ def add_generate_arguments(p) -> None:
     p.add_argument("--paste-back", action="store_true", help="paste the generated face into the original photo")
     p.add_argument("--no-crop", action="store_true", help="use the whole (square) portrait as the model input")
     p.add_argument("--out", required=True, metavar="OUT.mp4")
+    p.add_argument("--stream", action="store_true",
+                   help="generate window by window as the speech arrives (read in 0.2 s chunks) and report the "
+                        "time to the first frame")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -502,9 +515,20 @@ def generate_main(args) -> dict:
         pipe.bundle.codebook = codebook
     if speech_head is not None:
         pipe.bundle.speech_head = speech_head
-    r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
+    if getattr(args, "stream", False):
+        chunks = (wave[i:i + SR // 5] for i in range(0, len(wave), SR // 5))
+        gen = pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                r = stop.value
+                break
+    else:
+        r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
     video_s = r.info["num_frames"] / pipe.settings.fps
     return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
             "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],
             "seconds": {k: round(v, 3) for k, v in r.timings.items()},
-            "seconds_per_video_second": round(sum(r.timings.values()) / max(video_s, 1e-9), 3)}
+            "seconds_per_video_second": round(sum(r.timings.values()) / max(video_s, 1e-9), 3),
+            **({"first_frame_s": round(r.info["first_frame_s"], 3)} if r.info.get("first_frame_s") else {})}

@@ -20,6 +20,16 @@ backbone's temporal layers). The programs are lowered and compiled ahead of time
 counts them. `sample(callback=...)` is called on the host after every step of the one
 program (progress bars); the step-by-step use (`sigmas` a pair, `first_step` the index)
 draws the same per-step noise as the one program.
+
+Two kinds (`SamplerConfig.kind`): "ddim" (the paper's; any backbone) and "consistency" (a
+student of stage `student`, `diffusion.consistency`): every step the fused x0 is the
+consistency function f(x, sigma) (the fused D under the boundary condition: fusion is linear
+and c_skip x is the same in every window), then re-noised to the next sigma,
+x = x0 + sigma_next z; one branch, the guidance being folded into the student.
+
+Inpainting (`known`, `known_frames`): the first frames of the sequence are held at given clean
+latents, re-noised to every step's sigma (x = known + sigma z), and end exactly equal to them:
+streaming generation continues a video from the frames it already emitted.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from emotivetalk_jax.diffusion.consistency import GRID, SIGMA_HI, SIGMA_LO, consistency_fn, student_sigmas
 from emotivetalk_jax.diffusion.ddim import ddim_step
 from emotivetalk_jax.diffusion.edm import RHO, SIGMA_MAX, SIGMA_MIN, denoise, karras_sigmas
 from emotivetalk_jax.diffusion.guidance import (
@@ -67,6 +78,8 @@ class SamplerConfig:
     windows of a step in one batched call). Guidance branches are always batched.
     length_buckets: explicit padded lengths (frames); beyond them, window counts are
     rounded up a geometric ladder with `bucket_per_octave` rungs per doubling.
+    kind: "ddim" or "consistency" (a distilled student: `steps` from 1, guidance off, sigmas
+    `consistency.student_sigmas(steps, grid, sigma_hi, sigma_lo)`).
     """
 
     steps: int = InferenceConfig.steps  # the paper's numbers are written once, in models/ethd_variants.py
@@ -84,16 +97,32 @@ class SamplerConfig:
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
     rho: float = RHO
+    kind: str = "ddim"
+    grid: int = GRID
+    sigma_hi: float = SIGMA_HI
+    sigma_lo: float = SIGMA_LO
 
     def __post_init__(self):
         if self.ramp_over not in ("window", "video"):
             raise ValueError(f"ramp_over must be 'window' or 'video', got {self.ramp_over!r}")
         if self.steps < 1 or self.batch_windows < 0 or self.eta < 0:
             raise ValueError(f"bad sampler config {self}")
-        guidance_mode(self.lip_scale, self.expr_scale, self.guidance)  # validates
+        if self.kind not in KINDS:
+            raise ValueError(f"sampler kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        mode = guidance_mode(self.lip_scale, self.expr_scale, self.guidance)  # validates
+        if self.kind == "consistency" and (mode != "none" or self.eta > 0):
+            raise ValueError("a consistency student has its guidance folded in and its own noise: sample it with "
+                             f"lip_scale = expr_scale = 1 and eta = 0 (got {self.lip_scale}, {self.expr_scale}, "
+                             f"{self.eta})")
 
     def sigmas(self) -> jax.Array:
+        if self.kind == "consistency":
+            return jnp.asarray(student_sigmas(self.steps, self.grid, self.sigma_hi, self.sigma_lo, self.sigma_min,
+                                              self.sigma_max))
         return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+
+
+KINDS = ("ddim", "consistency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +137,9 @@ class _Static:
     stochastic: bool
     trajectory: bool
     latent_shape: tuple[int, ...]  # (B, Np, H, W, C)
+    kind: str = "ddim"
+    sigma_min: float = SIGMA_MIN
+    known_frames: int = 0  # the first frames held at `SamplerState.known` (inpainting)
 
 
 @jax.tree_util.register_dataclass
@@ -119,7 +151,8 @@ class SamplerState:
     `Conditions` per guidance branch, padded to Np frames; num_frames () the real N; sigmas
     (S + 1,); scales (2,) = (lip, expr); profile_video (Np,), profile_window (T,) the
     guidance ramps; eta (); key; first_step () the index of sigmas[0] in the whole schedule
-    (the per-step noise of step i is drawn from fold_in(key', first_step + i)).
+    (the per-step noise of step i is drawn from fold_in(key', first_step + i)); known
+    (B, Np, H, W, C) or None: clean latents the first `_Static.known_frames` frames are held at.
     """
 
     noise: jax.Array | None
@@ -132,6 +165,7 @@ class SamplerState:
     eta: jax.Array
     key: jax.Array
     first_step: jax.Array
+    known: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +280,12 @@ def _sample_core(static: _Static, graphdef: nnx.GraphDef, params, state: Sampler
     if noise is None:
         noise = _frame_noise(key_noise, n_pad, (b,) + static.latent_shape[2:])
     x = noise.astype(jnp.float32) * jnp.sqrt(sigmas[0] ** 2 + 1.0)  # SVD's init_noise_sigma
+    held = jnp.arange(n_pad)[None, :, None, None, None] < static.known_frames
+
+    def hold(x, sigma, z):  # the known frames, re-noised to sigma
+        return x if state.known is None else jnp.where(held, state.known.astype(x.dtype) + sigma * z, x)
+
+    x = hold(x, sigmas[0], noise.astype(jnp.float32))
     single = k == 1 and t == n_pad  # one exact window: plain DDIM on the whole sequence, no fusion
     if single:
         starts, valid = jnp.zeros((1,), jnp.int32), jnp.ones((1,), bool)
@@ -289,12 +329,16 @@ def _sample_core(static: _Static, graphdef: nnx.GraphDef, params, state: Sampler
     def step(x, inp):
         i, sigma, sigma_next = inp
         x0 = fused_x0(x, sigma)
-        if static.stochastic:
+        z = None
+        if static.stochastic or static.kind == "consistency" or static.known_frames:
             z = _frame_noise(jax.random.fold_in(key, state.first_step + i), n_pad, (b,) + x.shape[2:]).astype(x.dtype)
+        if static.kind == "consistency":
+            x_next = consistency_fn(x, x0, sigma, static.sigma_min) + sigma_next.astype(x.dtype) * z
+        elif static.stochastic:
             x_next = ddim_step(x, x0, sigma, sigma_next, eta, z)
         else:
             x_next = ddim_step(x, x0, sigma, sigma_next)
-        x_next = jnp.where(frame_valid, x_next, x)
+        x_next = jnp.where(frame_valid, hold(x_next, sigma_next, z) if static.known_frames else x_next, x)
         jax.debug.callback(_step_done, state.first_step + i)
         return x_next, (x_next if static.trajectory else None)
 
@@ -349,7 +393,7 @@ def _pad_frames(cond: Conditions, n_pad: int) -> Conditions:
 
 
 def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas, return_trajectory,
-             first_step=0):
+             first_step=0, known=None):
     """Validate, pick the bucket and pad: -> (real length, the jitted core's arguments)."""
     branches = conditions if isinstance(conditions, Branches) else Branches(conditions)
     mode = guidance_mode(config.lip_scale, config.expr_scale, config.guidance)
@@ -375,21 +419,28 @@ def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise,
     batch = next(v for v in leaves if v is not None).shape[0]
 
     p = plan(n, config)
+    pad = lambda v: jnp.pad(jnp.asarray(v, jnp.float32), [(0, 0), (0, p.padded - v.shape[1])] + [(0, 0)] * 3)
     if noise is not None:
-        noise = jnp.pad(jnp.asarray(noise, jnp.float32), [(0, 0), (0, p.padded - n)] + [(0, 0)] * 3)
+        noise = pad(noise)
+    known_frames = 0
+    if known is not None:
+        known_frames = int(known.shape[1])
+        if not 0 < known_frames < n:
+            raise ValueError(f"known latents cover {known_frames} frames; inpainting needs 0 < known < {n} frames")
+        known = pad(known)
     sig = config.sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
     ramp_v = config.ramp if config.ramp_over == "video" else None
     ramp_w = config.ramp if config.ramp_over == "window" else None
     profile_video = np.pad(ramp_profile(ramp_v, n), (0, p.padded - n), constant_values=1.0)
     static = _Static(p.window, config.overlap, p.max_windows, p.chunk, mode, config.eta > 0, return_trajectory,
-                     (batch, p.padded) + tuple(latent_shape))
+                     (batch, p.padded) + tuple(latent_shape), config.kind, config.sigma_min, known_frames)
     model = backbone if isinstance(backbone, nnx.Module) else _FunctionBackbone(backbone)
     graphdef, params = nnx.split(model)
     state = SamplerState(
         noise, tuple(_pad_frames(c, p.padded) for c in conds), jnp.asarray(n, jnp.int32), sig,
         jnp.asarray([config.lip_scale, config.expr_scale], jnp.float32), jnp.asarray(profile_video),
         jnp.asarray(ramp_profile(ramp_w, p.window)), jnp.asarray(config.eta, jnp.float32), key,
-        jnp.asarray(first_step, jnp.int32),
+        jnp.asarray(first_step, jnp.int32), known,
     )
     return n, (static, graphdef, params, state)
 
@@ -407,6 +458,7 @@ def sample(
     return_trajectory: bool = False,
     first_step: int = 0,
     callback: Callable[[int], None] | None = None,
+    known: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Sample video latents (B, N, H, W, C) for `conditions`.
 
@@ -423,9 +475,11 @@ def sample(
       a few steps at a time (the per-step noise of eta > 0 then matches the one-program run).
     callback: called on the host with the step index (first_step + i) after each step, while
       the one program runs (progress bars); the program is the same with or without it.
+    known: clean latents (B, K, H, W, C), 0 < K < N: the first K frames are held at them
+      (re-noised to each step's sigma; exactly them at the end).
     """
     n, args = _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas,
-                       return_trajectory, first_step)
+                       return_trajectory, first_step, known)
     program = _program(*args)
     _CALLBACK[0] = callback
     try:

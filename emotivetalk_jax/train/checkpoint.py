@@ -54,20 +54,26 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState, iterat
     return TrainState(**out["state"])
 
 
-def restore_model_arrays(workdir: str | os.PathLike, *, ema: bool = False) -> dict[str, np.ndarray]:
+def restore_model_arrays(workdir: str | os.PathLike, *, ema: bool = False,
+                         step: int | None = None) -> dict[str, np.ndarray]:
     """{dotted model path: array} of the latest checkpoint in a training workdir (its params of
     every group and the rest), for starting a stage from the previous stage's output.
     `ema=True`: where the run kept a moving average (`params["ema"]`, config `ema_decay`), its
-    arrays replace the first group's."""
+    arrays replace the first group's. `step`: that checkpoint instead of the latest."""
     root = Path(workdir).absolute() / "checkpoints"
     if not root.is_dir():  # checked first: the manager would create the folder
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; is {workdir} a training workdir?")
     options = ocp.CheckpointManagerOptions(create=False)
     handlers = _handlers(ocp.PyTreeCheckpointHandler())  # matches PyTreeRestore; only `state` is read
     mngr = ocp.CheckpointManager(root, options=options, item_names=tuple(handlers), item_handlers=handlers)
-    step = mngr.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    elif step not in mngr.all_steps():
+        have = ", ".join(map(str, mngr.all_steps())) or "none"
+        mngr.close()
+        raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}/checkpoints (kept: {have})")
     meta = mngr.item_metadata(step)["state"]
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     wanted = {"params": meta["params"], "rest": meta["rest"]}

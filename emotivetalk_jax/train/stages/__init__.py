@@ -8,6 +8,8 @@
 - `vae` (not in the paper): SVD's temporal VAE as an autoencoder, for a domain without one.
 - `reader` (not in the paper): an expression reader that stage 2's expression term reads
   through (the demo's stand-in for an action-unit detector).
+- `student` (not in the paper): a few-step ETHD distilled from a trained one by consistency
+  distillation, guidance folded in (`diffusion.consistency`).
 
 `common` holds the `Stage` record and what the builders share, `frozen` the public builders of
 the frozen models a stage conditions on (what `bundle.py` rebuilds), `step` the one step
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emotivetalk_jax.train.stages import audio, encoders, ethd, reader, vae, vaid
+from emotivetalk_jax.train.stages import audio, encoders, ethd, reader, student, vae, vaid
 from emotivetalk_jax.train.stages.audio import AUDIO_STAGE_FRAMES
 from emotivetalk_jax.train.stages.common import (EMA, REMAT_BLOCKS, REMAT_LAYERS, SAMPLES_PER_FRAME, Frozen, Stage,
                                                  audio_frames, audio_windows, to_float_image)
@@ -36,7 +38,7 @@ from emotivetalk_jax.train.stages.vae import VAE_PARTS
 
 STAGES: dict[str, Callable[..., Stage]] = {"encoders": encoders.build, "audio": audio.build, "vaid": vaid.build,
                                            "ethd": ethd.build, "vae": vae.build,
-                                           "reader": reader.build}
+                                           "reader": reader.build, "student": student.build}
 
 
 def build_stage(cfg, *, abstract: bool = False) -> Stage:

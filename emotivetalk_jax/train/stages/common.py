@@ -47,8 +47,9 @@ REMAT_LAYERS = {  # `remat=layers`: finer, every resnet / transformer
 class Frozen(nnx.Module):
     """The frozen conditioning models of a stage (any may be None)."""
 
-    def __init__(self, audio=None, face=None, vaid=None, vae=None, reader=None):
+    def __init__(self, audio=None, face=None, vaid=None, vae=None, reader=None, teacher=None):
         self.audio, self.face, self.vaid, self.vae, self.reader = audio, face, vaid, vae, reader
+        self.teacher = teacher  # stage `student`: the frozen ETHD it distils
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -82,6 +83,10 @@ class Stage:
     # True: every loss also gets the frozen models, fn(model, inputs, key, prev_aux, frozen)
     # (a loss that decodes or encodes its own prediction: stage 2's `expression_loss_weight`).
     loss_reads_frozen: bool = False
+    # True: every loss also gets the target model after the frozen models, fn(model, inputs, key,
+    # prev_aux, frozen, target): the first group's EMA (its current weights without an EMA), under
+    # stop_gradient (stage `student`'s consistency target).
+    loss_reads_target: bool = False
 
     def model(self, params: dict, rest: Any) -> nnx.Module:
         return nnx.merge(self.graphdef, *(params[g] for g in self.groups), rest)

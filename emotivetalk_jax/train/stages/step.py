@@ -39,7 +39,8 @@ def abstract_state(stage: Stage, txs: dict[str, optax.GradientTransformation], s
 def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedules: dict[str, optax.Schedule],
               *, compute_dtype=jnp.float32, mesh=None, mesh_rules=None, ema_decay: float = 0.0) -> Callable:
     """step(state, frozen_state, batch) -> (state, metrics): every update group in order, then
-    the EMA of the first group (`ema_decay` > 0; a skipped step leaves it unchanged).
+    the EMA of the first group (`ema_decay` > 0; a skipped step leaves it unchanged). A stage with
+    `loss_reads_target` gets that EMA (before this step's update) as its loss's target model.
 
     Metrics (scalars): loss (the first group's), loss/<group>, every aux scalar, grad_norm/<group>,
     lr/<group>, finite, skipped, bad_streak. With a `mesh`, batch and inputs are constrained to
@@ -62,7 +63,11 @@ def make_step(stage: Stage, txs: dict[str, optax.GradientTransformation], schedu
             def loss_fn(p, g=g):
                 full = {**params, g: p}
                 model = stage.model(cast_floating(full, compute_dtype), cast_floating(state.rest, compute_dtype))
-                more = (frozen,) if stage.loss_reads_frozen else ()
+                more = (frozen,) if stage.loss_reads_frozen or stage.loss_reads_target else ()
+                if stage.loss_reads_target:
+                    tp = jax.lax.stop_gradient(params.get(EMA, params[stage.groups[0]]))
+                    more += (stage.model(cast_floating({**params, stage.groups[0]: tp}, compute_dtype),
+                                         cast_floating(state.rest, compute_dtype)),)
                 loss, a = stage.losses[g](model, inputs, jax.random.fold_in(k_loss, i), aux, *more)
                 return loss.astype(jnp.float32), a
 
