@@ -276,12 +276,13 @@ def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
 
 
 def check_image_file(path, what: str = "portrait", *, error=None) -> Path:
-    """A file PIL can decode as an image."""
-    p = check_file(path, what, error=error)
-    try:
-        from PIL import Image
+    """A file PIL can decode as an image (`data.image.open_image`: HEIF photos named as such)."""
+    from emotivetalk_jax.data.image import open_image
 
-        with Image.open(p) as im:
+    p = check_file(path, what, error=error)
+    im = open_image(p, what, error=error or InputError)
+    try:
+        with im:
             im.verify()
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
         _raise(error, InputError, f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo")
