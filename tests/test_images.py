@@ -190,3 +190,29 @@ def test_phone_video_read_upright(tmp_path):
         np.testing.assert_array_equal(video.read_frames(out, info=info), want)
         crop = video.read_frames(out, crop=(0, 0, 32, 32), size=16, info=info)
         assert crop.shape == (len(base), 16, 16, 3)
+
+
+def test_phone_and_editor_photos_prepare_as_shown(tmp_path):
+    """What `generate` takes from a photo (`prepare_portrait`: face found, aligned, cropped to the
+    model's size, with its boxes and paste-back map) is the same for a phone photo (EXIF 3, 6, 8)
+    as for the picture a viewer shows, and the same for a 16-bit grey PNG of the demo portrait as
+    for its 8-bit grey version. (The video itself, for orientation 6: tests/test_pipeline.py.)"""
+    from emotivetalk_jax.data.portrait import prepare_portrait
+
+    def same(a, b, tol=0):
+        for field in ("image", "source", "lip_box", "face_box", "to_source"):
+            x, y = (np.asarray(getattr(p, field), np.float64) for p in (a, b))
+            assert x.shape == y.shape and np.abs(x - y).max() <= tol, field
+
+    with Image.open(ASSETS / "portrait.png") as im:
+        u = np.asarray(im.convert("RGB"))
+    for o in (3, 6, 8):
+        phone, shown = phone_photo(u, tmp_path / f"IMG_{o}.jpg", o)
+        p = prepare_portrait(phone, 32)
+        assert p.detail["faces"] == "detected"
+        same(p, prepare_portrait(save(tmp_path / f"shown{o}.png", shown), 32))
+    with Image.open(ASSETS / "demo_portrait.png") as im:
+        g = grey(np.asarray(im.convert("RGB")))
+    g16 = np.clip(g.astype(np.int64) * 257 + np.random.default_rng(1).integers(-128, 129, g.shape), 0, 65535)
+    eight, sixteen = save(tmp_path / "demo8.png", g), png16(tmp_path / "demo16.png", g16)
+    same(prepare_portrait(sixteen, 32), prepare_portrait(eight, 32), tol=1)

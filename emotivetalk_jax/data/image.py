@@ -24,27 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+from emotivetalk_jax import validate
+
 _WHITE = 255.0
-
-
-def _heif_brand(p: Path) -> bytes | None:
-    """The HEIF / AVIF brand of a file (ISO base media `ftyp` box), if it is one."""
-    try:
-        with open(p, "rb") as f:
-            head = f.read(12)
-    except OSError:
-        return None
-    return head[8:12] if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS else None
-
-
-def _register_heif() -> bool:
-    try:
-        import pillow_heif
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
 
 
 def open_image(path: str | os.PathLike, what: str = "image", *, error=ValueError):
@@ -54,10 +36,7 @@ def open_image(path: str | os.PathLike, what: str = "image", *, error=ValueError
     p = Path(path)
     if not p.is_file():
         raise error(f"{what} {p} does not exist; check the path")
-    brand = _heif_brand(p)
-    if brand is not None and not _register_heif():
-        raise error(f"{what} {p} is a HEIF photo ({brand.decode()}, an iPhone's default); install pillow-heif "
-                    "(pip install pillow-heif) or export it as JPEG")
+    validate.check_heif(p, what, error=error)
     try:
         return Image.open(p)
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
@@ -68,9 +47,7 @@ def _first_frame(im, what: str, name: str):
     n = getattr(im, "n_frames", 1)
     if n > 1:
         if im.format != "MPO":  # an MPO's later pictures are previews / depth maps, not animation
-            from emotivetalk_jax.validate import warn
-
-            warn(f"{what} {name} is animated ({n} frames); using its first frame")
+            validate.warn(f"{what} {name} is animated ({n} frames); using its first frame")
         im.seek(0)
     return im
 
@@ -86,8 +63,8 @@ def _upright(im):
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    return np.round(rgb.astype(np.float32) * a + _WHITE * (1.0 - a)).astype(np.uint8)
+    a = alpha.astype(np.float64)[..., None] / 255.0
+    return np.round(rgb * a + _WHITE * (1.0 - a)).astype(np.uint8)
 
 
 def pil_to_rgb(im) -> np.ndarray:
