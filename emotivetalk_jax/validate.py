@@ -359,8 +359,18 @@ def check_image_file(path, what: str = "portrait", *, error=None) -> Path:
         with Image.open(p) as im:
             im.verify()
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
-        _raise(error, InputError, f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo")
+        _raise(error, InputError, unreadable_image(e, what, p))
     return p
+
+
+def unreadable_image(e: Exception, what: str, path) -> str:
+    """The one-line message for an image PIL could not open or decode."""
+    from PIL import Image
+
+    if isinstance(e, Image.DecompressionBombError):
+        return (f"{what} {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels, over the "
+                "reader's safety limit; scale it down (a portrait needs a few megapixels at most)")
+    return f"cannot read {what} {path} as an image ({type(e).__name__}); pass a PNG or JPEG photo"
 
 
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")  # AVIF: Pillow reads it
@@ -462,6 +472,6 @@ __all__ = [
     "AudioTooShortError", "AudioTooLongError", "NonFiniteAudioError", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
     "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
     "missing_ancestors", "check_not_input", "quote", "shorten_line", "QUOTE_CHARS", "LINE_CHARS",
-    "check_finite_audio", "check_wave", "check_image_file", "check_heif",
+    "check_finite_audio", "check_wave", "check_image_file", "check_heif", "unreadable_image",
     "parse_face_box", "warn", "check_command",
 ]

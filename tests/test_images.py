@@ -140,6 +140,7 @@ def test_animated_and_undecodable_images(tmp_path):
     a truncated JPEG and a text file are one-line errors of the caller's class."""
     from emotivetalk_jax.data.portrait import PortraitError
     from emotivetalk_jax.data.portrait import read_image as read_portrait
+    from emotivetalk_jax.validate import check_image_file
 
     frames = [np.full((16, 24, 3), v, np.uint8) for v in (10, 200, 90)]
     anim = tmp_path / "anim.png"
@@ -167,6 +168,11 @@ def test_animated_and_undecodable_images(tmp_path):
         with pytest.raises(PortraitError, match=needle) as e:
             read_portrait(path)
         assert "\n" not in str(e.value)
+    with pytest.MonkeyPatch.context() as mp:  # a 200-megapixel photo, scaled down to a cheap test
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+        for read in (read_portrait, lambda p: check_image_file(p, error=PortraitError)):  # generate checks first
+            with pytest.raises(PortraitError, match="ok.jpg has more than 0 million pixels, over the reader's safety"):
+                read(ok)
 
 
 def test_phone_video_read_upright(tmp_path):

@@ -12,7 +12,8 @@
 - an animated image (GIF, APNG, WebP) gives its first frame, said in a warning; an MPO
   (the multi-picture JPEG some phones write) its main picture, silently;
 - a HEIC / HEIF photo (an iPhone's default) through pillow-heif when it is installed, else
-  an error that says how to get it or to export a JPEG.
+  an error that says how to get it or to export a JPEG; an image over Pillow's
+  decompression-bomb limit (about 179 megapixels) is refused with its size named.
 Arrays get the same treatment by dtype: uint16 by 65535, floats in [0, 1] by 1.0, bool by 1.
 Every failure is one line, raised as the caller's `error` class (a ValueError).
 """
@@ -40,7 +41,7 @@ def open_image(path: str | os.PathLike, what: str = "image", *, error=ValueError
     try:
         return Image.open(p)
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
-        raise error(f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo") from None
+        raise error(validate.unreadable_image(e, what, p)) from None
 
 
 def _first_frame(im, what: str, name: str):
@@ -126,7 +127,7 @@ def read_image(image: str | os.PathLike | np.ndarray, what: str = "image", *, er
         with im:
             return np.ascontiguousarray(pil_to_rgb(_upright(_first_frame(im, what, p.name))))
     except Exception as e:  # noqa: BLE001 - a truncated or damaged file fails while decoding
-        raise error(f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo") from None
+        raise error(validate.unreadable_image(e, what, p)) from None
 
 
 __all__ = ["read_image", "open_image", "pil_to_rgb", "array_to_rgb"]
