@@ -84,6 +84,8 @@ def quote(value, limit: int = QUOTE_CHARS, *, raw: bool = False) -> str:
     characters and its length said."""
     if isinstance(value, str) and len(value) > limit and not raw:
         return f"{value[:limit]!r}... ({len(value):,} characters)"
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # str() refuses over 4300 digits
+        return f"an integer of about {value.bit_length() * math.log10(2):,.0f} digits"
     text = str(value) if raw else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 

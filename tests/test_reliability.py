@@ -419,6 +419,7 @@ def test_python_api_raises_typed_one_line_errors(bundle, tmp_path):
         (dict(audio=bad), NonFiniteAudioError, "NaN / Inf samples"),
         (dict(audio=np.zeros((2, 16000), np.float32)), AudioError, "mono"),
         (dict(seed=2**40), GenerationError, "seed must be in 0 .. 4294967295"),
+        (dict(seed=10**5000), GenerationError, "seed must be in 0 .. 4294967295, got an integer of about 5,000 digits"),
         (dict(steps=0), GenerationError, "steps must be in 1 .. 1000"),
         (dict(out=tmp_path / "x.avi"), GenerationError, "must end in .mp4"),
         (dict(portrait=str(tmp_path)), ValueError, "is a folder, not a file"),
