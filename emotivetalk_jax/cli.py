@@ -27,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors instead of usage + error."""
 
     def error(self, message: str):
-        raise UsageError(f"{message}; see `{self.prog} --help`")
+        from emotivetalk_jax.validate import shorten_line
+
+        raise UsageError(f"{shorten_line(message, 240)}; see `{self.prog} --help`")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,10 +206,13 @@ def _outputs(args: argparse.Namespace):
 
 
 def _one_line(e: BaseException) -> str:
+    """The error as one line of at most `validate.LINE_CHARS` characters."""
+    from emotivetalk_jax.validate import LINE_CHARS, shorten_line
+
     if isinstance(e, OSError) and e.strerror and e.filename:
-        return f"{e.filename}: {e.strerror}"
+        return shorten_line(f"{e.filename}: {e.strerror}", LINE_CHARS - len("emotivetalk: error: "))
     text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
-    return text or type(e).__name__
+    return shorten_line(text, LINE_CHARS - len("emotivetalk: error: ")) or type(e).__name__
 
 
 @contextmanager

@@ -351,7 +351,7 @@ class EmotiveTalkPipeline:
         seed = validate.check_seed(seed, "seed", error=GenerationError)
         validate.check_steps(steps, "steps", error=GenerationError)
         validate.check_steps(dicte_steps, "dicte_steps", error=GenerationError)
-        out_path = check_output_path(out) if out is not None else None
+        out_path = check_output_path(out, input_paths(portrait, audio, emotion)) if out is not None else None
         self.timings = {}
         key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
@@ -399,15 +399,26 @@ class EmotiveTalkPipeline:
         return stream(self, portrait, audio_chunks, **kwargs)
 
 
-def check_output_path(out: str | os.PathLike) -> Path:
-    """The output .mp4 path, checked writable before any work (GenerationError otherwise).
-    Creates nothing (its folder is made when the video is written); removes the temporary file
-    a killed earlier run may have left beside it."""
+def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Path:
+    """The output .mp4 path, checked writable and none of `inputs` ({name: path}) before any
+    work (GenerationError otherwise). Creates nothing (its folder is made when the video is
+    written); removes the temporary file a killed earlier run may have left beside it."""
     from emotivetalk_jax.data.video import temp_path
 
+    validate.check_not_input(out, inputs or {}, "the output", error=GenerationError)
     path = validate.check_output_file(out, "the output", suffix=".mp4", error=GenerationError)
+    validate.check_not_input(temp_path(path), inputs or {}, "the output's temporary file", error=GenerationError)
     temp_path(path).unlink(missing_ok=True)
     return path
+
+
+def input_paths(portrait=None, audio=None, emotion=None, **files) -> dict:
+    """{name: path} of the inputs given as files (arrays and emotion words are not), for
+    `check_output_path`."""
+    if getattr(emotion, "kind", "text") != "text":
+        files[f"emotion {emotion.kind}"] = emotion.value
+    files.update(portrait=portrait, audio=audio)
+    return {k.replace("_", " "): v for k, v in files.items() if isinstance(v, (str, os.PathLike))}
 
 
 def check_emotion_source(source) -> None:
@@ -428,7 +439,7 @@ def default_checkpoint() -> Path | None:
     return p if (p / "config.json").is_file() else None
 
 
-__all__ = ["EmotiveTalkPipeline", "GenerationError", "Result", "AudioInput", "check_output_path",
+__all__ = ["EmotiveTalkPipeline", "GenerationError", "Result", "AudioInput", "check_output_path", "input_paths",
            "check_emotion_source", "default_checkpoint"]
 
 
@@ -471,7 +482,8 @@ def generate_main(args) -> dict:
 
     steps = validate.check_steps(args.steps, "--steps", error=GenerationError)
     seed = validate.check_seed(args.seed, "--seed", error=GenerationError)
-    out = check_output_path(args.out)
+    out = check_output_path(args.out, input_paths(args.portrait, args.audio, emotion_image=args.emotion_image,
+                                                  emotion_audio=args.emotion_audio, emotion_video=args.emotion_video))
     face_box = validate.parse_face_box(args.face_box, error=GenerationError)
     if args.variant is not None:
         validate.check_variant(args.variant, error=GenerationError)

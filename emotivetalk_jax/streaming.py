@@ -75,12 +75,12 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     `first_frame_s` (from the call to the first frames yielded), `windows` and `frames`."""
     from emotivetalk_jax.data.audio import AudioError, frame_windows
     from emotivetalk_jax.emotion import EmotionError
-    from emotivetalk_jax.pipeline import SR, GenerationError, Result, _lip, check_output_path
+    from emotivetalk_jax.pipeline import SR, GenerationError, Result, _lip, check_output_path, input_paths
 
     t_start = time.perf_counter()
     seed = validate.check_seed(seed, "seed", error=GenerationError)
     validate.check_steps(steps, "steps", error=GenerationError)
-    out_path = check_output_path(out) if out is not None else None
+    out_path = check_output_path(out, input_paths(portrait, None, emotion)) if out is not None else None
     s = pipe.settings
     if s.fps != 25:
         raise GenerationError(f"streaming works at 25 fps; this checkpoint is at {s.fps}")

@@ -8,6 +8,11 @@ is wrong and what to do. Soft problems (all-silent audio, an emotion image witho
 a checkpoint without a manifest) are `InputWarning`s; the CLI prints each as one
 `emotivetalk: warning:` line.
 
+Messages quote what the user typed through `quote` (cut to `QUOTE_CHARS`, the full length
+said), and the CLI cuts any error line to `LINE_CHARS` (`shorten_line`): a pasted essay or a
+deep path never floods the terminal. An output may never be one of the command's inputs
+(`check_not_input`): the user's files are never overwritten.
+
 Limits and why:
 - seeds are 0 .. 2**32 - 1 (what `jax.random.key` and numpy accept on every platform);
 - sampler steps are 1 .. 1000 (the EDM schedule has no more distinct noise levels to visit);
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -67,6 +73,48 @@ def _raise(error, fallback, message: str):
     raise (error or fallback)(message)
 
 
+# ----------------------------------------------------------------------------- quoting user text
+
+QUOTE_CHARS = 60
+LINE_CHARS = 300
+
+
+def quote(value, limit: int = QUOTE_CHARS, *, raw: bool = False) -> str:
+    """`repr(value)` (`raw`: `str(value)`) for a message; a longer text is cut to `limit`
+    characters and its length said."""
+    if isinstance(value, str) and len(value) > limit and not raw:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # str() refuses over 4300 digits
+        return f"an integer of about {value.bit_length() * math.log10(2):,.0f} digits"
+    text = str(value) if raw else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _cut_run(m: re.Match) -> str:
+    run = m.group(0)
+    return f"{run[:40]}...{run[-20:]}"
+
+
+def _cut_path(m: re.Match) -> str:
+    run = m.group(0)
+    return f"{run[:12]}...{run[-32:]}"
+
+
+def shorten_line(text: str, limit: int = LINE_CHARS) -> str:
+    """A message line of at most `limit` characters: runs of 80+ characters without a space
+    (pasted text) keep their ends, then paths keep their start and their file name, then the
+    line keeps its start and its end (where the advice is)."""
+    if len(text) <= limit:
+        return text
+    text = re.sub(r"\S{80,}", _cut_run, text)
+    if len(text) > limit:
+        text = re.sub(r"/\S{47,}", _cut_path, text)
+    if len(text) > limit:
+        head = (limit - 5) // 2
+        text = f"{text[:head]} ... {text[len(text) - (limit - 5 - head):]}"
+    return text
+
+
 # ----------------------------------------------------------------------------- numbers
 
 
@@ -76,11 +124,11 @@ def check_int(value, name: str, lo: int, hi: int | None = None, *, error=None) -
     if not ok and isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         value, ok = int(value), True
     if not ok:
-        _raise(error, NumberError, f"{name} must be an integer, got {value!r}")
+        _raise(error, NumberError, f"{name} must be an integer, got {quote(value)}")
     value = int(value)
     if value < lo or (hi is not None and value > hi):
         span = f"in {lo} .. {hi}" if hi is not None else f">= {lo}"
-        _raise(error, NumberError, f"{name} must be {span}, got {value}")
+        _raise(error, NumberError, f"{name} must be {span}, got {quote(value, raw=True)}")
     return value
 
 
@@ -92,11 +140,11 @@ def check_float(value, name: str, lo: float | None = None, hi: float | None = No
     except (TypeError, ValueError):
         v = float("nan")
     if not math.isfinite(v):
-        _raise(error, NumberError, f"{name} must be a finite number, got {value!r}")
+        _raise(error, NumberError, f"{name} must be a finite number, got {quote(value)}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
-        _raise(error, NumberError, f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+        _raise(error, NumberError, f"{name} must be {'>' if lo_open else '>='} {lo}, got {quote(value, raw=True)}")
     if hi is not None and v > hi:
-        _raise(error, NumberError, f"{name} must be <= {hi}, got {value}")
+        _raise(error, NumberError, f"{name} must be <= {hi}, got {quote(value, raw=True)}")
     return v
 
 
@@ -114,7 +162,7 @@ def check_variant(name: str, what: str = "--variant", *, error=None) -> str:
     from emotivetalk_jax.models.ethd_variants import ETHD_VARIANTS
 
     if name not in ETHD_VARIANTS:
-        _raise(error, InputError, f"{what} {name!r} is not a variant; choose one of {', '.join(ETHD_VARIANTS)}")
+        _raise(error, InputError, f"{what} {quote(name)} is not a variant; choose one of {', '.join(ETHD_VARIANTS)}")
     return name
 
 
@@ -207,6 +255,34 @@ def check_output_file(path, what: str, *, suffix: str | None = None, error=None)
     return p
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file or folder: symlinks, `./` and `..` spellings, hard
+    links and case-insensitive file systems included."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_not_input(out, inputs: dict, what: str = "the output", *, error=None) -> None:
+    """Refuse an output path that is one of `inputs` ({name: path or None}) or, as a folder,
+    holds one: writing there would overwrite what the user gave. Runs before any work."""
+    o = Path(out)
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path)
+        if _same_path(o, p):
+            same = "itself" if str(o) == str(p) else f"{p} (through a link)" if o.is_symlink() or p.is_symlink() else p
+            change = "change your folder" if p.is_dir() else "overwrite your file"
+            _raise(error, PathError, f"{what} {o} is the {name} {same}; writing there would {change}: "
+                                     "choose another path")
+        if p.resolve().is_relative_to(o.resolve()):
+            _raise(error, PathError, f"{what} {o} holds the {name} {p}; choose an output outside the inputs")
+
+
 # ----------------------------------------------------------------------------- audio
 
 
@@ -276,16 +352,48 @@ def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
 
 
 def check_image_file(path, what: str = "portrait", *, error=None) -> Path:
-    """A file PIL can decode as an image."""
+    """A file PIL can decode as an image (a HEIF photo without pillow-heif named as such)."""
     p = check_file(path, what, error=error)
+    check_heif(p, what, error=error)
     try:
         from PIL import Image
 
         with Image.open(p) as im:
             im.verify()
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
-        _raise(error, InputError, f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo")
+        _raise(error, InputError, unreadable_image(e, what, p))
     return p
+
+
+def unreadable_image(e: Exception, what: str, path) -> str:
+    """The one-line message for an image PIL could not open or decode."""
+    from PIL import Image
+
+    if isinstance(e, Image.DecompressionBombError):
+        return (f"{what} {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels, over the "
+                "reader's safety limit; scale it down (a portrait needs a few megapixels at most)")
+    return f"cannot read {what} {path} as an image ({type(e).__name__}); pass a PNG or JPEG photo"
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")  # AVIF: Pillow reads it
+
+
+def check_heif(path, what: str = "portrait", *, error=None) -> None:
+    """A HEIF photo (an iPhone's default) is readable when pillow-heif is installed (its opener
+    is registered here); without it, one line says how to read it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return
+    if head[4:8] != b"ftyp" or head[8:12] not in _HEIF_BRANDS:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        _raise(error, InputError, f"{what} {path} is a HEIF photo ({head[8:12].decode()}, an iPhone's default); "
+                                  "install pillow-heif (pip install pillow-heif) or export it as JPEG")
+    pillow_heif.register_heif_opener()
 
 
 def parse_face_box(text: str | None, name: str = "--face-box", *, error=None) -> list[float] | None:
@@ -298,9 +406,9 @@ def parse_face_box(text: str | None, name: str = "--face-box", *, error=None) ->
     except ValueError:
         box = []
     if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        _raise(error, InputError, f"{name} must be four numbers X0,Y0,X1,Y1, got {text!r}")
+        _raise(error, InputError, f"{name} must be four numbers X0,Y0,X1,Y1, got {quote(text)}")
     if not (box[0] < box[2] and box[1] < box[3]):
-        _raise(error, InputError, f"{name} {text!r} is empty: need X0 < X1 and Y0 < Y1 (pixels, top-left origin)")
+        _raise(error, InputError, f"{name} {quote(text)} is empty: need X0 < X1 and Y0 < Y1 (pixels, top-left origin)")
     return box
 
 
@@ -319,6 +427,8 @@ def check_command(args) -> None:
         elif not Path(args.src).exists():
             raise MissingPathError(f"source {args.src} does not exist; pass the model folder")
         check_output_folder(args.out, "output folder")
+        check_not_input(args.out, {"checkpoint": args.ckpt} if args.what == "export" else {"source": args.src},
+                        "output folder")
     elif cmd in ("random-svd", "random-bundle"):
         check_output_folder(args.out, "output folder", empty=True)
         if cmd == "random-bundle":
@@ -343,6 +453,8 @@ def check_command(args) -> None:
             check_float(args.head_motion, "--head-motion", 0.0, 10.0)
     elif cmd == "export-bundle":
         check_folder(args.ethd_workdir, "ethd workdir")
+        check_not_input(args.out, {"ethd workdir": args.ethd_workdir, "--codebook": args.codebook, "--vae": args.vae,
+                                   "--vaid": args.vaid}, "output folder")
         check_output_folder(args.out, "output folder", empty=True)
         for name in ("codebook", "vae"):
             if getattr(args, name):
@@ -353,6 +465,7 @@ def check_command(args) -> None:
         check_folder(args.images_dir, "images folder")
         check_folder(args.checkpoint, "--checkpoint")
         check_output_folder(args.out, "output folder")
+        check_not_input(args.out, {"images folder": args.images_dir, "--checkpoint": args.checkpoint}, "output folder")
 
 
 __all__ = [
@@ -360,6 +473,7 @@ __all__ = [
     "InputWarning", "AudioError", "AudioNotFoundError", "AudioDecodeError", "EmptyAudioError",
     "AudioTooShortError", "AudioTooLongError", "NonFiniteAudioError", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
     "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
-    "missing_ancestors", "check_finite_audio", "check_wave", "check_image_file",
+    "missing_ancestors", "check_not_input", "quote", "shorten_line", "QUOTE_CHARS", "LINE_CHARS",
+    "check_finite_audio", "check_wave", "check_image_file", "check_heif", "unreadable_image",
     "parse_face_box", "warn", "check_command",
 ]

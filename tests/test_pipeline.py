@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from emotivetalk_jax import cli
 from emotivetalk_jax.data.audio import num_video_frames
@@ -61,16 +62,40 @@ def test_generate_cli_astronaut_espeak(bundle, tmp_path, capsys):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_python_api_paste_back(bundle):
+@pytest.fixture(scope="module")
+def pipe(bundle):
     from emotivetalk_jax.pipeline import EmotiveTalkPipeline
 
-    pipe = EmotiveTalkPipeline.from_pretrained(bundle, progress=False)
+    return EmotiveTalkPipeline.from_pretrained(bundle, progress=False)
+
+
+def test_python_api_paste_back(pipe):
     wave, sr = soundfile.read(str(SPEECH), dtype="float32")
     r = pipe(str(PORTRAIT), wave, emotion=None, seed=0, paste=True)
     assert r.frames.shape == (_frames(SPEECH), 256, 256, 3) and r.frames.dtype == np.uint8
     assert r.info["portrait"]["faces"] == "detected"
     r2 = pipe(str(PORTRAIT), wave, emotion=None, seed=0, paste=True)  # deterministic per seed
     np.testing.assert_array_equal(r.frames, r2.frames)
+
+
+def test_phone_photo_generates_as_shown(pipe, tmp_path):
+    """Issue 34: the astronaut saved as a phone saves it (pixels stored sideways, EXIF orientation
+    6; read as stored it had no face) generates the same video as the picture a viewer shows."""
+    with Image.open(PORTRAIT) as im:
+        upright = np.asarray(im.convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn the stored pixels 90 degrees clockwise to show them"
+    phone = tmp_path / "IMG_0001.jpg"
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(phone, quality=92, exif=exif)
+    with Image.open(phone) as im:
+        shown = np.rot90(np.asarray(im.convert("RGB")), -1)  # what a viewer shows (JPEG: not exactly `upright`)
+    assert shown.shape == upright.shape and np.abs(shown.astype(int) - upright).mean() < 3
+    Image.fromarray(np.ascontiguousarray(shown)).save(tmp_path / "shown.png")
+    wave, sr = soundfile.read(str(SPEECH), dtype="float32")
+    a = pipe(str(phone), wave, seed=0)
+    b = pipe(str(tmp_path / "shown.png"), wave, seed=0)
+    assert a.info["portrait"]["faces"] == "detected"
+    np.testing.assert_array_equal(a.frames, b.frames)
 
 
 def _bad_inputs(tmp: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:

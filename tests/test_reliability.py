@@ -137,6 +137,20 @@ def _inputs(ws: Path) -> SimpleNamespace:
     (f.bad_cache / ".work" / "config.json").write_text("{")
     f.workdir = d / "workdir_no_ckpt"
     f.workdir.mkdir()
+    # inputs an output may not replace: speech taken from a video, a portrait, links to them
+    from emotivetalk_jax.data.video import write_mp4
+
+    f.talk = write_mp4(d / "talk.mp4", np.zeros((2, 16, 16, 3), np.uint8), audio=speech[:8000])
+    f.face = d / "face.png"
+    shutil.copyfile(PORTRAIT, f.face)
+    f.talk_link, f.talk_hard, f.dir_link = d / "link.mp4", d / "hard.mp4", ws / "in_link"
+    f.talk_link.symlink_to(f.talk)
+    os.link(f.talk, f.talk_hard)
+    f.dir_link.symlink_to(d, target_is_directory=True)
+    f.hidden = d / ".clip.tmp.mp4"  # the temporary file `--out clip.mp4` writes first
+    shutil.copyfile(f.talk, f.hidden)
+    f.heic = d / "IMG_0001.HEIC"  # an iPhone photo's header
+    f.heic.write_bytes(b"\0\0\0\x18ftypheic" + bytes(200))
     return f
 
 
@@ -212,6 +226,42 @@ def _matrix(ws: Path, bundle: Path) -> list[tuple]:
         ("damaged weights (--verify)", gen("c12", checkpoint=c["bitflip"], verify=True), "ckpt",
          "does not match its sha256"),
         ("damaged manifest", gen("c13", checkpoint=c["bad_manifest"]), "ckpt", "manifest.json is damaged"),
+        # the output may not be an input (issue 34): refused before any work, the input untouched
+        ("output is the audio input", gen("i1", audio=f.talk, out=f.talk), "out",
+         f"the output {f.talk} is the audio itself; writing there would overwrite your file: choose another path"),
+        ("output is the audio, spelled with ..", gen("i2", audio=f.talk, out=f"{f.talk.parent}/../in/talk.mp4"),
+         "out", "is the audio"),
+        ("output is a link to the audio", gen("i3", audio=f.talk, out=f.talk_link), "out",
+         "is the audio " + str(f.talk) + " (through a link)"),
+        ("output is a hard link to the audio", gen("i4", audio=f.talk, out=f.talk_hard), "out", "is the audio"),
+        ("output in a linked folder is the audio", gen("i5", audio=f.talk, out=f.dir_link / "talk.mp4"), "out",
+         "is the audio"),
+        ("output is the portrait", gen("i6", portrait=f.face, out=f.face), "out", "is the portrait"),
+        ("output is the emotion video", gen("i7", emotion_video=f.talk, out=f.talk), "out", "is the emotion video"),
+        ("output's temporary file is the audio", gen("i8", audio=f.hidden, out=f.hidden.parent / "clip.mp4"), "out",
+         "the output's temporary file"),
+        ("prepare: OUT is IN", ["prepare", str(f.videos), str(f.videos)], "prepare", "is the video folder"),
+        ("prepare: OUT holds IN", ["prepare", str(f.videos), str(f.videos.parent)], "prepare",
+         "holds the video folder"),
+        ("convert: output is the source", ["convert", "svd", str(f.svd_pickle), str(f.svd_pickle)], "convert",
+         "is the source"),
+        ("convert: output holds the source", ["convert", "audio", str(f.hf_pickle), str(f.hf_pickle.parent)],
+         "convert", "holds the source"),
+        ("convert export: output is the checkpoint", ["convert", "export", str(bundle / "vae"), str(bundle / "vae")],
+         "convert", "is the checkpoint"),
+        ("export-bundle: output is the workdir", ["export-bundle", str(f.workdir), str(f.workdir)], "eb",
+         "is the ethd workdir"),
+        ("codebook: output is the images", ["codebook", "build", str(f.folder), str(f.folder), "--checkpoint",
+                                            str(bundle / "face_encoders")], "codebook", "is the images folder"),
+        # user text quoted at a readable length; a phone's HEIF photo named as such
+        ("unknown 20,000-character emotion", gen("e12", emotion="x" * 20000), "emotion",
+         "'... (20,000 characters); use one of: happy"),
+        ("20,000-digit seed", gen("n6", seed="9" * 20000), "seed", "invalid int value"),
+        ("20,000-character face box", gen("p9", face_box="1," * 10000), "face box", "(20,000 characters)"),
+        ("10,000-character variant", gen("v3", variant="v" * 10000), "variant", "(10,000 characters) is not a variant"),
+        ("3,000-character portrait name", gen("p10", portrait=ws / ("a" * 3000 + ".png")), "portrait",
+         "File name too long"),
+        ("HEIF portrait", gen("p11", portrait=f.heic), "portrait", "IMG_0001.HEIC"),
         ("required flag missing", ["generate", "--audio", str(SPEECH), "--out", str(new / "r1" / "x.mp4")], "argparse",
          "the following arguments are required: --portrait"),
         # prepare
@@ -290,6 +340,7 @@ def test_bad_input_matrix(bundle, tmp_path, capsys):
     rows = _matrix(ws, bundle)
     assert len({r[0] for r in rows}) == len(rows) >= 60
     before = {p for p in ws.rglob("*")}
+    given = _digests(ws)
     stale = ws / "in" / "a_folder"  # untouched: a folder given as a file
     failures = []
     for name, argv, code, needle in rows:
@@ -298,15 +349,24 @@ def test_bad_input_matrix(bundle, tmp_path, capsys):
         lines = cap.err.strip().splitlines()
         errors = [line for line in lines if line.startswith("emotivetalk: error: ")]
         ok = (rc == code and len(errors) == 1 and lines[-1] == errors[0] and needle in errors[0] and cap.out == ""
-              and "Traceback" not in cap.err)
+              and "Traceback" not in cap.err and len(errors[0]) <= 300)  # quoted text cut to a readable length
         if not ok:
-            failures.append((name, rc, lines[-3:], cap.out[-200:]))
+            failures.append((name, rc, [line[:400] for line in lines[-3:]], cap.out[-200:]))
     assert not failures, "\n".join(map(str, failures))
-    # nothing left behind: no output, no created folder, no temporary file
+    # nothing left behind: no output, no created folder, no temporary file; every input byte-identical
     assert not (ws / "out").exists()
     after = {p for p in ws.rglob("*")}
     assert after == before, sorted(map(str, after - before))[:5]
+    assert _digests(ws) == given
+    assert f"{(ws / 'in' / 'link.mp4').readlink()}" == str(ws / "in" / "talk.mp4")  # the link still a link
     assert stale.is_dir() and not list(stale.iterdir())
+
+
+def _digests(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
 
 
 def test_bundle_manifest_roundtrip_and_old_bundles(bundle, tmp_path, recwarn):
@@ -351,10 +411,15 @@ def test_python_api_raises_typed_one_line_errors(bundle, tmp_path):
     wave = np.full(16000, 0.1, np.float32)
     bad = wave.copy()
     bad[3] = np.nan
+    talk = tmp_path / "talk.mp4"
+    talk.write_bytes(b"the user's video")
     cases = [
+        (dict(audio=str(talk), out=talk), GenerationError, "the output " + str(talk) + " is the audio"),
+        (dict(emotion=EmotionSource.video(talk), out=str(talk)), GenerationError, "is the emotion video"),
         (dict(audio=bad), NonFiniteAudioError, "NaN / Inf samples"),
         (dict(audio=np.zeros((2, 16000), np.float32)), AudioError, "mono"),
         (dict(seed=2**40), GenerationError, "seed must be in 0 .. 4294967295"),
+        (dict(seed=10**5000), GenerationError, "seed must be in 0 .. 4294967295, got an integer of about 5,000 digits"),
         (dict(steps=0), GenerationError, "steps must be in 1 .. 1000"),
         (dict(out=tmp_path / "x.avi"), GenerationError, "must end in .mp4"),
         (dict(portrait=str(tmp_path)), ValueError, "is a folder, not a file"),
@@ -365,6 +430,7 @@ def test_python_api_raises_typed_one_line_errors(bundle, tmp_path):
             pipe(kw.pop("portrait"), kw.pop("audio"), **kw)
         assert isinstance(e.value, InputError) or err is ValueError
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert talk.read_bytes() == b"the user's video"
     with pytest.warns(InputWarning, match="silent"):
         check_wave(np.zeros(16000, np.float32))
     flat = tmp_path / "flat.png"

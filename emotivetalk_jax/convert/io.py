@@ -31,8 +31,7 @@ def _refuse_pickles(folder: Path, stem: str) -> None:
     if pickles:
         raise ConversionError(
             f"{folder} holds only pickled weights ({', '.join(pickles)}); pickles can run code and are "
-            f"never loaded. Re-save them as {stem}.safetensors (e.g. with `save_pretrained(..., "
-            "safe_serialization=True)` in PyTorch) and try again."
+            f"never loaded: re-save them as {stem}.safetensors (save_pretrained(..., safe_serialization=True))"
         )
 
 

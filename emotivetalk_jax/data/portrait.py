@@ -3,7 +3,7 @@
 Shape legend: R model resolution (square), H, W source image size.
 
 `prepare_portrait(image, resolution)`:
-1. read the image (a path or an array; grey and RGBA become RGB);
+1. read the image (a path or an array) upright, as RGB (`data.image.read_image`);
 2. find the largest face (dlib, `data.face.analyze_face`), or take the user's face box
    (`face_box=(x0, y0, x1, y1)` in source pixels) when detection fails;
 3. align: rotate about the face centre so that the eyes are level (when landmarks exist);
@@ -50,28 +50,14 @@ class Portrait:
 
 
 def read_image(image: str | os.PathLike | np.ndarray, what: str = "portrait") -> np.ndarray:
-    """(H, W, 3) uint8 from a path or an array; PortraitError for missing / unreadable files."""
-    if isinstance(image, (str, os.PathLike)):
-        p = Path(image)
-        if not p.is_file():
-            raise PortraitError(f"{what} {p} does not exist; check the path")
-        try:
-            from PIL import Image
+    """(H, W, 3) uint8 from a path or an array, upright and by its real value range
+    (`data.image.read_image`); PortraitError for missing / unreadable files and tiny images."""
+    from emotivetalk_jax.data.image import read_image as read_any
 
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
-            raise PortraitError(f"cannot read {what} {p} as an image ({type(e).__name__}); pass a PNG or JPEG photo") from None
-    else:
-        arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, -1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or min(arr.shape[:2]) < 8:
+    arr = read_any(image, what, error=PortraitError)
+    if min(arr.shape[:2]) < 8:
         raise PortraitError(f"{what} must be an (H, W, 3) image of at least 8 x 8 pixels, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.round(arr * 255.0 if arr.max() <= 1.0 else arr), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def _warp(img: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], *, resample=None) -> np.ndarray:

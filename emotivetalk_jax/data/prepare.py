@@ -397,6 +397,7 @@ def prepare_main(video_dir: str | os.PathLike, out_dir: str | os.PathLike, confi
     cfg = config or PrepareConfig()
     root = validate.check_folder(video_dir, "video folder")
     out = validate.check_output_folder(out_dir, "output folder")
+    validate.check_not_input(out, {"video folder": root}, "output folder")
     videos = find_videos(root)
     if not videos:
         raise ValueError(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {root}")

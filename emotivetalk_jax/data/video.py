@@ -2,7 +2,8 @@
 
 Writing: H.264 (yuv420p) with the audio muxed as AAC, to a temporary file renamed into
 place, so a crash never leaves a half-written mp4. Reading: frames resampled to a fixed
-fps, optionally cropped and resized inside ffmpeg (so an HD clip never sits in memory at
+fps, upright (ffmpeg applies a phone's rotation tag; `probe` reports the turned size),
+optionally cropped and resized inside ffmpeg (so an HD clip never sits in memory at
 full size), and audio as 16 kHz mono float32. Shapes: frames (F, H, W, 3) uint8.
 """
 
@@ -34,11 +35,22 @@ def ffmpeg_exe() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
+    """The video as displayed: a stream with a rotation tag (phones) has its sides swapped,
+    as ffmpeg turns its frames upright when it decodes them (`read_frames`)."""
+
     width: int
     height: int
     fps: float
     duration: float
     has_audio: bool
+
+
+def _quarter_turns(stream_text: str) -> int:
+    """Quarter turns of a video stream's rotation tag (display matrix, or the older `rotate`
+    metadata), from `ffmpeg -i`'s report of that stream."""
+    m = (re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", stream_text)
+         or re.search(r"^\s*rotate\s*:\s*(-?\d+(?:\.\d+)?)", stream_text, re.M))
+    return round(float(m.group(1)) / 90.0) % 4 if m else 0
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -52,13 +64,17 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if not m:
         last = err.strip().splitlines()[-1] if err.strip() else "no video stream"
         raise VideoError(f"{p.name}: unreadable video ({last[:120]})")
+    width, height = int(m.group(1)), int(m.group(2))
+    stream = re.split(r"\n\s*Stream #", err[m.end():], maxsplit=1)[0]
+    if _quarter_turns(stream) % 2:  # a phone video stored sideways: ffmpeg decodes it upright
+        width, height = height, width
     fps_m = re.search(r"(\d+(?:\.\d+)?) fps", err) or re.search(r"(\d+(?:\.\d+)?) tbr", err)
     dur_m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", err)
     dur = 0.0
     if dur_m:
         h, mi, s = dur_m.groups()
         dur = int(h) * 3600 + int(mi) * 60 + float(s)
-    return VideoInfo(int(m.group(1)), int(m.group(2)), float(fps_m.group(1)) if fps_m else 0.0, dur,
+    return VideoInfo(width, height, float(fps_m.group(1)) if fps_m else 0.0, dur,
                      bool(re.search(r"Stream #.*?Audio:", err)))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError, normalize_keyword, parse_keyword
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif")
 CROP_SCALE = 1.8
 _FORMAT = "emotivetalk_jax.codebook"
 _TOKEN = re.compile(r"[^A-Za-z]+")
@@ -72,17 +72,11 @@ def label_for(path: Path, root: Path) -> str | None:
     return normalize_keyword(tokens[0]) if tokens else None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; EmotionError for anything unreadable."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(path: str | os.PathLike, what: str = "emotion image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB, upright (`data.image.read_image`); EmotionError for anything unreadable."""
+    from emotivetalk_jax.data.image import read_image as read_any
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise EmotionError(f"emotion image {path} does not exist; check the path") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise EmotionError(f"cannot read image {path} ({type(e).__name__}); pass a png/jpg face image") from None
+    return read_any(path, what, error=EmotionError)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -183,8 +177,8 @@ def build_codebook(images_dir: str | os.PathLike, expression_encoder, *, detect:
     if missing and not allow_missing:
         raise EmotionError(f"{root} has no images for: {', '.join(missing)} (label images by sub-folder or file "
                            "prefix; --allow-missing builds a partial codebook)")
-    latents, methods = encode_images((read_image(p) for p, _ in used), expression_encoder, detect=detect,
-                                     batch_size=batch_size, progress=progress)
+    latents, methods = encode_images((read_image(p, "codebook image") for p, _ in used), expression_encoder,
+                                     detect=detect, batch_size=batch_size, progress=progress)
     labels = np.array([KEYWORDS.index(k) for _, k in used])
     means = np.zeros((len(KEYWORDS), latents.shape[-1]), np.float32)
     counts = np.bincount(labels, minlength=len(KEYWORDS)).astype(np.int64)

@@ -72,7 +72,9 @@ _WORD = re.compile(r"[a-z]+")
 
 
 def unknown_keyword_message(word: str) -> str:
-    return f"unknown emotion {word!r}; use one of: {', '.join(KEYWORDS)}"
+    from emotivetalk_jax.validate import quote
+
+    return f"unknown emotion {quote(word)}; use one of: {', '.join(KEYWORDS)}"
 
 
 def normalize_keyword(word: str) -> str | None:
