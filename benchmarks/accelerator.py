@@ -278,7 +278,11 @@ def job_sampler(a, arg):
     backbone = _Backbone(ethd)
     n, h, branches = _sampler_inputs(a, v, dt)
     scale = 2.0 if guidance == "joint" else 1.0
-    cfg = SamplerConfig(steps=s["steps"], window=n, overlap=0, lip_scale=scale, expr_scale=scale, guidance=guidance)
+    steps, kind = s["steps"], "ddim"
+    if guidance.startswith("student"):  # a distilled student: consistency steps, one branch
+        steps, kind, guidance = int(guidance[len("student"):]), "consistency", "none"
+    cfg = SamplerConfig(steps=steps, window=n, overlap=0, lip_scale=scale, expr_scale=scale, guidance=guidance,
+                        kind=kind)
     run = lambda k: jax.block_until_ready(sample(backbone, branches, jax.random.key(k), cfg))
     t0 = time.perf_counter()
     out = run(0)
@@ -291,9 +295,9 @@ def job_sampler(a, arg):
         ts.append(time.perf_counter() - t0)
     warm = statistics.median(ts)
     branches_n = 2 if guidance == "joint" else 1
-    flops = UNET_TFLOP_PER_FRAME * 1e12 * n * s["steps"] * branches_n if not a.tiny else None
+    flops = UNET_TFLOP_PER_FRAME * 1e12 * n * steps * branches_n if not a.tiny else None
     _emit(dict(section="sampler", impl=f"attention {impl}", guidance=guidance, status="ok", frames=n, latent=h,
-               steps=s["steps"], lip_scale=scale, expr_scale=scale, dtype=str(dt), params=_n_params(ethd),
+               steps=steps, sampler=kind, lip_scale=scale, expr_scale=scale, dtype=str(dt), params=_n_params(ethd),
                first_call_s=first, warm_s=warm, min_s=min(ts), median_s=warm, repeats=len(ts), finite=finite,
                peak_gib=_peak_gib(), flops=flops,
                tflops_per_s=(flops / warm / 1e12) if flops else None, s_per_video_second=warm / (n / 25.0)))
@@ -323,14 +327,14 @@ def job_vae(a, arg):
         starts.append(n - c)
 
     def run():
-        return jax.block_until_ready([_decode(vae, z[i:i + c], c) for i in starts])
+        return jax.block_until_ready([_decode(vae, z[i:i + c][None], c) for i in starts])
 
     t0 = time.perf_counter()
     out = run()
     first = time.perf_counter() - t0
     r = _time(run, a.repeats)
     _emit(dict(section="vae", impl="jax decode", status="ok", frames=n, resolution=st.resolution, chunk=c,
-               out_shape=list(out[0].shape), dtype=str(dt), params=_n_params(vae), first_call_s=first,
+               out_shape=list(out[0].shape[1:]), dtype=str(dt), params=_n_params(vae), first_call_s=first,
                peak_gib=_peak_gib(), frames_per_s=n / r["median_s"], **r))
 
 
@@ -509,7 +513,7 @@ def plan(a, env: dict) -> list[str]:
                 jobs += [f"unet_torch={f}", f"unet_jax={f}"]
         elif sec == "sampler":
             for i, b in enumerate(backends):
-                for g in ("none", "joint"):
+                for g in ("none", "joint", "student1", "student2", "student4"):
                     jobs.append(f"sampler={b}:{g}")
         elif sec == "train":
             jobs += [f"train={r}" for r in a.remat.split(",")]
@@ -556,7 +560,9 @@ def table(rows: list[dict]) -> str:
         if r.get("section") == "env":
             continue
         what = r.get("impl", r.get("job", ""))
-        if r.get("section") == "sampler" and "guidance" in r:
+        if r.get("section") == "sampler" and r.get("sampler") == "consistency":
+            what += f", student {r['steps']} steps"
+        elif r.get("section") == "sampler" and "guidance" in r:
             what += f", guidance {r['guidance']}"
         note = r.get("fits_80gb") and f"fits 80 GB: {r['fits_80gb']}" or ""
         if r.get("status") not in ("ok",):

@@ -91,7 +91,9 @@ class BundleSettings:
     # `bench-synthetic` scores on the same domain by default.
     synthetic_head_motion: float = 1.0
     crop_scale: float = 1.8  # square crop side = crop_scale x the face box's larger side
-    decode_chunk: int = 16  # frames per VAE decode call
+    decode_chunk: int = 16  # frames the VAE decodes together (its temporal layers see one chunk)
+    decode_batch: int = 1  # chunks per VAE call (vmapped: the same frames, fewer calls)
+    batch_windows: int = 1  # windows per backbone call while sampling (0: all of a step's windows in one)
     # "ddim" (any backbone) or "consistency": `ethd/` is a student of stage `student`, sampled in
     # `steps` (1 or 2) single-branch steps from `student_grid` (`diffusion.consistency`); its
     # guidance is folded in at `folded_scales` (lip, expr), so lip_scale / expr_scale stay 1.
@@ -111,7 +113,8 @@ class BundleSettings:
         if self.folded_scales is not None:
             object.__setattr__(self, "folded_scales", tuple(float(v) for v in self.folded_scales))
         if not (self.window >= 1 and 0 <= self.overlap < self.window and self.steps >= 1 and self.dicte_steps >= 1
-                and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0):
+                and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0
+                and self.decode_batch >= 1 and self.batch_windows >= 0):
             raise BundleError(f"bad pipeline settings: need window >= 1, 0 <= overlap < window, steps, dicte_steps, "
                               f"decode_chunk >= 1, resolution, fps > 0 (got window={self.window}, "
                               f"overlap={self.overlap}, steps={self.steps}, resolution={self.resolution})")

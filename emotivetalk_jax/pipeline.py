@@ -96,7 +96,8 @@ def _dicte_chunk(dicte, cond, num_new, key, steps, prefix):
 
 @nnx.jit(static_argnames=("num_frames",))
 def _decode(vae, z, num_frames):
-    return vae.decode(z, num_frames)
+    """z (K, num_frames, h, w, 4) unscaled -> (K, num_frames, R, R, 3): K chunks decoded apart."""
+    return jax.vmap(lambda c: vae.decode(c, num_frames))(z)
 
 
 class _Backbone(nnx.Module):
@@ -279,7 +280,8 @@ class EmotiveTalkPipeline:
 
         s = self.settings
         return SamplerConfig(steps=int(steps or s.steps), window=s.window, overlap=s.overlap,
-                             lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid)
+                             lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid,
+                             batch_windows=s.batch_windows)
 
     def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
         """The sampler's Branches (the dropped variants only when guidance is on)."""
@@ -324,15 +326,19 @@ class EmotiveTalkPipeline:
         if starts[-1] + c < n:
             starts.append(n - c)  # last chunk shifted back: same size, one compile
         out = np.empty((n, self.resolution, self.resolution, 3), np.uint8)
+        k = max(1, min(self.settings.decode_batch, len(starts)))
         done = 0
         with self._stage("decode", total=n, unit="frame") as bar:
-            for s0 in starts:
-                x = np.asarray(_decode(vae, z[s0:s0 + c], c))
+            for g in range(0, len(starts), k):
+                group = starts[g:g + k]
+                group = group + [group[-1]] * (k - len(group))  # one call shape: the last group padded
+                x = np.asarray(_decode(vae, jnp.stack([z[s0:s0 + c] for s0 in group]), c))
                 px = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-                out[done:s0 + c] = px[done - s0:]
+                for s0, chunk in zip(starts[g:g + k], px):
+                    out[done:s0 + c] = chunk[done - s0:]
+                    bar.update(s0 + c - done)
+                    done = s0 + c
                 interrupts.check()
-                bar.update(s0 + c - done)
-                done = s0 + c
         return out
 
     # -- the whole thing

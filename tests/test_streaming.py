@@ -75,3 +75,22 @@ def test_stream_bad_input_one_clear_error_nothing_written(pipe, tmp_path, case):
         list(pipe.stream(PORTRAIT, chunks, crop=False, face_box=BOX, out=out))
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_batched_vae_decode_gives_the_same_frames(pipe):
+    """`decode_batch` decodes several chunks per call (vmapped): the frames of one chunk per call."""
+    import dataclasses
+
+    import jax
+
+    h = pipe.latent_size
+    z = jax.random.normal(jax.random.key(0), (1, 7, h, h, 4))  # 7 frames in chunks of 2: the last shifted back
+    one = pipe.decode(z)
+    settings = pipe.settings
+    try:
+        pipe.settings = dataclasses.replace(settings, decode_batch=3)
+        three = pipe.decode(z)
+    finally:
+        pipe.settings = settings
+    assert one.shape == (7, 16, 16, 3)
+    assert np.abs(one.astype(int) - three.astype(int)).max() <= 1

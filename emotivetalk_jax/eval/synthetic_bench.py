@@ -73,14 +73,18 @@ def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
 
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
-                    progress: bool = True, pipeline=None, head_motion: float | None = None) -> dict:
-    """Generate `clips` held-out clips and score them (see the module docstring)."""
+                    progress: bool = True, pipeline=None, head_motion: float | None = None,
+                    first_clip: int = 0) -> dict:
+    """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
+    them (see the module docstring)."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import synthetic_face as sf
     from emotivetalk_jax.pipeline import ABLATIONS, EmotiveTalkPipeline, GenerationError
 
     if clips < 1:
         raise GenerationError(f"--clips must be >= 1, got {clips}")
+    if first_clip < 0:
+        raise GenerationError(f"--first-clip must be >= 0, got {first_clip}")
     if frames is not None and frames < 1:
         raise GenerationError(f"--frames must be >= 1, got {frames}")
     if ablate not in ABLATIONS:
@@ -94,7 +98,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     rec_measured, rec_correct = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
-    for i in range(clips):
+    for i in range(first_clip, first_clip + clips):
         clip = domain.clip(i, "test")
         n = frames or clip.num_frames
         states = clip.states[np.arange(n) % clip.num_frames]
@@ -145,7 +149,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "measured_fraction": readable / max(total, 1),
         "lag_correlations": {str(k): v for k, v in lags.items()},
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
-                     "seed": seed, "data_seed": data_seed, "clips": clips, "split": "test", "ablate": ablate,
+                     "seed": seed, "data_seed": data_seed, "clips": clips, "first_clip": first_clip, "split": "test",
+                     "ablate": ablate,
                      "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword",
                      "head_motion": motion},
         "clips": per_clip,
@@ -171,9 +176,11 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="pipeline checkpoint folder (default: the installed demo)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (clip i uses seed + i)")
     p.add_argument("--clips", type=int, default=8, help="held-out clips to generate")
+    p.add_argument("--first-clip", type=int, default=0,
+                   help="the first held-out clip (choose settings on other clips than those you report)")
     p.add_argument("--ablate", choices=("lip", "expression"), default=None)
     p.add_argument("--frames", type=int, default=None, help="frames per clip (audio looped); default: the clip's own")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic domain (the training data's)")
     p.add_argument("--head-motion", type=float, default=None,
                    help="synthetic head motion (default: the one the checkpoint was trained on)")
@@ -188,4 +195,4 @@ def bench_main(args) -> dict:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
-                           head_motion=args.head_motion)
+                           head_motion=args.head_motion, first_clip=args.first_clip)
