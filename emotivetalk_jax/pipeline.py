@@ -535,13 +535,10 @@ def generate_main(args) -> dict:
         pipe.bundle.speech_head = speech_head
     if getattr(args, "stream", False):
         chunks = (wave[i:i + SR // 5] for i in range(0, len(wave), SR // 5))
-        gen = pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                r = stop.value
-                break
+        from emotivetalk_jax.streaming import exhaust
+
+        r = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out,
+                                paste=args.paste_back))
     else:
         r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
     video_s = r.info["num_frames"] / pipe.settings.fps

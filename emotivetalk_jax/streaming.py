@@ -68,6 +68,15 @@ def _chunk_wave(chunk, sr: int | None, first_sr: list, index: int) -> np.ndarray
     return wave
 
 
+def exhaust(gen):
+    """Run a `stream` generator to its end: its return value, the `Result`."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 0, steps: int | None = None,
            sr: int | None = None, out=None, paste: bool = False, face_box=None, crop: bool = True, boxes=None,
            audio_context_s: float = 1.0, lookahead: int | None = None, stats: dict | None = None) -> Iterator:

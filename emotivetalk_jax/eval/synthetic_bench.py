@@ -74,9 +74,10 @@ def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
                     progress: bool = True, pipeline=None, head_motion: float | None = None,
-                    first_clip: int = 0) -> dict:
+                    first_clip: int = 0, stream: bool = False) -> dict:
     """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
-    them (see the module docstring)."""
+    them (see the module docstring). `stream`: generate through `EmotiveTalkPipeline.stream` (the
+    clip's speech in 0.2 s chunks) instead of the offline pipeline."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import synthetic_face as sf
     from emotivetalk_jax.pipeline import ABLATIONS, EmotiveTalkPipeline, GenerationError
@@ -89,6 +90,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"--frames must be >= 1, got {frames}")
     if ablate not in ABLATIONS:
         raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
+    if stream and ablate:
+        raise GenerationError("--stream generates as a user would; it takes no --ablate")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
     r = pipe.resolution
     motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
@@ -107,8 +110,15 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         boxes = (facelib.lip_box(lm), facelib.face_box(lm))
         portrait = clip.portrait(r)
         g0 = time.perf_counter()
-        res = pipe(portrait, audio, emotion=clip.emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
-                   ablate=ablate)
+        if stream:
+            chunks = (audio[k:k + 3200] for k in range(0, len(audio), 3200))
+            from emotivetalk_jax.streaming import exhaust
+
+            res = exhaust(pipe.stream(portrait, chunks, emotion=clip.emotion, seed=seed + i, steps=steps,
+                                       crop=False, boxes=boxes))
+        else:
+            res = pipe(portrait, audio, emotion=clip.emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
+                       ablate=ablate)
         gen_s += time.perf_counter() - g0
         video = res.frames
         opening, emo = _measure(video, clip.identity)
@@ -120,7 +130,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         majority = int(votes.argmax()) if votes.sum() else -1
         correct.append(majority == clip.emotion_id)
         gt = sf.render(clip.identity, states, r)
-        id_psnr.append(float(np.mean([psnr(a, b) for a, b in zip(video, gt)])))
+        per_frame = [psnr(a, b) for a, b in zip(video, gt)]
+        id_psnr.append(float(np.mean(per_frame)))
         rec = vae_reconstruction(pipe, gt)
         ceiling.append(float(np.mean([psnr(a, b) for a, b in zip(rec, gt)])))
         rec_opening, rec_emo = _measure(rec, clip.identity)
@@ -129,8 +140,13 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         rec_correct.append(bool(rec_votes.sum()) and int(rec_votes.argmax()) == clip.emotion_id)
         outside = 1 - facelib.box_mask(boxes[1], r, r)
         bg_psnr.append(float(np.mean([psnr(a, portrait, outside > 0) for a in video])))
-        per_clip.append({"clip": clip.name, "emotion": clip.emotion,
-                         "measured_emotion": EMOTIONS[majority] if majority >= 0 else None, "frames": n})
+        row = {"clip": clip.name, "emotion": clip.emotion,
+               "measured_emotion": EMOTIONS[majority] if majority >= 0 else None, "frames": n,
+               "identity_psnr": id_psnr[-1]}
+        if n >= 240:  # drift: the first and the last 120 frames
+            row.update(identity_psnr_first_120=float(np.mean(per_frame[:120])),
+                       identity_psnr_last_120=float(np.mean(per_frame[-120:])))
+        per_clip.append(row)
     lags = lag_correlations(measured, truth)
     finite = {k: v for k, v in lags.items() if math.isfinite(v)}
     offset = max(finite, key=lambda k: (finite[k], -abs(k))) if finite else None
@@ -150,7 +166,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "lag_correlations": {str(k): v for k, v in lags.items()},
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "first_clip": first_clip, "split": "test",
-                     "ablate": ablate,
+                     "ablate": ablate, "stream": stream,
                      "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword",
                      "head_motion": motion},
         "clips": per_clip,
@@ -184,6 +200,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic domain (the training data's)")
     p.add_argument("--head-motion", type=float, default=None,
                    help="synthetic head motion (default: the one the checkpoint was trained on)")
+    p.add_argument("--stream", action="store_true", help="generate through the streaming generator (0.2 s chunks)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -195,4 +212,5 @@ def bench_main(args) -> dict:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
-                           head_motion=args.head_motion, first_clip=args.first_clip)
+                           head_motion=args.head_motion, first_clip=args.first_clip,
+                           stream=getattr(args, "stream", False))
