@@ -56,6 +56,9 @@ def abstract_batch(stage, batch_size: int, mesh, mesh_rules) -> dict:
               "audio": ((batch_size, 640 * (f + 2 * d["audio_context"])), np.float32)}
     for m in d["mask_sizes"]:
         shapes[f"mask_lip_{m}"] = shapes[f"mask_face_{m}"] = ((batch_size, m, m, 1), np.float32)
+    if stage.audio_encoder is not None:  # the loader's cached whole-utterance features (`frame_features`)
+        dim = int(stage.audio_encoder.config["hidden_size"])
+        shapes["frame_features"] = ((batch_size, f + 2 * d["audio_context"], dim), np.float32)
     return {k: jax.ShapeDtypeStruct(sh, dt, sharding=NamedSharding(mesh, shd.batch_spec(sh, mesh, mesh_rules)))
             for k, (sh, dt) in shapes.items()}
 

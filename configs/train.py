@@ -170,6 +170,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.teacher_expr_scale = -1.0
     c.student_grid = 32  # Karras sigmas of the distillation schedule
     c.consistency_huber = 0.0  # pseudo-Huber c of the consistency loss (0: squared error)
+    c.consistency_anchor = 0.0  # weight of the student's D against the teacher's guided D (0: pure consistency)
     c.teacher_steps = 8  # the teacher's DDIM steps in the student's gates
 
     c.init = ml_collections.ConfigDict(dict(

@@ -134,6 +134,11 @@ def test_guided_teacher_and_one_distillation_step_lowers_the_loss():
     upd, opt = tx.update(g, opt, params)
     after = float(loss(optax.apply_updates(params, upd), params))  # the target stays where it was (the EMA)
     assert np.isfinite(before) and after < before
+    # the anchor: the student's D against the teacher's guided D, 0 for the teacher itself unguided
+    _, aux = C.distillation_loss(teacher, teacher, teacher, eb, key, grid=grid, anchor=1.0)
+    assert float(aux["anchor"]) == 0.0 and float(aux["consistency"]) > 0
+    _, aux = C.distillation_loss(teacher, teacher, teacher, eb, key, grid=grid, expr_scale=2.0, anchor=1.0)
+    assert float(aux["anchor"]) > 0
 
 
 FAST = "{'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}"

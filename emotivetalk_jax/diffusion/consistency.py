@@ -109,18 +109,22 @@ def guided_denoise(teacher, x: jax.Array, sigma: jax.Array, eb, e_dri: jax.Array
     d = ethd_denoise(teacher, rep(x), rep(sigma), rep(eb.ref_latent), lips, rep(eb.added_time_ids), exprs,
                      rep(eb.e_ref), rep(eb.lip_mask), rep(eb.face_mask))
     preds = d.reshape((r,) + x.shape)
-    return combine(preds, mode, jnp.float32(lip_scale), jnp.float32(expr_scale))
+    return combine(preds, mode, float(lip_scale), float(expr_scale)).astype(x.dtype)  # weak scalars: x's dtype
 
 
 def distillation_loss(student, target, teacher, eb, key: jax.Array, *, grid: np.ndarray, lip_scale: float = 1.0,
                       expr_scale: float = 1.0, p_video: float = 0.6, huber_c: float = 0.0,
-                      weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                      weight: jax.Array | None = None, anchor: float = 0.0) -> tuple[jax.Array, dict]:
     """One consistency-distillation loss on an `ETHDBatch` (see the module docstring).
 
     student / target / teacher: ETHD-signature callables (the target is the student's EMA; its
     output is stop-gradient). e_dri = e_v with probability p_video else e_a, as in stage 2 (no
-    condition dropout: guidance is folded in). Returns (loss, aux) with aux = sigma (B,) the
-    s_hi drawn and `student_x0` (B, F, H, W, C), f_student(x_hi, s_hi).
+    condition dropout: guidance is folded in). `anchor` > 0 adds that weight times the squared
+    error of the student's denoiser D_student(x_hi; s_hi) against the teacher's guided one at the
+    same point (guidance distillation, Meng et al. 2023: it holds the student's one-step
+    prediction at the teacher's while the consistency term makes its steps agree). Returns (loss,
+    aux) with aux = sigma (B,) the s_hi drawn, `student_x0` (B, F, H, W, C) f_student(x_hi, s_hi),
+    and the two terms `consistency` and `anchor` ().
     """
     from emotivetalk_jax.diffusion.ethd_loss import choose_e_dri, ethd_denoise
 
@@ -135,8 +139,11 @@ def distillation_loss(student, target, teacher, eb, key: jax.Array, *, grid: np.
     x_hi = x0 + col(s_hi) * jax.random.normal(k_n, x0.shape, x0.dtype)
     e_dri = choose_e_dri(k_e, eb.e_v, eb.e_a, p_video)
     d_t = jax.lax.stop_gradient(guided_denoise(teacher, x_hi, s_hi, eb, e_dri, lip_scale, expr_scale))
-    x_lo = d_t + col(s_lo / s_hi) * (x_hi - d_t)  # one DDIM step of the guided teacher
+    x_lo = (d_t + col(s_lo / s_hi) * (x_hi - d_t)).astype(x0.dtype)  # one DDIM step of the guided teacher
     args = (eb.ref_latent, eb.lip_tokens, eb.added_time_ids, e_dri, eb.e_ref, eb.lip_mask, eb.face_mask)
-    f_s = consistency_fn(x_hi, ethd_denoise(student, x_hi, s_hi, *args), s_hi)
+    d_s = ethd_denoise(student, x_hi, s_hi, *args)
+    f_s = consistency_fn(x_hi, d_s, s_hi)
     f_t = jax.lax.stop_gradient(consistency_fn(x_lo, ethd_denoise(target, x_lo, s_lo, *args), s_lo))
-    return jnp.mean(pseudo_huber(f_s, f_t, huber_c, weight)), dict(sigma=s_hi, student_x0=f_s)
+    cd = jnp.mean(pseudo_huber(f_s, f_t, huber_c, weight))
+    held = jnp.mean(pseudo_huber(d_s, d_t, 0.0, weight)) if anchor else jnp.zeros((), jnp.float32)
+    return cd + anchor * held, dict(sigma=s_hi, student_x0=f_s, consistency=cd, anchor=held)

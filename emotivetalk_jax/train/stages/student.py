@@ -77,9 +77,11 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     lip_scale, expr_scale = teacher_scales(cfg) if teacher_path or explicit else (1.0, 1.0)
     grid = distillation_grid(int(cfg.get("student_grid", 32)))
     huber = float(cfg.get("consistency_huber", 0.0))
+    anchor = float(cfg.get("consistency_anchor", 0.0))
     teacher_steps = int(cfg.get("teacher_steps", 8))
-    if huber < 0 or teacher_steps < 1:
-        raise ValueError(f"consistency_huber must be >= 0 and teacher_steps >= 1, got {huber}, {teacher_steps}")
+    if huber < 0 or anchor < 0 or teacher_steps < 1:
+        raise ValueError(f"consistency_huber and consistency_anchor must be >= 0 and teacher_steps >= 1, got "
+                         f"{huber}, {anchor}, {teacher_steps}")
 
     base_cfg = cfg.copy_and_resolve_references()
     with base_cfg.unlocked():
@@ -101,8 +103,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         eb = inp["eb"]
         weight = region_weight(eb.lip_mask, eb.face_mask, lip_weight, face_weight)
         l, a = distillation_loss(model, target, frozen.teacher, eb, key, grid=grid, lip_scale=lip_scale,
-                                 expr_scale=expr_scale, p_video=tr.p_video_expr, huber_c=huber, weight=weight)
-        return l, dict(sigma=jnp.mean(a["sigma"]))
+                                 expr_scale=expr_scale, p_video=tr.p_video_expr, huber_c=huber, weight=weight,
+                                 anchor=anchor)
+        return l, dict(sigma=jnp.mean(a["sigma"]), loss_consistency=a["consistency"], loss_anchor=a["anchor"])
 
     frames, size = base.data["frames"], base.data["size"]
     ctx, latent = base.data["audio_context"], base.data["mask_sizes"][0]
