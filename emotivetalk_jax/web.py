@@ -268,7 +268,7 @@ class WebApp:
             with gr.Row():
                 with gr.Column():
                     portrait = _file_image(gr, label="Portrait (one face)", sources=["upload", "webcam"],
-                                           type="filepath", elem_id="portrait")
+                                           type="filepath", height=260, elem_id="portrait")
                     speech = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                       format=None, elem_id="speech")
                     emotion_from = gr.Radio(list(EMOTION_FROM), value="text", label="Emotion from",
