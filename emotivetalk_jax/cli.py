@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.pipeline import add_generate_arguments
 
     add_generate_arguments(g)
+    sv = sub.add_parser("serve", help="the web demo: a Gradio page and HTTP API over one loaded model (extra: web)")
+    from emotivetalk_jax.web import add_serve_arguments
+
+    add_serve_arguments(sv)
     b = sub.add_parser("bench-synthetic", help="lip sync / emotion / identity scores on held-out synthetic clips (JSON)")
     from emotivetalk_jax.eval.synthetic_bench import add_bench_arguments
 
@@ -123,7 +127,7 @@ def _run(args: argparse.Namespace) -> object:
 
     if args.command in DATA_COMMANDS:
         return run_data_command(args)
-    if args.command in ("train", "generate"):  # compile once per machine: before the first compile
+    if args.command in ("train", "generate", "serve"):  # compile once per machine: before the first compile
         from emotivetalk_jax.accelerators import setup_compilation_cache
 
         setup_compilation_cache()
@@ -137,6 +141,10 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.pipeline import generate_main
 
         return generate_main(args)
+    if args.command == "serve":
+        from emotivetalk_jax.web import serve_main
+
+        return serve_main(args)
     if args.command == "bench-synthetic":
         from emotivetalk_jax.eval.synthetic_bench import bench_main
 
