@@ -99,6 +99,7 @@ class BundleSettings:
     # guidance is folded in at `folded_scales` (lip, expr), so lip_scale / expr_scale stay 1.
     sampler: str = "ddim"
     student_grid: int = 32
+    student_sigma_hi: float = 2.0  # the few-step schedule's second sigma (`consistency.student_sigmas`)
     folded_scales: tuple[float, float] | None = None
 
     def __post_init__(self):

@@ -281,7 +281,7 @@ class EmotiveTalkPipeline:
         s = self.settings
         return SamplerConfig(steps=int(steps or s.steps), window=s.window, overlap=s.overlap,
                              lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid,
-                             batch_windows=s.batch_windows)
+                             sigma_hi=s.student_sigma_hi, batch_windows=s.batch_windows)
 
     def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
         """The sampler's Branches (the dropped variants only when guidance is on)."""
