@@ -10,7 +10,8 @@
 # on the trained face and audio encoders; reader (the expression reader of stage 2's expression
 # term, about 8 minutes); then ethd (stage 2) on all of them next to vae_dec, a
 # decoder-only fine-tune of the VAE (`vae_train=decoder`: the encoder, and so every latent
-# stage 2 learns on, stays bit-identical), then `emotivetalk export-bundle --vae vae_dec`. Each
+# stage 2 learns on, stays bit-identical), then `emotivetalk export-bundle --vae vae_dec`, then the
+# few-step student (stage student) distilled from that bundle and exported beside it. Each
 # stage resumes from its workdir, so rerunning continues. Step counts: env VAE_STEPS,
 # ENC_STEPS, AUDIO_STEPS, VAID_STEPS, READER_STEPS, ETHD_STEPS, DEC_STEPS. vae and vae_dec run at the lowest
 # priority.
@@ -153,3 +154,18 @@ kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can
 wait "$dec" || true
 $ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-1.5}"
 du -sh "$OUT"
+
+# The few-step student (stage student): consistency distillation of the bundle just written, its
+# two-branch guidance folded in, with the anchor term (the student's D held at the teacher's
+# guided D), lr 1e-5, EMA target 0.95; the frozen parts are the bundle's own. Exported as
+# $STUDENT_OUT (default OUT-student), sampled in 2 one-branch steps. STUDENT_STEPS sets its length
+# (the measured run: 400 steps, benchmarks/README.md "A distilled student").
+$ET train --config configs/train.py:stage=student,variant=demo --workdir "$W/student" "${COMMON[@]}" \
+  --config.data.num_clips=256 --config.total_steps="${STUDENT_STEPS:-400}" --config.batch_size=4 \
+  --config.image_size=64 --config.optim.name=adam --config.optim.lr=1e-5 --config.optim.warmup_steps=20 \
+  --config.init.teacher="$OUT/ethd" --config.init.face_encoders="$OUT/face_encoders" --config.init.vaid="$OUT/vaid" \
+  --config.init.vae="$OUT/vae" --config.init.audio="$OUT/audio" --config.data.reference_neutral=1 \
+  --config.lip_loss_weight=4 --config.face_loss_weight=4 --config.consistency_anchor=1 \
+  --config.frozen_cache=True > "$W/student.log" 2>&1
+$ET export-bundle "$W/student" "${STUDENT_OUT:-$OUT-student}"
+du -sh "${STUDENT_OUT:-$OUT-student}"
