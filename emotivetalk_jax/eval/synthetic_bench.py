@@ -26,6 +26,10 @@ opening is dropped from the correlation and their emotion is "unreadable";
 `--ablate expression` sets e_dri = e_ref (Tab. 2). `--frames F` loops each clip's audio
 and ground truth to F frames (Tab. 3: long videos). The domain's head motion is the one the
 bundle was trained on (`synthetic_head_motion` in its settings) unless `--head-motion` says.
+`--emotion-source text|image|video|audio` says where the asked emotion comes from (text, the
+default: the keyword; image and video: another held-out identity showing it; audio: a held-out
+utterance of it by another voice, read by the bundle's speech-emotion head; `bench_sources`);
+each clip's `emotion_source` records how the emotion was chosen.
 """
 
 from __future__ import annotations
@@ -73,8 +77,13 @@ def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
 
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
-                    progress: bool = True, pipeline=None, head_motion: float | None = None) -> dict:
+                    progress: bool = True, pipeline=None, head_motion: float | None = None,
+                    emotion_source: str = "text") -> dict:
     """Generate `clips` held-out clips and score them (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    from emotivetalk_jax.eval.bench_sources import DESCRIPTION, SOURCES, source_emotion
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import synthetic_face as sf
     from emotivetalk_jax.pipeline import ABLATIONS, EmotiveTalkPipeline, GenerationError
@@ -85,7 +94,13 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"--frames must be >= 1, got {frames}")
     if ablate not in ABLATIONS:
         raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
+    if emotion_source not in SOURCES:
+        raise GenerationError(f"unknown --emotion-source {emotion_source!r}; choose one of {', '.join(SOURCES)}")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
+    if emotion_source == "audio" and pipe.bundle.speech_head is None:
+        raise GenerationError(f"checkpoint {checkpoint} has no speech-emotion head (speech_head/), which "
+                              "--emotion-source audio reads; add one (emotivetalk train --config "
+                              "configs/train.py:stage=speech_head ...)")
     r = pipe.resolution
     motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
     domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
@@ -94,6 +109,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     rec_measured, rec_correct = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
+    sources = tempfile.TemporaryDirectory(prefix="emotivetalk-bench-")
     for i in range(clips):
         clip = domain.clip(i, "test")
         n = frames or clip.num_frames
@@ -102,8 +118,9 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         lm = clip.portrait_landmarks(r)
         boxes = (facelib.lip_box(lm), facelib.face_box(lm))
         portrait = clip.portrait(r)
+        emotion, how = source_emotion(pipe, domain, clip, i, emotion_source, n, Path(sources.name))
         g0 = time.perf_counter()
-        res = pipe(portrait, audio, emotion=clip.emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
+        res = pipe(portrait, audio, emotion=emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
                    ablate=ablate)
         gen_s += time.perf_counter() - g0
         video = res.frames
@@ -126,7 +143,9 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         outside = 1 - facelib.box_mask(boxes[1], r, r)
         bg_psnr.append(float(np.mean([psnr(a, portrait, outside > 0) for a in video])))
         per_clip.append({"clip": clip.name, "emotion": clip.emotion,
-                         "measured_emotion": EMOTIONS[majority] if majority >= 0 else None, "frames": n})
+                         "measured_emotion": EMOTIONS[majority] if majority >= 0 else None, "frames": n,
+                         "emotion_source": how})
+    sources.cleanup()
     lags = lag_correlations(measured, truth)
     finite = {k: v for k, v in lags.items() if math.isfinite(v)}
     offset = max(finite, key=lambda k: (finite[k], -abs(k))) if finite else None
@@ -146,7 +165,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "lag_correlations": {str(k): v for k, v in lags.items()},
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "split": "test", "ablate": ablate,
-                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword",
+                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion_source": emotion_source,
+                     "emotion": DESCRIPTION[emotion_source],
                      "head_motion": motion},
         "clips": per_clip,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -177,6 +197,10 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic domain (the training data's)")
     p.add_argument("--head-motion", type=float, default=None,
                    help="synthetic head motion (default: the one the checkpoint was trained on)")
+    p.add_argument("--emotion-source", choices=("text", "image", "video", "audio"), default="text",
+                   help="where the asked emotion comes from: its keyword (text), a face (image) or a driving video "
+                        "of another held-out identity, or a held-out utterance by another voice (audio: the "
+                        "checkpoint's speech-emotion head)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -188,4 +212,4 @@ def bench_main(args) -> dict:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
-                           head_motion=args.head_motion)
+                           head_motion=args.head_motion, emotion_source=args.emotion_source)
