@@ -246,6 +246,9 @@ def save_speech_head(head: SpeechEmotionHead, out: str | os.PathLike) -> Path:
     tensors = {".".join(str(p) for p in path): np.asarray(v.value, np.float32) for path, v in flat}
     tmp = folder / "speech_head.safetensors.tmp"
     save_file(tensors, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the temporary file's private mode is not the folder's usual one
     os.replace(tmp, folder / "speech_head.safetensors")
     meta = {"keywords": list(KEYWORDS), "config": dataclasses.asdict(head.cfg)}
     (folder / "speech_head.json").write_text(json.dumps(meta, indent=1) + "\n")
