@@ -378,6 +378,7 @@ __all__ = [
     "InputWarning", "AudioError", "AudioNotFoundError", "AudioDecodeError", "EmptyAudioError",
     "AudioTooShortError", "AudioTooLongError", "NonFiniteAudioError", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
     "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
-    "missing_ancestors", "check_finite_audio", "check_wave", "check_speech", "SPEECH_DBFS", "check_image_file",
+    "missing_ancestors", "check_finite_audio", "check_wave", "check_speech",
+    "SPEECH_DBFS", "check_image_file",
     "parse_face_box", "warn", "check_command",
 ]

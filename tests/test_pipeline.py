@@ -172,8 +172,8 @@ def test_speech_head_cli_into_a_bundle_and_emotion_from_speech(bundle, tmp_path,
     from emotivetalk_jax.emotion.keywords import KEYWORDS
 
     head = tmp_path / "head"
-    rc = cli.main(["speech-head", "train", str(head), "--feature", "prosody", "--clips", "16", "--voice-seeds", "2",
-                   "--heldout-clips", "8", "--steps", "20", "--eval-every", "10", "--hidden", "16", "--quiet"])
+    rc = cli.main(["speech-head", "train", str(head), "--feature", "prosody", "--clips", "16", "--voice-seeds",
+                   "2", "--heldout-clips", "8", "--steps", "20", "--eval-every", "10", "--hidden", "16", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     out = json.loads(capsys.readouterr().out)
     assert list(out["confusion"]) == list(KEYWORDS) and sum(sum(r.values()) for r in out["confusion"].values()) == 8

@@ -6,7 +6,8 @@
 
 For `generate`, `add_emotion_arguments(parser)` adds the mutually exclusive emotion
 sources (--emotion / --emotion-image / --emotion-audio / --emotion-video /
---emotion-from-speech, which reads the emotion from --audio itself) and their options; `source_from_args(args)` turns them into an `EmotionSource` (or None).
+--emotion-from-speech, which reads the emotion from --audio itself) and their options;
+`source_from_args(args)` turns them into an `EmotionSource` (or None).
 Errors are `EmotionError` (a ValueError) with one-line messages; cli.py prints them.
 """
 

@@ -9,10 +9,10 @@ every `eval_every` steps (the head's counterpart of the stages' gates, `report.j
 confusion matrix at the end. Data:
 
 * `synthetic` (the default): training utterances are training-split clips of the synthetic
-  domains `data_seed + 1 ..` (`voice_seeds` of them): each domain draws its own identity pool,
-  so the head hears thousands of voices, not the 224 of one pool, and cannot learn a speaker's
-  pitch as that speaker's emotion. Held-out utterances are test-split clips of `data_seed`
-  (the bench's domain): held-out identities, so held-out voices, and held-out utterances;
+  domains `data_seed + 1 ..` (`voice_seeds` of them; each draws its own identity pool, so
+  thousands of voices instead of one pool's 224). Held-out utterances are test-split clips of
+  `data_seed` (the bench's domain): held-out identities, so held-out voices, and held-out
+  utterances;
 * a folder written by `emotivetalk prepare` whose clips carry emotion labels (MEAD's): its
   `train` split's labelled clips, scored on its `test` split (`--split-by speaker` there for
   held-out voices).
@@ -174,9 +174,9 @@ def train_head(train: SpeechSet, heldout: SpeechSet, cfg, *, encoder=None, steps
     head = train_speech_emotion_head(feats, train.labels, cfg, steps=steps, learning_rate=learning_rate,
                                      weight_decay=weight_decay, seed=seed, eval_every=eval_every, on_eval=on_eval)
     report = {"heldout": confusion_report(confusion(head, held, heldout.labels)), "history": history,
-              "train": {"utterances": len(train.waves), "voices": int(len(np.unique(train.speakers))),
+              "train": {"utterances": len(train.labels), "voices": int(len(np.unique(train.speakers))),
                         "source": train.source},
-              "heldout_data": {"utterances": len(heldout.waves), "voices": int(len(np.unique(heldout.speakers))),
+              "heldout_data": {"utterances": len(heldout.labels), "voices": int(len(np.unique(heldout.speakers))),
                                "source": heldout.source,
                                "voices_also_in_training": int(len(np.intersect1d(train.speakers, heldout.speakers)))},
               "config": dataclasses.asdict(head.cfg), "steps": steps, "seed": seed, "bar": BAR}
@@ -189,21 +189,24 @@ def train_head(train: SpeechSet, heldout: SpeechSet, cfg, *, encoder=None, steps
 def add_speech_commands(sub) -> None:
     s = sub.add_parser("speech-head", help="the speech-emotion head (--emotion-audio, --emotion-from-speech)")
     ssub = s.add_subparsers(dest="speech_command", required=True)
-    t = ssub.add_parser("train", help="train a head on labelled speech; held-out accuracy and confusion in OUT/report.json")
+    t = ssub.add_parser("train", help="train a head on labelled speech (held-out accuracy and confusion matrix "
+                                      "in OUT/report.json)")
     t.add_argument("out")
     t.add_argument("--data", default="synthetic", metavar="synthetic|DIR",
                    help="synthetic speech (default) or a folder written by `emotivetalk prepare` with emotion labels")
     t.add_argument("--feature", choices=("wavlm", "prosody", "voice"), default="voice",
                    help="an audio encoder's pooled hidden layer (wavlm), prosody statistics, or those and "
                         "speaker-independent pitch / loudness / rhythm statistics (voice, the default)")
-    t.add_argument("--encoder", metavar="DIR", help="audio encoder for --feature wavlm (default: the demo bundle's audio/)")
+    t.add_argument("--encoder", metavar="DIR",
+                   help="audio encoder for --feature wavlm (default: the demo bundle's audio/)")
     t.add_argument("--layer", type=int, default=-1, help="encoder hidden state (0 = input, -1 = last)")
     t.add_argument("--pooling", choices=("mean", "mean_std"), default="mean_std")
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--clips", type=int, default=4000, help="synthetic training utterances")
     t.add_argument("--voice-seeds", type=int, default=20, help="synthetic domains the training voices come from")
     t.add_argument("--heldout-clips", type=int, default=512, help="synthetic held-out utterances (held-out voices)")
-    t.add_argument("--data-seed", type=int, default=0, help="the synthetic domain whose held-out identities score the head")
+    t.add_argument("--data-seed", type=int, default=0,
+                   help="the synthetic domain whose held-out identities score the head")
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--weight-decay", type=float, default=0.1)

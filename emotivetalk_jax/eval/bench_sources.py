@@ -77,8 +77,9 @@ def source_emotion(pipe, domain: SyntheticDomain, clip: Clip, index: int, kind: 
         path = folder / f"{other.name}.wav"
         soundfile.write(str(path), other.audio, SR, subtype="PCM_16")
         cond = pipe.resolve_emotion(EmotionSource.audio(path), num_frames)
+        probs = {k: round(v, 4) for k, v in cond.detail["probs"].items()}
         return cond, {"kind": "audio", "from": other.name, "identity": other.identity_id, "chosen": cond.keyword,
-                      "method": "speech-emotion head", "probs": {k: round(v, 4) for k, v in cond.detail["probs"].items()}}
+                      "method": "speech-emotion head", "probs": probs}
     other = other_clip(domain, clip, index)
     encoder = pipe.bundle.face_encoders
     if kind == "image":
