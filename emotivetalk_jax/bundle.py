@@ -247,7 +247,41 @@ def _components(b: Bundle) -> dict[str, dict]:
              "vaid": ("vaid", s.vaid_variant, model_shapes(b.vaid)),
              "face_encoders": ("face_encoders", None, model_shapes(b.face_encoders)),
              "codebook": ("codebook", None, {"means": list(np.shape(b.codebook.means))})}
+    if b.speech_head is not None:
+        parts["speech_head"] = ("speech_head", None, model_shapes(b.speech_head))
     return {k: component_entry(*v) for k, v in parts.items()}
+
+
+def add_speech_head(path: str | os.PathLike, head, *, replace: bool = False) -> Path:
+    """Put a speech-emotion head into the bundle at `path` as speech_head/ and rewrite its
+    manifest (the other parts untouched). The bundle is checked first; a head on encoder
+    features must match the width of the bundle's audio encoder, which it will read."""
+    import shutil
+    import secrets
+
+    folder = Path(path)
+    read_settings(folder)
+    meta = verify_bundle(folder, hashes=True)
+    dest = folder / "speech_head"
+    if dest.exists() and not replace:
+        raise BundleError(f"{folder} already has a speech_head/; pass --replace to replace it")
+    width = _read_json(folder / "audio" / "config.json", "audio encoder")["config"]["hidden_size"]
+    if head.cfg.feature == "wavlm" and head.cfg.encoder_width not in (None, width):
+        raise BundleError(f"the speech-emotion head reads a {head.cfg.encoder_width}-wide encoder; the audio encoder "
+                          f"of {folder} is {width} wide")
+    tmp = folder / f".speech_head.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        save_speech_head(head, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    components = dict((meta or {}).get("components") or {})
+    components["speech_head"] = manifest.component_entry("speech_head", None, manifest.model_shapes(head))
+    manifest.write_manifest(folder, components)
+    verify_bundle(folder, hashes=True)
+    return folder
 
 
 def verify_bundle(path: str | os.PathLike, *, hashes: bool = True) -> dict | None:

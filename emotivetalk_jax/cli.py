@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_emotion_commands(sub)
     add_train_command(sub)
+    from emotivetalk_jax.emotion.speech_train import add_speech_commands
+
+    add_speech_commands(sub)
     return p
 
 
@@ -137,6 +140,10 @@ def _run(args: argparse.Namespace) -> object:
         return run_train_command(args)
     if args.command in EMOTION_COMMANDS:
         return run_emotion_command(args)
+    if args.command == "speech-head":
+        from emotivetalk_jax.emotion.speech_train import run_speech_command
+
+        return run_speech_command(args)
     if args.command == "generate":
         from emotivetalk_jax.pipeline import generate_main
 
@@ -196,7 +203,8 @@ def _outputs(args: argparse.Namespace):
 
     cmd = args.command
     paths = {"convert": "out", "random-svd": "out", "random-bundle": "out", "export-bundle": "out",
-             "codebook": "out", "prepare": "out_dir", "synth": "out_dir", "train": "workdir"}
+             "codebook": "out", "prepare": "out_dir", "synth": "out_dir", "train": "workdir",
+             "speech-head": "out"}
     if cmd == "generate":
         return Outputs([Path(args.out).parent])
     attr = paths.get(cmd)

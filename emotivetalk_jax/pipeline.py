@@ -245,7 +245,9 @@ class EmotiveTalkPipeline:
         if self.bundle.speech_head is None:
             return None
         if self._speech is None:
-            self._speech = SpeechEmotionRecognizer(self.bundle.speech_head, feature_fn(self.bundle.speech_head.cfg))
+            # a head on encoder features reads the bundle's own audio encoder (what it was trained on)
+            self._speech = SpeechEmotionRecognizer(self.bundle.speech_head,
+                                                   feature_fn(self.bundle.speech_head.cfg, self.bundle.audio))
         return self._speech
 
     def expression_latents(self, emotion, audio: AudioInput, x_ref: jax.Array, e_ref: jax.Array, key: jax.Array,
@@ -273,6 +275,8 @@ class EmotiveTalkPipeline:
             e = sample_long(chunk_fn, n, key, chunk=dc.train_frames, prefix_frames=dc.prefix_frames)
             info = {"emotion_source": "none (e_ref)" if cond is None else cond.source, "dicte": True,
                     "keyword": None if cond is None else cond.keyword}
+            if cond is not None and "probs" in cond.detail:  # speech: the head's probabilities
+                info["emotion_probs"] = cond.detail["probs"]
             return jax.block_until_ready(e), info
 
     def sampler_config(self, steps: int | None = None):
@@ -479,6 +483,28 @@ def add_generate_arguments(p) -> None:
                         "a call a kernel does not take falls back to XLA (logged once)")
 
 
+def _check_speech_emotion(args, ckpt, wave: np.ndarray, fps: float) -> None:
+    """An emotion read from speech (--emotion-audio, --emotion-from-speech) needs audio that holds
+    speech and a speech-emotion head (the checkpoint's speech_head/ or --speech-head)."""
+    import warnings
+
+    from emotivetalk_jax.emotion import EmotionError
+
+    if args.emotion_from_speech:
+        what = f"--audio {args.audio} (for --emotion-from-speech)"
+    else:
+        with warnings.catch_warnings():  # silence is refused below, not warned about as a closed mouth
+            warnings.simplefilter("ignore", validate.InputWarning)
+            wave = audio_lib.check_audio_file(args.emotion_audio, "emotion audio", sr=SR, fps=fps)
+        what = f"emotion audio {args.emotion_audio}"
+    validate.check_speech(wave, what, error=EmotionError)
+    if not args.speech_head and not (Path(ckpt) / "speech_head").is_dir():
+        flag = "--emotion-from-speech" if args.emotion_from_speech else "--emotion-audio"
+        raise EmotionError(f"checkpoint {ckpt} has no speech-emotion head (speech_head/), so {flag} cannot read an "
+                           "emotion; pass --speech-head DIR (train one: emotivetalk speech-head train OUT) or "
+                           "give the emotion as --emotion TEXT")
+
+
 def generate_main(args) -> dict:
     """Run `emotivetalk generate`; returns the summary cli.py prints. Every input is checked
     first, cheapest first, so a bad one fails in about a second, before any model loads."""
@@ -511,7 +537,7 @@ def generate_main(args) -> dict:
     if emotion is not None:
         check_emotion_source(emotion)
         if emotion.kind == "audio":
-            audio_lib.check_audio_file(emotion.value, "emotion audio", sr=SR, fps=settings.fps)
+            _check_speech_emotion(args, ckpt, wave, settings.fps)
     if emotion is not None and emotion.kind == "text":  # unknown words fail here, listing the eight
         emotion = EmotionSource.text(text_to_keyword(emotion.value, **text).keyword)
     portrait = prepare_portrait(args.portrait, settings.resolution, face_box=face_box, crop=not args.no_crop,
@@ -544,6 +570,8 @@ def generate_main(args) -> dict:
     video_s = r.info["num_frames"] / pipe.settings.fps
     return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
             "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],
+            **({"emotion_probs": {k: round(v, 4) for k, v in r.info["emotion_probs"].items()}}
+               if "emotion_probs" in r.info else {}),
             "seconds": {k: round(v, 3) for k, v in r.timings.items()},
             "seconds_per_video_second": round(sum(r.timings.values()) / max(video_s, 1e-9), 3),
             **({"first_frame_s": round(r.info["first_frame_s"], 3)} if r.info.get("first_frame_s") else {})}

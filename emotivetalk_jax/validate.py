@@ -348,6 +348,24 @@ def check_wave(wave, what: str = "audio", *, sr: int = 16000, fps: float = 25,
     return wave.astype(np.float32, copy=False)
 
 
+SPEECH_DBFS = -50.0  # an emotion is read from audio whose loudest 20 ms is at least this loud
+
+
+def check_speech(wave: np.ndarray, what: str = "emotion audio", *, sr: int = 16000, error=None) -> np.ndarray:
+    """Audio an emotion is read from must hold speech: its loudest 20 ms at `SPEECH_DBFS` or more
+    (silence, or a noise floor, has no emotion to read). `wave`: a checked waveform (`check_wave`)."""
+    wave = np.asarray(wave, np.float64)
+    frame = max(sr // 50, 1)
+    rows = wave[: len(wave) // frame * frame].reshape(-1, frame) if len(wave) >= frame else wave[None]
+    rms = float(np.sqrt(np.mean(np.square(rows), axis=-1)).max()) if wave.size else 0.0
+    level = 20 * math.log10(max(rms, 1e-10))
+    if level < SPEECH_DBFS:
+        _raise(error, AudioError, f"{what} holds no speech (its loudest 20 ms is at {level:.0f} dBFS, under "
+                                  f"{SPEECH_DBFS:.0f} dBFS): an emotion cannot be read from silence; pass a "
+                                  "recording of the voice")
+    return wave
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -474,6 +492,7 @@ __all__ = [
     "AudioTooShortError", "AudioTooLongError", "NonFiniteAudioError", "MAX_SEED", "MAX_STEPS", "MAX_AUDIO_SECONDS", "check_int", "check_float", "check_seed",
     "check_steps", "check_variant", "check_file", "check_folder", "check_output_folder", "check_output_file",
     "missing_ancestors", "check_not_input", "quote", "shorten_line", "QUOTE_CHARS", "LINE_CHARS",
-    "check_finite_audio", "check_wave", "check_image_file", "check_heif", "unreadable_image",
+    "check_finite_audio", "check_wave", "check_speech", "SPEECH_DBFS", "check_image_file", "check_heif",
+    "unreadable_image",
     "parse_face_box", "warn", "check_command",
 ]

@@ -26,3 +26,17 @@ def test_default_checkpoint_is_the_shipped_demo_and_is_intact():
     assert dicte.cfg.standardise and dicte.cfg.cond_residual
     scale = np.asarray(dicte.stats.scale[...])
     assert np.all(np.isfinite(scale)) and np.all(scale > 0) and not np.allclose(scale, 1.0)  # calibrated
+
+
+def test_shipped_speech_head_reads_the_readme_speech():
+    """The demo carries a speech-emotion head (voice statistics: no encoder), and it reads the
+    README's speech (held-out test clip 0 of the synthetic domain, spoken neutral) as neutral."""
+    from emotivetalk_jax.data.audio import load_audio
+    from emotivetalk_jax.emotion.speech import load_speech_recognizer
+    from emotivetalk_jax.pipeline import default_checkpoint
+
+    folder = default_checkpoint() / "speech_head"
+    rec = load_speech_recognizer(folder)
+    assert rec.head.cfg.feature == "voice"
+    keyword, probs = rec.predict(load_audio(folder.parents[1] / "demo_speech.wav"))
+    assert keyword == "neutral" and probs.max() > 0.5

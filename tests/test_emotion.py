@@ -304,9 +304,12 @@ def test_speech_head_trains_saves_and_drives_the_resolver(faces_dir, encoder, tm
 
     import soundfile
 
-    soundfile.write(tmp_path / "speech.wav", waves[0], SR)
+    soundfile.write(tmp_path / "speech.wav", waves[1], SR)
     book = cbm.build_codebook(faces_dir, encoder, detect=False)
     cond = emotion.resolve_emotion(EmotionSource.audio(tmp_path / "speech.wav"), codebook=book, speech=rec)
-    assert cond.keyword == rec.predict(waves[0])[0] and cond.e_cond.shape == (TINY.face.expr_dim,)
+    assert cond.keyword == rec.predict(waves[1])[0] and cond.e_cond.shape == (TINY.face.expr_dim,)
+    soundfile.write(tmp_path / "pause.wav", waves[0], SR)  # a 1.1 s utterance too short for a word: noise only
+    with pytest.raises(EmotionError, match=r"pause.wav holds no speech \(its loudest 20 ms is at -6\d dBFS"):
+        emotion.resolve_emotion(EmotionSource.audio(tmp_path / "pause.wav"), codebook=book, speech=rec)
     with pytest.raises(EmotionError, match="WavLM"):
         sp.feature_fn(sp.SpeechHeadConfig(in_dim=64))

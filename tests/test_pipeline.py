@@ -185,3 +185,73 @@ def test_bench_metrics_on_ground_truth():
     lags = lag_correlations([delayed], [truth])
     assert max(lags, key=lags.get) == 2
     assert np.bincount(emo[emo >= 0]).argmax() == clip.emotion_id
+
+
+def test_speech_head_cli_into_a_bundle_and_emotion_from_speech(bundle, tmp_path, capsys):
+    """`speech-head train` (a few utterances, a few steps) reports held-out accuracy and its
+    confusion matrix, `speech-head add` puts it into a copy of the bundle (manifest rewritten),
+    and `generate --emotion-from-speech` reads the emotion from the speech it animates."""
+    import shutil
+
+    from emotivetalk_jax.bundle import load_bundle, verify_bundle
+    from emotivetalk_jax.emotion.keywords import KEYWORDS
+
+    head = tmp_path / "head"
+    rc = cli.main(["speech-head", "train", str(head), "--feature", "prosody", "--clips", "16", "--voice-seeds",
+                   "2", "--heldout-clips", "8", "--steps", "20", "--eval-every", "10", "--hidden", "16", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["confusion"]) == list(KEYWORDS) and sum(sum(r.values()) for r in out["confusion"].values()) == 8
+    assert out["heldout_data"]["voices_also_in_training"] == 0 and out["train"]["utterances"] == 16
+    assert [h["step"] for h in json.loads((head / "report.json").read_text())["history"]] == [10, 20]
+    rc = cli.main(["speech-head", "eval", str(head), "--heldout-clips", "8"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["accuracy"] == out["heldout_accuracy"]
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(bundle, ckpt)
+    assert cli.main(["speech-head", "add", str(head), str(ckpt)]) == 0
+    capsys.readouterr()
+    assert verify_bundle(ckpt, hashes=True)["components"]["speech_head"]["component"] == "speech_head"
+    assert load_bundle(ckpt).speech_head.cfg.feature == "prosody"
+    assert cli.main(["speech-head", "add", str(head), str(ckpt)]) == 2  # already there: --replace
+    assert "already has a speech_head/" in capsys.readouterr().err
+
+    rc = cli.main(["generate", "--portrait", str(PORTRAIT), "--audio", str(SPEECH), "--emotion-from-speech",
+                   "--checkpoint", str(ckpt), "--steps", "1", "--out", str(tmp_path / "s.mp4"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["emotion"] in KEYWORDS and abs(sum(summary["emotion_probs"].values()) - 1) < 1e-3
+    assert max(summary["emotion_probs"], key=summary["emotion_probs"].get) == summary["emotion"]
+
+
+def test_bench_emotion_sources(bundle, tmp_path):
+    """Every bench source shows the clip's emotion from another held-out identity (image, video)
+    or another voice (audio), and says how the emotion was chosen."""
+    from flax import nnx
+
+    from emotivetalk_jax.data.synthetic import SyntheticDomain
+    from emotivetalk_jax.emotion.keywords import KEYWORDS
+    from emotivetalk_jax.emotion.speech import SpeechEmotionHead, SpeechHeadConfig
+    from emotivetalk_jax.eval.bench_sources import SOURCE_OFFSET, SOURCES, source_emotion
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+
+    pipe = EmotiveTalkPipeline.from_pretrained(bundle, progress=False)
+    pipe.bundle.speech_head = SpeechEmotionHead(SpeechHeadConfig(in_dim=12, hidden=8, feature="prosody"),
+                                                rngs=nnx.Rngs(0))
+    domain = SyntheticDomain(0)
+    clip = domain.clip(3, "test")
+    for kind in SOURCES:
+        emotion, how = source_emotion(pipe, domain, clip, 3, kind, 12, tmp_path)
+        assert how["kind"] == kind and how["chosen"] in KEYWORDS, how
+        if kind == "text":
+            assert emotion == clip.emotion and how["method"] == "keyword"
+            continue
+        index = int(how["from"].rsplit("_", 1)[1])
+        other = domain.clip(index, "test")
+        assert index >= SOURCE_OFFSET and other.identity_id == how["identity"] != clip.identity_id
+        if kind == "audio":
+            assert other.emotion == clip.emotion and abs(sum(how["probs"].values()) - 1) < 1e-3
+            assert emotion.keyword == how["chosen"] == max(how["probs"], key=how["probs"].get)
+        else:
+            assert how["method"].startswith("nearest codebook row") and len(how["distances"]) == len(KEYWORDS)
+            assert (emotion.e_v.shape[0] == 12) if kind == "video" else emotion.e_cond is not None

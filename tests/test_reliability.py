@@ -107,6 +107,7 @@ def _inputs(ws: Path) -> SimpleNamespace:
     rng = np.random.default_rng(0)
     speech = (0.1 * rng.standard_normal(16000)).astype(np.float32)
     for name, wave, subtype in (("empty", np.zeros(0, np.float32), "PCM_16"),
+                                ("silent", np.zeros(16000, np.float32), "PCM_16"),
                                 ("short", speech[:160], "PCM_16"),
                                 ("nan", np.where(np.arange(16000) // 100 == 7, np.nan, speech), "FLOAT"),
                                 ("inf", np.where(np.arange(16000) == 12345, np.inf, speech), "FLOAT")):
@@ -191,8 +192,24 @@ def _matrix(ws: Path, bundle: Path) -> list[tuple]:
         ("unreadable emotion image", gen("e4", emotion_image=f.text), "emotion", "cannot read emotion image"),
         ("missing emotion audio", gen("e5", emotion_audio="missing.wav"), "emotion",
          "emotion audio missing.wav does not exist"),
-        ("NaN emotion audio", gen("e6", emotion_audio=f.nan), "emotion", "emotion audio"),
+        ("NaN emotion audio", gen("e6", emotion_audio=f.nan), "emotion",
+         "has 100 NaN / Inf samples (the first at 0.044 s)"),
         ("missing emotion video", gen("e7", emotion_video=ws / "nope.mp4"), "emotion", "emotion video"),
+        # speech-emotion: no speech, no head (the tiny bundle has none), two sources at once
+        ("silent emotion audio", gen("s1", emotion_audio=f.silent), "emotion",
+         "silent.wav holds no speech (its loudest 20 ms is at -200 dBFS"),
+        ("empty emotion audio", gen("s2", emotion_audio=f.empty), "emotion", "empty.wav contains no audio samples"),
+        ("emotion audio, checkpoint without a head", gen("s3", emotion_audio=SPEECH), "emotion",
+         "has no speech-emotion head (speech_head/), so --emotion-audio cannot read an emotion"),
+        ("emotion from speech, checkpoint without a head", gen("s4", emotion_from_speech=True), "emotion",
+         "so --emotion-from-speech cannot read an emotion"),
+        ("emotion from silent speech", gen("s5", audio=f.silent, emotion_from_speech=True), "emotion",
+         "silent.wav (for --emotion-from-speech) holds no speech"),
+        ("emotion from speech and text", gen("s6", emotion="happy", emotion_from_speech=True), "argparse",
+         "not allowed with argument"),
+        ("speech-head: output is a file", ["speech-head", "train", str(f.file)], "speech", "is a file, not a folder"),
+        ("speech-head add: missing head", ["speech-head", "add", str(ws / "nope"), str(bundle)], "speech",
+         "does not exist"),
         ("missing codebook", gen("e8", codebook=ws / "nope"), "codebook", "does not exist"),
         ("codebook is a file", gen("e9", codebook=f.file), "codebook", "is a file, not a folder"),
         ("speech head is a file", gen("e10", speech_head=f.file), "speech", "is a file, not a folder"),

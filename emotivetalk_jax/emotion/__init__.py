@@ -84,13 +84,19 @@ def resolve_emotion(
     book = _codebook(codebook, "audio")
     if speech is None:
         raise EmotionError("audio emotion needs a speech-emotion head: pass --speech-head DIR "
-                           "(train one with emotion.speech.train_speech_emotion_head)")
+                           "(train one with `emotivetalk speech-head train OUT`)")
+    import warnings
+
+    from emotivetalk_jax import validate
     from emotivetalk_jax.data.audio import AudioError, load_audio
 
     try:
-        wave = load_audio(source.value)
+        with warnings.catch_warnings():  # silence is refused below, not warned about as a closed mouth
+            warnings.simplefilter("ignore", validate.InputWarning)
+            wave = validate.check_wave(load_audio(source.value), "emotion audio", fps=fps, path=source.value)
     except AudioError as e:
-        raise EmotionError(f"emotion audio: {e}") from None
+        raise EmotionError(f"emotion audio: {e}" if not str(e).startswith("emotion audio") else str(e)) from None
+    validate.check_speech(wave, f"emotion audio {source.value}", error=EmotionError)
     keyword, probs = speech.predict(wave)
     return EmotionCondition("audio", e_cond=book.lookup(keyword), keyword=keyword,
                             detail={"probs": dict(zip(KEYWORDS, (float(p) for p in probs)))})

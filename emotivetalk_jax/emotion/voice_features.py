@@ -1,0 +1,132 @@
+"""Voice statistics of an utterance for the speech-emotion head (`speech.py`, feature "voice").
+
+Shape legend: S samples (16 kHz), T analysis frames (10 ms), F = `VOICE_DIM` statistics.
+
+An emotion is heard in the pitch range, the phrase-final rise or fall, a trembling pitch,
+the tempo, loudness and its swing, and breathiness; most of these are relative to the speaker
+(a held-out voice has an unknown resting pitch), so pitch is mostly read in semitones around
+the utterance's own median. One pass computes, per 10 ms frame, F0 (librosa's YIN), RMS level,
+spectral flatness and tilt, then over the utterance:
+
+  0-11  the 12 prosody statistics of `data.measure.prosody_features` (log-F0 mean / std /
+        range, energy mean / std / max, voiced and loud shares, peaks per second, tilt, peak
+        level, mean |d log-F0|), from the same F0 and RMS tracks
+  12-14 pitch: std, 5-95 % range, mean absolute change per frame (semitones)
+  15    tremor: std of the pitch around its 150 ms moving average (semitones)
+  16    tremor band: the largest amplitude of a 4-8 Hz sinusoid fitted to that residual
+  17-18 phrase end and declination: least-squares pitch movement over the utterance's last
+        0.8 s (a ramp) and slope (semitones per s), beside a level
+  19-21 loudness: 95th-percentile level (dB), its rise over the quietest frames, std over speech
+  22-23 voice quality: median flatness and tilt of voiced frames
+  24    flatness of loud unvoiced frames
+  25    harmonicity: median normalised autocorrelation of voiced frames at their pitch period
+        (aspiration noise lowers it)
+  26-28 rhythm: mean voiced-run length (s), voiced runs per second of speech, pause share of
+        the speech span
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VOICE_DIM = 29
+_HOP = 160  # 10 ms
+
+
+def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    k = np.ones(width) / width
+    return np.convolve(np.pad(x, (width // 2, width - 1 - width // 2), mode="edge"), k, mode="valid")
+
+
+def _prosody(y: np.ndarray, f0: np.ndarray, rms: np.ndarray, sr: int) -> np.ndarray:
+    """`data.measure.prosody_features` from precomputed tracks (same definitions)."""
+    loud = rms > 0.1 * rms.max()
+    voiced = loud & (f0 < 480)
+    lf0 = np.log(f0[voiced]) if voiced.sum() > 3 else np.zeros(4)
+    le = np.log(rms[loud] + 1e-6) if loud.sum() > 3 else np.zeros(4)
+    env = np.convolve(rms, np.hanning(9) / np.hanning(9).sum(), mode="same")
+    peaks = ((env[1:-1] > env[:-2]) & (env[1:-1] > env[2:]) & (env[1:-1] > 0.2 * env.max())).sum()
+    spec = np.abs(np.fft.rfft(y[: len(y) // 512 * 512].reshape(-1, 512) * np.hanning(512), axis=-1)) ** 2
+    freqs = np.fft.rfftfreq(512, 1 / sr)
+    tilt = np.log(spec[:, freqs > 2000].sum() + 1e-9) - np.log(spec[:, freqs <= 2000].sum() + 1e-9)
+    return np.array([lf0.mean(), lf0.std(), np.percentile(lf0, 95) - np.percentile(lf0, 5), le.mean(), le.std(),
+                     le.max(), voiced.mean(), loud.mean(), peaks / (len(y) / sr), tilt, np.log(rms.max() + 1e-6),
+                     np.abs(np.diff(lf0)).mean() if len(lf0) > 1 else 0.0], np.float32)
+
+
+def _band_amplitude(sec: np.ndarray, x: np.ndarray, lo: float = 4.0, hi: float = 8.0) -> float:
+    """The largest amplitude of a sinusoid in [lo, hi] Hz fitted (least squares) to x(sec)."""
+    best = 0.0
+    for f in np.arange(lo, hi + 1e-6, 0.25):
+        design = np.stack([np.cos(2 * np.pi * f * sec), np.sin(2 * np.pi * f * sec)], 1)
+        coef = np.linalg.lstsq(design, x, rcond=None)[0]
+        best = max(best, float(np.hypot(*coef)))
+    return best
+
+
+def _harmonicity(y: np.ndarray, f0: np.ndarray, frames: np.ndarray, sr: int, width: int = 640) -> float:
+    """Median over `frames` (10 ms indices) of the normalised autocorrelation at the F0 period."""
+    vals = []
+    for i in frames[:: max(len(frames) // 60, 1)]:  # at most about 60 frames
+        lag = int(round(sr / f0[i]))
+        a = i * _HOP - width // 2
+        if a < 0 or a + width + lag > len(y):
+            continue
+        x0, x1 = y[a : a + width], y[a + lag : a + lag + width]
+        den = np.sqrt(np.dot(x0, x0) * np.dot(x1, x1))
+        if den > 0:
+            vals.append(np.dot(x0, x1) / den)
+    return float(np.median(vals)) if vals else 0.0
+
+
+def voice_features(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
+    """(S,) waveform -> (F,) statistics (see the module docstring); zeros where undefined."""
+    import librosa
+
+    y = np.asarray(wave, np.float32).reshape(-1)
+    if y.size < 2048:
+        y = np.pad(y, (0, 2048 - y.size))
+    f0 = librosa.yin(y, fmin=70, fmax=500, sr=sr, frame_length=1024, hop_length=_HOP)
+    rms = librosa.feature.rms(y=y, frame_length=400, hop_length=_HOP)[0]
+    spec = np.abs(librosa.stft(y, n_fft=512, hop_length=_HOP, win_length=400)) ** 2  # (257, T)
+    t = min(len(f0), len(rms), spec.shape[1])
+    f0, rms, spec = f0[:t], rms[:t], spec[:, :t]
+    out = np.zeros(VOICE_DIM, np.float32)
+    out[:12] = _prosody(y, f0, rms, sr)
+    db = 20 * np.log10(rms + 1e-6)
+    loud = db > db.max() - 25
+    voiced = loud & (f0 < 480)
+    flat = np.exp(np.mean(np.log(spec + 1e-12), 0)) / (np.mean(spec, 0) + 1e-12)
+    freqs = np.fft.rfftfreq(512, 1 / sr)
+    tilt = np.log(spec[freqs > 2000].sum(0) + 1e-9) - np.log(spec[freqs <= 2000].sum(0) + 1e-9)
+    if voiced.sum() > 5:
+        idx = np.flatnonzero(voiced)
+        sec = idx * _HOP / sr
+        st = 12 * np.log2(f0[idx] / np.median(f0[idx]))
+        out[12] = st.std()
+        out[13] = np.percentile(st, 95) - np.percentile(st, 5)
+        runs = np.diff(idx) == 1  # steps inside a voiced run
+        out[14] = np.abs(np.diff(st))[runs].mean() if runs.any() else 0.0
+        resid = st - _moving_average(st, 15)
+        out[15] = resid.std()
+        out[16] = _band_amplitude(sec, resid)
+        # pitch = level + declination * time + movement * (a ramp over the last 0.8 s of the utterance)
+        ramp = np.clip((sec - (len(y) / sr - 0.8)) / 0.8, 0, 1)
+        design = np.stack([np.ones_like(sec), sec - sec.mean(), ramp], 1)
+        coef = np.linalg.lstsq(design, st, rcond=None)[0] if ramp.any() else np.zeros(3)
+        out[17], out[18] = coef[2], coef[1]
+        out[22] = np.median(flat[idx])
+        out[23] = np.median(tilt[idx])
+        out[25] = _harmonicity(y, f0, idx, sr)
+        edges = np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        span = (np.flatnonzero(loud)[-1] - np.flatnonzero(loud)[0] + 1) * _HOP / sr
+        out[26] = np.mean(ends - starts) * _HOP / sr
+        out[27] = len(starts) / max(span, 0.1)
+        out[28] = 1 - loud.sum() * _HOP / sr / max(span, 0.1)
+    out[19] = np.percentile(db, 95)
+    out[20] = np.percentile(db, 95) - np.percentile(db, 5)
+    out[21] = db[loud].std() if loud.sum() > 3 else 0.0
+    unvoiced_loud = loud & ~voiced
+    out[24] = np.median(flat[unvoiced_loud]) if unvoiced_loud.sum() > 3 else 0.0
+    return out
