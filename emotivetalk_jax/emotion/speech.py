@@ -263,7 +263,7 @@ def load_speech_head(path: str | os.PathLike) -> SpeechEmotionHead:
     folder = p.parent if p.suffix == ".safetensors" else p
     if not (folder / "speech_head.json").is_file() or not (folder / "speech_head.safetensors").is_file():
         raise EmotionError(f"no speech-emotion head at {p} (speech_head.json + speech_head.safetensors); train one "
-                           "with train_speech_emotion_head")
+                           "with `emotivetalk speech-head train OUT`")
     meta = json.loads((folder / "speech_head.json").read_text())
     if meta.get("keywords") != list(KEYWORDS):
         raise EmotionError(f"{folder / 'speech_head.json'} lists keywords {meta.get('keywords')}; expected {list(KEYWORDS)}")

@@ -106,8 +106,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
     if emotion_source == "audio" and pipe.bundle.speech_head is None:
         raise GenerationError(f"checkpoint {checkpoint} has no speech-emotion head (speech_head/), which "
-                              "--emotion-source audio reads; add one (emotivetalk train --config "
-                              "configs/train.py:stage=speech_head ...)")
+                              "--emotion-source audio reads; add one (emotivetalk speech-head train HEAD, then "
+                              "emotivetalk speech-head add HEAD CHECKPOINT)")
     r = pipe.resolution
     motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
     domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
