@@ -21,14 +21,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffusion", "convert", "losses"),
     ("data",),
     ("train", "emotion"),
-    ("bundle", "pipeline"),
-    ("eval",),  # benchmarks and probes: they run the pipeline and rebuild trained stages
-    ("info", "smoke", "cli"),
+    ("bundle", "pipeline", "streaming"),
+    ("eval", "emotion.speech_train"),  # benchmarks, probes and commands that run the pipeline or edit bundles
+    ("info", "smoke", "cli", "web"),
 ]
 
 # (importer, imported) pairs allowed for now, each with the reason; remove a line when its
 # import is gone (the test fails on a line that no longer matches an import).
-KNOWN: set[tuple[str, str]] = set()
+KNOWN: set[tuple[str, str]] = {
+    # `EmotiveTalkPipeline.stream` delegates to streaming.stream, which uses the pipeline's
+    # Result, GenerationError, output checks and jitted helpers; moving those below both modules
+    # would untangle the pair (stop 28 left it).
+    ("emotivetalk_jax.streaming", "emotivetalk_jax.pipeline"),
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -265,7 +265,11 @@ def prosody_features(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
     f0 = librosa.yin(y, fmin=70, fmax=500, sr=sr, frame_length=1024, hop_length=160)
     rms = librosa.feature.rms(y=y, frame_length=400, hop_length=160)[0]
     n = min(len(f0), len(rms))
-    f0, rms = f0[:n], rms[:n]
+    return prosody_from_tracks(y, f0[:n], rms[:n], sr)
+
+
+def prosody_from_tracks(y: np.ndarray, f0: np.ndarray, rms: np.ndarray, sr: int) -> np.ndarray:
+    """`prosody_features` from an utterance's F0 and RMS tracks (10 ms hops, equal lengths). (12,)"""
     loud = rms > 0.1 * rms.max()
     voiced = loud & (f0 < 480)
     lf0 = np.log(f0[voiced]) if voiced.sum() > 3 else np.zeros(4)

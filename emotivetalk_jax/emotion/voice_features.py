@@ -39,19 +39,10 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _prosody(y: np.ndarray, f0: np.ndarray, rms: np.ndarray, sr: int) -> np.ndarray:
-    """`data.measure.prosody_features` from precomputed tracks (same definitions)."""
-    loud = rms > 0.1 * rms.max()
-    voiced = loud & (f0 < 480)
-    lf0 = np.log(f0[voiced]) if voiced.sum() > 3 else np.zeros(4)
-    le = np.log(rms[loud] + 1e-6) if loud.sum() > 3 else np.zeros(4)
-    env = np.convolve(rms, np.hanning(9) / np.hanning(9).sum(), mode="same")
-    peaks = ((env[1:-1] > env[:-2]) & (env[1:-1] > env[2:]) & (env[1:-1] > 0.2 * env.max())).sum()
-    spec = np.abs(np.fft.rfft(y[: len(y) // 512 * 512].reshape(-1, 512) * np.hanning(512), axis=-1)) ** 2
-    freqs = np.fft.rfftfreq(512, 1 / sr)
-    tilt = np.log(spec[:, freqs > 2000].sum() + 1e-9) - np.log(spec[:, freqs <= 2000].sum() + 1e-9)
-    return np.array([lf0.mean(), lf0.std(), np.percentile(lf0, 95) - np.percentile(lf0, 5), le.mean(), le.std(),
-                     le.max(), voiced.mean(), loud.mean(), peaks / (len(y) / sr), tilt, np.log(rms.max() + 1e-6),
-                     np.abs(np.diff(lf0)).mean() if len(lf0) > 1 else 0.0], np.float32)
+    """`data.measure.prosody_features` from precomputed tracks (the same function)."""
+    from emotivetalk_jax.data.measure import prosody_from_tracks
+
+    return prosody_from_tracks(y, f0, rms, sr)
 
 
 def _band_amplitude(sec: np.ndarray, x: np.ndarray, lo: float = 4.0, hi: float = 8.0) -> float:
