@@ -1,10 +1,17 @@
 """SVD UNet forward, JAX (jitted, warm) vs diffusers PyTorch (eager), fp32 CPU, same threads.
 
-    python benchmarks/unet_forward.py [--repeats 10] [--frames 8] [--size 32]
+    python benchmarks/unet_forward.py [--repeats 10] [--frames 8] [--size 32] [--ops]
 
 Builds one tiny-but-real UNet (channels 64/128, 2 layers per block, 8 frames, 32x32
 latent) in diffusers, converts it through `load_diffusers_unet`, checks the outputs agree,
 and prints the median time of each side and their ratio.
+
+--ops: where the time goes. Every Conv2d, Conv3d and GroupNorm call of the diffusers forward
+is recorded (forward hooks: module and input shape) and timed alone on each side, torch's
+module eagerly against the same operation in XLA (`lax.conv_general_dilated` channels-last,
+the two-pass group norm of `models.layers.group_norm`), each jitted alone; the sums per kind
+are printed beside the whole forward's, the remainder being attention, linear layers and
+element-wise work.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--ops", action="store_true", help="also time every conv and group norm alone on each side")
     a = p.parse_args()
     threads = os.cpu_count()
     torch.set_num_threads(threads)  # XLA's CPU backend uses every core too
@@ -97,6 +105,73 @@ def main() -> None:
     print(f"{'diffusers (eager)':22}{torch_s:10.4f}")
     print(f"{'emotivetalk_jax (jit)':22}{jax_s:10.4f}")
     print(f"ratio torch / jax = {torch_s / jax_s:.2f}x")
+    if a.ops:
+        _ops(ref, (tx, tt, tc, ti), a.repeats, torch_s, jax_s)
+
+
+def _record_calls(ref, inputs) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+    calls = []
+    kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm)
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, tuple(i[0].shape))))
+             for m in ref.modules() if isinstance(m, kinds)]
+    with torch.inference_mode():
+        ref(*inputs, return_dict=False)
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+def _jax_op(m: torch.nn.Module):
+    """The XLA op of torch module `m`, channels-last, jitted: -> (fn, channels-last input maker)."""
+    if isinstance(m, torch.nn.GroupNorm):
+        g, eps = m.num_groups, m.eps
+        w, bias = jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy())
+
+        def norm(x):  # (B, ..., C), statistics over all but batch, per group (two-pass, like torch)
+            xs = x.reshape(x.shape[:-1] + (g, x.shape[-1] // g))
+            axes = tuple(range(1, xs.ndim - 2)) + (xs.ndim - 1,)
+            mean = xs.mean(axes, keepdims=True)
+            var = jnp.square(xs - mean).mean(axes, keepdims=True)
+            return ((xs - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape) * w + bias
+
+        return jax.jit(norm)
+    nd = m.weight.ndim - 2
+    kernel = jnp.asarray(np.moveaxis(m.weight.detach().numpy(), (0, 1), (-1, -2)))  # (k..., Cin, Cout)
+    bias = None if m.bias is None else jnp.asarray(m.bias.detach().numpy())
+    spec = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
+    pad = [(p, p) for p in m.padding]
+
+    def conv(x):
+        y = jax.lax.conv_general_dilated(x, kernel, m.stride, pad, dimension_numbers=spec)
+        return y if bias is None else y + bias
+
+    return jax.jit(conv)
+
+
+def _ops(ref, inputs, repeats: int, torch_total: float, jax_total: float) -> None:
+    rows: dict[str, list[float]] = {}
+    for m, shape in _record_calls(ref, inputs):
+        kind = type(m).__name__
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        tx = torch.from_numpy(x)
+        with torch.inference_mode():
+            m(tx)
+            t_s = _median_time(lambda: m(tx), repeats)
+        fn = _jax_op(m)
+        jx = jnp.asarray(np.moveaxis(x, 1, -1))  # channels last
+        jax.block_until_ready(fn(jx))
+        j_s = _median_time(lambda: jax.block_until_ready(fn(jx)), repeats)
+        label = kind if kind == "GroupNorm" else f"{kind} {tuple(m.kernel_size)}"
+        r = rows.setdefault(label, [0, 0.0, 0.0])
+        r[0] += 1
+        r[1] += t_s
+        r[2] += j_s
+    print(f"\n{'op (calls)':34}{'torch s':>10}{'xla s':>10}{'torch / xla':>13}")
+    for label, (n, t_s, j_s) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
+        print(f"{label + f' ({n})':34}{t_s:10.4f}{j_s:10.4f}{t_s / j_s:12.2f}x")
+    t_ops, j_ops = sum(r[1] for r in rows.values()), sum(r[2] for r in rows.values())
+    print(f"{'these ops, summed':34}{t_ops:10.4f}{j_ops:10.4f}{t_ops / j_ops:12.2f}x")
+    print(f"{'the rest (forward - ops)':34}{torch_total - t_ops:10.4f}{jax_total - j_ops:10.4f}")
 
 
 if __name__ == "__main__":

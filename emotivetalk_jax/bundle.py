@@ -100,6 +100,9 @@ class BundleSettings:
     sampler: str = "ddim"
     student_grid: int = 32
     student_sigma_hi: float = 2.0  # the few-step schedule's second sigma (`consistency.student_sigmas`)
+    # 0: sampling starts from pure noise at sigma_max; > 0: from the reference frame's latent
+    # noised to this sigma (`SamplerConfig.sigma_start`; any sampler kind)
+    sigma_start: float = 0.0
     folded_scales: tuple[float, float] | None = None
 
     def __post_init__(self):
@@ -115,7 +118,7 @@ class BundleSettings:
             object.__setattr__(self, "folded_scales", tuple(float(v) for v in self.folded_scales))
         if not (self.window >= 1 and 0 <= self.overlap < self.window and self.steps >= 1 and self.dicte_steps >= 1
                 and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0
-                and self.decode_batch >= 1 and self.batch_windows >= 0):
+                and self.decode_batch >= 1 and self.batch_windows >= 0 and self.sigma_start >= 0):
             raise BundleError(f"bad pipeline settings: need window >= 1, 0 <= overlap < window, steps, dicte_steps, "
                               f"decode_chunk >= 1, resolution, fps > 0 (got window={self.window}, "
                               f"overlap={self.overlap}, steps={self.steps}, resolution={self.resolution})")

@@ -285,7 +285,14 @@ class EmotiveTalkPipeline:
         s = self.settings
         return SamplerConfig(steps=int(steps or s.steps), window=s.window, overlap=s.overlap,
                              lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid,
-                             sigma_hi=s.student_sigma_hi, batch_windows=s.batch_windows)
+                             sigma_hi=s.student_sigma_hi, batch_windows=s.batch_windows, sigma_start=s.sigma_start)
+
+    def start_latents(self, branches) -> jax.Array | None:
+        """What sampling starts from (`BundleSettings.sigma_start`): None (pure noise), or the
+        reference frame's latent (1, 1, h, w, 4), scaled as the diffusion latents are."""
+        if not self.settings.sigma_start:
+            return None
+        return branches.cond.reference[:, None] * float(self.bundle.vae.config.get("scaling_factor", 0.18215))
 
     def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
         """The sampler's Branches (the dropped variants only when guidance is on)."""
@@ -316,7 +323,8 @@ class EmotiveTalkPipeline:
         noise = jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), shape))(jnp.arange(num_frames))
         with self._stage("denoise", total=config.steps, unit="step") as bar:
             x = sample(self._backbone, branches, key, config, num_frames=num_frames, latent_shape=(h, h, 4),
-                       noise=jnp.moveaxis(noise, 0, 1), callback=lambda step: bar.update(1))
+                       noise=jnp.moveaxis(noise, 0, 1), callback=lambda step: bar.update(1),
+                       start=self.start_latents(branches))
         interrupts.check()
         return x
 

@@ -169,7 +169,8 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
 
             with pipe._stage("denoise"):
                 x = sample(pipe._backbone, branches, jax.random.fold_in(k_noise, 1_000_000 + ws), config,
-                           num_frames=we - ws, latent_shape=(h, h, 4), noise=jnp.moveaxis(noise, 0, 1), known=known)
+                           num_frames=we - ws, latent_shape=(h, h, 4), noise=jnp.moveaxis(noise, 0, 1), known=known,
+                           start=pipe.start_latents(branches))
             lat = x if lat is None else jnp.concatenate([lat[:, :emitted], x[:, emitted - ws:]], axis=1)
             # 4. decode the new frames (VAE chunks that end at the window's end)
             c = max(1, min(s.decode_chunk, we))

@@ -1,7 +1,37 @@
 """Test ordering: the multi-minute `long` tests go first, so that with two xdist workers the
-short tests fill in around them instead of one long test running alone at the end."""
+short tests fill in around them instead of one long test running alone at the end.
+
+Compilation cache: the entry points (`train`, `generate`) turn on jax's persistent cache, by
+default in the user's ~/.cache, where a machine that ran the suite before would read what it
+compiled then (so a second run is faster than CI's clean one, and the suite's time depends on
+the machine's history). The suite gives them one fresh folder per run instead, shared by the
+workers and the subprocesses they start (a resumed or repeated training run reads what the
+first compiled), and removes it at the end. A set EMOTIVETALK_COMPILE_CACHE is left alone.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from emotivetalk_jax.accelerators import CACHE_ENV
+
+_OWN_CACHE = "EMOTIVETALK_TEST_OWN_CACHE"
+
+
+def pytest_configure(config):
+    if CACHE_ENV in os.environ and not os.environ.get(_OWN_CACHE):
+        return
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) makes the folder
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="emotivetalk-test-xla-")
+        os.environ[_OWN_CACHE] = "1"  # inherited by the xdist workers
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and os.environ.get(_OWN_CACHE):
+        shutil.rmtree(os.environ.pop(CACHE_ENV), ignore_errors=True)
+        os.environ.pop(_OWN_CACHE, None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,6 +64,34 @@ def test_one_consistency_step_is_the_students_x0_of_pure_noise():
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+def test_one_step_from_the_reference_noised_to_sigma_start():
+    """sigma_start > 0: x = start + sigma z at the grid point nearest sigma_start, then f(x, sigma)."""
+    h, c, n = 4, 4, 6
+    ref = jax.random.normal(jax.random.key(2), (1, h, h, c))
+    bias = jax.random.normal(jax.random.key(3), (1, n, c))
+    noise = jax.random.normal(jax.random.key(4), (1, n, h, h, c))
+    start = 0.18215 * ref[:, None]
+    cond = Branches(Conditions(ref, {"bias": bias}, {}))
+    cfg = SamplerConfig(steps=1, window=n, kind="consistency", sigma_start=5.0)
+    sig = cfg.sigmas()
+    g = C.distillation_grid(C.GRID)
+    assert sig.shape == (2,) and float(sig[0]) in g and abs(np.log(float(sig[0]) / 5.0)) < 0.3 and sig[1] == 0
+    got = sample(_per_frame_backbone, cond, jax.random.key(5), cfg, noise=noise, start=start)
+    x = start + sig[0] * noise
+
+    def raw(xs, c_noise):
+        full = jnp.concatenate([xs, jnp.broadcast_to(ref[:, None], xs.shape)], axis=-1)
+        return _per_frame_backbone(full, c_noise, bias=bias)
+
+    np.testing.assert_allclose(got, C.consistency_fn(x, denoise(raw, x, sig[0]), sig[0]), rtol=2e-5, atol=2e-5)
+    ddim = SamplerConfig(steps=3, window=n, sigma_start=5.0).sigmas()  # DDIM: Karras from sigma_start
+    np.testing.assert_allclose(ddim[0], 5.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs both"):
+        sample(_per_frame_backbone, cond, jax.random.key(5), cfg, noise=noise)
+    with pytest.raises(ValueError, match="must lie above sigma_hi"):
+        SamplerConfig(steps=2, kind="consistency", sigma_start=1.0, sigma_hi=2.0).sigmas()
+
+
 def test_inpainting_holds_the_known_frames_and_guidance_is_refused():
     h, c, n = 4, 4, 6
     ref = jax.random.normal(jax.random.key(2), (1, h, h, c))

@@ -61,19 +61,26 @@ def distillation_grid(n: int = GRID, sigma_min: float = SIGMA_MIN, sigma_max: fl
 
 
 def student_sigmas(steps: int, grid: int = GRID, sigma_hi: float = SIGMA_HI, sigma_lo: float = SIGMA_LO,
-                   sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> np.ndarray:
-    """(steps + 1,) the few-step schedule, ending in 0: sigma_max, then steps - 1 sigmas spaced
-    evenly in log from sigma_hi down to sigma_lo, each snapped to the nearest grid point (the
-    sigmas the student was trained at). One step: [sigma_max, 0]; two: [sigma_max, ~2, 0]."""
+                   sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                   sigma_start: float = 0.0) -> np.ndarray:
+    """(steps + 1,) the few-step schedule, ending in 0: the first sigma (sigma_max, or with
+    sigma_start > 0 the grid point nearest it: sampling then starts from the reference frame
+    noised to it), then steps - 1 sigmas spaced evenly in log from sigma_hi down to sigma_lo,
+    each snapped to the nearest grid point (the sigmas the student was trained at). One step:
+    [sigma_max, 0]; two: [sigma_max, ~2, 0]."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not sigma_max > sigma_hi >= sigma_lo > sigma_min:
         raise ValueError(f"need sigma_max > sigma_hi >= sigma_lo > sigma_min, got {sigma_max}, {sigma_hi}, "
                          f"{sigma_lo}, {sigma_min}")
     g = distillation_grid(grid, sigma_min, sigma_max)
+    snap = lambda s: g[np.argmin(np.abs(np.log(g) - np.log(s)))]
+    first = g[0] if sigma_start <= 0 else snap(sigma_start)
     mids = np.geomspace(sigma_hi, sigma_lo, steps - 1) if steps > 1 else np.zeros((0,))
-    snapped = [g[np.argmin(np.abs(np.log(g) - np.log(s)))] for s in mids]
-    return np.asarray([g[0], *snapped, 0.0], np.float32)
+    snapped = [snap(s) for s in mids]
+    if any(s >= first for s in snapped):
+        raise ValueError(f"sigma_start {sigma_start} must lie above sigma_hi {sigma_hi} (the next step's sigma)")
+    return np.asarray([first, *snapped, 0.0], np.float32)
 
 
 def pseudo_huber(a: jax.Array, b: jax.Array, c: float, weight: jax.Array | None = None) -> jax.Array:

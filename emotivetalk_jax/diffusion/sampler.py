@@ -80,6 +80,9 @@ class SamplerConfig:
     rounded up a geometric ladder with `bucket_per_octave` rungs per doubling.
     kind: "ddim" or "consistency" (a distilled student: `steps` from 1, guidance off, sigmas
     `consistency.student_sigmas(steps, grid, sigma_hi, sigma_lo)`).
+    sigma_start: 0 starts from pure noise at sigma_max; > 0 starts from given clean latents (in
+    the pipeline, the reference frame's) noised to sigma_start (SDEdit-style: `sample(start=)`),
+    the schedule running from there (Karras for DDIM, the nearest grid point for a student).
     """
 
     steps: int = InferenceConfig.steps  # the paper's numbers are written once, in models/ethd_variants.py
@@ -101,11 +104,12 @@ class SamplerConfig:
     grid: int = GRID
     sigma_hi: float = SIGMA_HI
     sigma_lo: float = SIGMA_LO
+    sigma_start: float = 0.0
 
     def __post_init__(self):
         if self.ramp_over not in ("window", "video"):
             raise ValueError(f"ramp_over must be 'window' or 'video', got {self.ramp_over!r}")
-        if self.steps < 1 or self.batch_windows < 0 or self.eta < 0:
+        if self.steps < 1 or self.batch_windows < 0 or self.eta < 0 or not 0 <= self.sigma_start < self.sigma_max:
             raise ValueError(f"bad sampler config {self}")
         if self.kind not in KINDS:
             raise ValueError(f"sampler kind {self.kind!r}; choose one of {', '.join(KINDS)}")
@@ -118,8 +122,8 @@ class SamplerConfig:
     def sigmas(self) -> jax.Array:
         if self.kind == "consistency":
             return jnp.asarray(student_sigmas(self.steps, self.grid, self.sigma_hi, self.sigma_lo, self.sigma_min,
-                                              self.sigma_max))
-        return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+                                              self.sigma_max, self.sigma_start))
+        return karras_sigmas(self.steps, self.sigma_min, self.sigma_start or self.sigma_max, self.rho)
 
 
 KINDS = ("ddim", "consistency")
@@ -152,7 +156,8 @@ class SamplerState:
     (S + 1,); scales (2,) = (lip, expr); profile_video (Np,), profile_window (T,) the
     guidance ramps; eta (); key; first_step () the index of sigmas[0] in the whole schedule
     (the per-step noise of step i is drawn from fold_in(key', first_step + i)); known
-    (B, Np, H, W, C) or None: clean latents the first `_Static.known_frames` frames are held at.
+    (B, Np, H, W, C) or None: clean latents the first `_Static.known_frames` frames are held at;
+    start (B, Np, H, W, C) or None: clean latents sampling starts from, noised to sigmas[0].
     """
 
     noise: jax.Array | None
@@ -166,6 +171,7 @@ class SamplerState:
     key: jax.Array
     first_step: jax.Array
     known: jax.Array | None = None
+    start: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +285,10 @@ def _sample_core(static: _Static, graphdef: nnx.GraphDef, params, state: Sampler
     key_noise, key = jax.random.split(key)
     if noise is None:
         noise = _frame_noise(key_noise, n_pad, (b,) + static.latent_shape[2:])
-    x = noise.astype(jnp.float32) * jnp.sqrt(sigmas[0] ** 2 + 1.0)  # SVD's init_noise_sigma
+    if state.start is None:
+        x = noise.astype(jnp.float32) * jnp.sqrt(sigmas[0] ** 2 + 1.0)  # SVD's init_noise_sigma
+    else:
+        x = state.start.astype(jnp.float32) + sigmas[0] * noise.astype(jnp.float32)
     held = jnp.arange(n_pad)[None, :, None, None, None] < static.known_frames
 
     def hold(x, sigma, z):  # the known frames, re-noised to sigma
@@ -393,7 +402,7 @@ def _pad_frames(cond: Conditions, n_pad: int) -> Conditions:
 
 
 def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas, return_trajectory,
-             first_step=0, known=None):
+             first_step=0, known=None, start=None):
     """Validate, pick the bucket and pad: -> (real length, the jitted core's arguments)."""
     branches = conditions if isinstance(conditions, Branches) else Branches(conditions)
     mode = guidance_mode(config.lip_scale, config.expr_scale, config.guidance)
@@ -428,6 +437,12 @@ def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise,
         if not 0 < known_frames < n:
             raise ValueError(f"known latents cover {known_frames} frames; inpainting needs 0 < known < {n} frames")
         known = pad(known)
+    if (start is None) != (config.sigma_start == 0):
+        raise ValueError("sampling from given latents needs both `start` and config.sigma_start > 0 "
+                         f"(got sigma_start {config.sigma_start}, start {'given' if start is not None else 'None'})")
+    if start is not None:
+        start = jnp.broadcast_to(jnp.asarray(start, jnp.float32), (batch, n) + tuple(latent_shape))
+        start = pad(start)
     sig = config.sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
     ramp_v = config.ramp if config.ramp_over == "video" else None
     ramp_w = config.ramp if config.ramp_over == "window" else None
@@ -440,7 +455,7 @@ def _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise,
         noise, tuple(_pad_frames(c, p.padded) for c in conds), jnp.asarray(n, jnp.int32), sig,
         jnp.asarray([config.lip_scale, config.expr_scale], jnp.float32), jnp.asarray(profile_video),
         jnp.asarray(ramp_profile(ramp_w, p.window)), jnp.asarray(config.eta, jnp.float32), key,
-        jnp.asarray(first_step, jnp.int32), known,
+        jnp.asarray(first_step, jnp.int32), known, start,
     )
     return n, (static, graphdef, params, state)
 
@@ -459,6 +474,7 @@ def sample(
     first_step: int = 0,
     callback: Callable[[int], None] | None = None,
     known: jax.Array | None = None,
+    start: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Sample video latents (B, N, H, W, C) for `conditions`.
 
@@ -477,9 +493,11 @@ def sample(
       the one program runs (progress bars); the program is the same with or without it.
     known: clean latents (B, K, H, W, C), 0 < K < N: the first K frames are held at them
       (re-noised to each step's sigma; exactly them at the end).
+    start: clean latents (B, N or 1, H, W, C) to start from, noised to the first sigma (with
+      config.sigma_start > 0 only).
     """
     n, args = _prepare(backbone, conditions, key, config, num_frames, latent_shape, noise, sigmas,
-                       return_trajectory, first_step, known)
+                       return_trajectory, first_step, known, start)
     program = _program(*args)
     _CALLBACK[0] = callback
     try:
