@@ -6,12 +6,14 @@ Builds one tiny-but-real UNet (channels 64/128, 2 layers per block, 8 frames, 32
 latent) in diffusers, converts it through `load_diffusers_unet`, checks the outputs agree,
 and prints the median time of each side and their ratio.
 
---ops: where the time goes. Every Conv2d, Conv3d and GroupNorm call of the diffusers forward
-is recorded (forward hooks: module and input shape) and timed alone on each side, torch's
-module eagerly against the same operation in XLA (`lax.conv_general_dilated` channels-last,
-the two-pass group norm of `models.layers.group_norm`), each jitted alone; the sums per kind
-are printed beside the whole forward's, the remainder being attention, linear layers and
-element-wise work.
+--ops: where the time goes. Every Conv2d, Conv3d, GroupNorm and attention call of the
+diffusers forward is recorded (forward hooks: module and input shape) and timed alone on each
+side, torch's module eagerly against the same operation in XLA (`lax.conv_general_dilated`
+channels-last; flax's two-pass group norm, which `models.layers.GroupNorm` replaces; for
+attention only its core, torch's `scaled_dot_product_attention` against
+`jax.nn.dot_product_attention` at the same (B, T, heads, head dim)), each jitted alone; the
+sums per kind are printed beside the whole forward's, the remainder being the attention
+projections, linear layers and element-wise work.
 """
 
 from __future__ import annotations
@@ -109,11 +111,29 @@ def main() -> None:
         _ops(ref, (tx, tt, tc, ti), a.repeats, torch_s, jax_s)
 
 
-def _record_calls(ref, inputs) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+class _SDPA:
+    """The attention core of one diffusers `Attention` call: q (B, T, N, H), k / v (B, S, N, H)."""
+
+    def __init__(self, q_shape: tuple[int, ...], kv_len: int):
+        self.q_shape, self.kv_len = q_shape, kv_len
+
+
+def _record_calls(ref, inputs) -> list[tuple[object, tuple[int, ...]]]:
+    from diffusers.models.attention_processor import Attention
+
     calls = []
     kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm)
     hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, tuple(i[0].shape))))
              for m in ref.modules() if isinstance(m, kinds)]
+
+    def attn_hook(m, args, kwargs, out):
+        x = args[0] if args else kwargs["hidden_states"]
+        ctx = kwargs.get("encoder_hidden_states")
+        b, t = x.shape[0], x.shape[1]
+        q = (b, t, m.heads, m.inner_dim // m.heads)
+        calls.append((_SDPA(q, t if ctx is None else ctx.shape[1]), q))
+
+    hooks += [m.register_forward_hook(attn_hook, with_kwargs=True) for m in ref.modules() if isinstance(m, Attention)]
     with torch.inference_mode():
         ref(*inputs, return_dict=False)
     for h in hooks:
@@ -121,20 +141,17 @@ def _record_calls(ref, inputs) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
     return calls
 
 
-def _jax_op(m: torch.nn.Module):
-    """The XLA op of torch module `m`, channels-last, jitted: -> (fn, channels-last input maker)."""
+def _jax_op(m: torch.nn.Module, flax_norm: bool = False):
+    """The XLA op of torch module `m`, channels-last, jitted (a group norm: ours, or with
+    `flax_norm` flax's `nnx.GroupNorm`, which ours replaces)."""
     if isinstance(m, torch.nn.GroupNorm):
-        g, eps = m.num_groups, m.eps
-        w, bias = jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy())
+        from emotivetalk_jax.models.layers import group_norm
 
-        def norm(x):  # (B, ..., C), statistics over all but batch, per group (two-pass, like torch)
-            xs = x.reshape(x.shape[:-1] + (g, x.shape[-1] // g))
-            axes = tuple(range(1, xs.ndim - 2)) + (xs.ndim - 1,)
-            mean = xs.mean(axes, keepdims=True)
-            var = jnp.square(xs - mean).mean(axes, keepdims=True)
-            return ((xs - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape) * w + bias
-
-        return jax.jit(norm)
+        norm = group_norm(m.num_channels, eps=m.eps, groups=m.num_groups, rngs=nnx.Rngs(0))
+        norm.scale.value = jnp.asarray(m.weight.detach().numpy())
+        norm.bias.value = jnp.asarray(m.bias.detach().numpy())
+        call = (lambda x: nnx.GroupNorm.__call__(norm, x)) if flax_norm else norm
+        return jax.jit(call)
     nd = m.weight.ndim - 2
     kernel = jnp.asarray(np.moveaxis(m.weight.detach().numpy(), (0, 1), (-1, -2)))  # (k..., Cin, Cout)
     bias = None if m.bias is None else jnp.asarray(m.bias.detach().numpy())
@@ -148,30 +165,57 @@ def _jax_op(m: torch.nn.Module):
     return jax.jit(conv)
 
 
+def _time_sdpa(op: _SDPA, repeats: int) -> tuple[str, float, float]:
+    g = np.random.default_rng(1)
+    b, t, n, h = op.q_shape
+    q = g.standard_normal(op.q_shape).astype(np.float32)
+    kv = g.standard_normal((b, op.kv_len, n, h)).astype(np.float32)
+    tq, tkv = (torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 1, 3))) for a in (q, kv))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.inference_mode():
+        sdpa(tq, tkv, tkv)
+        t_s = _median_time(lambda: sdpa(tq, tkv, tkv), repeats)
+    fn = jax.jit(lambda a, c: jax.nn.dot_product_attention(a, c, c))
+    jq, jkv = jnp.asarray(q), jnp.asarray(kv)
+    jax.block_until_ready(fn(jq, jkv))
+    j_s = _median_time(lambda: jax.block_until_ready(fn(jq, jkv)), repeats)
+    kind = "self" if op.kv_len == t else "cross"
+    return f"attention {kind} T={t}", t_s, j_s
+
+
 def _ops(ref, inputs, repeats: int, torch_total: float, jax_total: float) -> None:
     rows: dict[str, list[float]] = {}
+
+    def add(label: str, t_s: float, j_s: float) -> None:
+        r = rows.setdefault(label, [0, 0.0, 0.0])
+        r[0] += 1
+        r[1] += t_s
+        r[2] += j_s
+
     for m, shape in _record_calls(ref, inputs):
+        if isinstance(m, _SDPA):
+            add(*_time_sdpa(m, repeats))
+            continue
         kind = type(m).__name__
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         tx = torch.from_numpy(x)
         with torch.inference_mode():
             m(tx)
             t_s = _median_time(lambda: m(tx), repeats)
-        fn = _jax_op(m)
         jx = jnp.asarray(np.moveaxis(x, 1, -1))  # channels last
-        jax.block_until_ready(fn(jx))
-        j_s = _median_time(lambda: jax.block_until_ready(fn(jx)), repeats)
         label = kind if kind == "GroupNorm" else f"{kind} {tuple(m.kernel_size)}"
-        r = rows.setdefault(label, [0, 0.0, 0.0])
-        r[0] += 1
-        r[1] += t_s
-        r[2] += j_s
-    print(f"\n{'op (calls)':34}{'torch s':>10}{'xla s':>10}{'torch / xla':>13}")
+        for flax_norm in (False, True) if kind == "GroupNorm" else (False,):
+            fn = _jax_op(m, flax_norm)
+            jax.block_until_ready(fn(jx))
+            add(label + (", flax's (replaced)" if flax_norm else ""), t_s,
+                _median_time(lambda: jax.block_until_ready(fn(jx)), repeats))
+    print(f"\n{'op (calls)':40}{'torch s':>10}{'xla s':>10}{'torch / xla':>13}")
     for label, (n, t_s, j_s) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
-        print(f"{label + f' ({n})':34}{t_s:10.4f}{j_s:10.4f}{t_s / j_s:12.2f}x")
-    t_ops, j_ops = sum(r[1] for r in rows.values()), sum(r[2] for r in rows.values())
-    print(f"{'these ops, summed':34}{t_ops:10.4f}{j_ops:10.4f}{t_ops / j_ops:12.2f}x")
-    print(f"{'the rest (forward - ops)':34}{torch_total - t_ops:10.4f}{jax_total - j_ops:10.4f}")
+        print(f"{label + f' ({n})':40}{t_s:10.4f}{j_s:10.4f}{t_s / j_s:12.2f}x")
+    counted = [r for label, r in rows.items() if "replaced" not in label]
+    t_ops, j_ops = sum(r[1] for r in counted), sum(r[2] for r in counted)
+    print(f"{'these ops, summed (ours)':40}{t_ops:10.4f}{j_ops:10.4f}{t_ops / j_ops:12.2f}x")
+    print(f"{'the rest (forward - ops)':40}{torch_total - t_ops:10.4f}{jax_total - j_ops:10.4f}")
 
 
 if __name__ == "__main__":

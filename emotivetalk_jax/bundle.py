@@ -120,8 +120,9 @@ class BundleSettings:
                 and self.resolution > 0 and self.fps > 0 and self.decode_chunk >= 1 and self.half_width >= 0
                 and self.decode_batch >= 1 and self.batch_windows >= 0 and self.sigma_start >= 0):
             raise BundleError(f"bad pipeline settings: need window >= 1, 0 <= overlap < window, steps, dicte_steps, "
-                              f"decode_chunk >= 1, resolution, fps > 0 (got window={self.window}, "
-                              f"overlap={self.overlap}, steps={self.steps}, resolution={self.resolution})")
+                              f"decode_chunk >= 1, resolution, fps > 0, sigma_start >= 0 (got window={self.window}, "
+                              f"overlap={self.overlap}, steps={self.steps}, resolution={self.resolution}, "
+                              f"sigma_start={self.sigma_start})")
 
     @classmethod
     def for_variant(cls, variant: str, vaid_variant: str | None = None, resolution: int | None = None) -> "BundleSettings":

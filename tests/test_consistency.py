@@ -90,6 +90,12 @@ def test_one_step_from_the_reference_noised_to_sigma_start():
         sample(_per_frame_backbone, cond, jax.random.key(5), cfg, noise=noise)
     with pytest.raises(ValueError, match="must lie above sigma_hi"):
         SamplerConfig(steps=2, kind="consistency", sigma_start=1.0, sigma_hi=2.0).sigmas()
+    import dataclasses
+
+    from emotivetalk_jax.bundle import BundleError, BundleSettings
+
+    with pytest.raises(BundleError, match="bad pipeline settings"):
+        dataclasses.replace(BundleSettings.for_variant("tiny"), sigma_start=-1.0)
 
 
 def test_inpainting_holds_the_known_frames_and_guidance_is_refused():
