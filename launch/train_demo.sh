@@ -10,8 +10,11 @@
 # on the trained face and audio encoders; reader (the expression reader of stage 2's expression
 # term, about 8 minutes); then ethd (stage 2) on all of them next to vae_dec, a
 # decoder-only fine-tune of the VAE (`vae_train=decoder`: the encoder, and so every latent
-# stage 2 learns on, stays bit-identical), then `emotivetalk export-bundle --vae vae_dec`, then the
-# few-step student (stage student) distilled from that bundle and exported beside it. Each
+# stage 2 learns on, stays bit-identical), then `emotivetalk export-bundle --vae vae_dec` (the
+# teacher bundle, $TEACHER_OUT, default WORKDIR/teacher_bundle, with the speech head added), then
+# the few-step student (stage student) distilled from it and exported as OUT, the shipped
+# default since issue 29 (the teacher's 8 steps x 2 branches are the git history's
+# emotivetalk_jax/assets/demo up to bc1e08e). Each
 # stage resumes from its workdir, so rerunning continues. Step counts: env VAE_STEPS,
 # ENC_STEPS, AUDIO_STEPS, VAID_STEPS, READER_STEPS, ETHD_STEPS, DEC_STEPS. vae and vae_dec run at the lowest
 # priority.
@@ -84,11 +87,15 @@
 #   for 750 steps against its own frozen parts (`init.ethd`, `init.vae` ... = the bundle's
 #   folders), with expression_loss_weight=0.2 read through the reader (0.05 for the first 96
 #   steps), a fresh Adam, lr 1e-4 constant, EMA 0.995 (workdir ethd_r);
-# - the bundle is `export-bundle $W/ethd_r OUT --set expr_scale=1.5` at step 750 (guidance 2.0
-#   overshot once the corners were drawn; benchmarks/README.md, "An expression reader").
+# - the teacher bundle is `export-bundle $W/ethd_r OUT --set expr_scale=1.5` at step 750 (guidance
+#   2.0 overshot once the corners were drawn; benchmarks/README.md, "An expression reader");
+# - the student (stop 28) ran this script's student stage on that bundle with a constant lr 1e-5
+#   (`optim.schedule=constant`, total_steps 4000, stopped after 447; workdir student_c), and the
+#   shipped bundle is its EMA at step 400, exported with this script's settings (stop 29).
 set -euo pipefail
 W="${1:-/tmp/emotivetalk_demo}"
 OUT="${2:-emotivetalk_jax/assets/demo}"
+TEACHER="${TEACHER_OUT:-$W/teacher_bundle}"  # the 8-step two-branch bundle the shipped student is distilled from
 ET="${EMOTIVETALK:-emotivetalk}"  # a command line, e.g. "python3 -m emotivetalk_jax.cli"
 COMMON=(--config.data.num_clips="${CLIPS:-512}" --config.checkpoint.every=250 --config.log_every=25 --config.data.head_motion=0)
 gate() { python -m emotivetalk_jax.eval.probes --check "$1" || [ "${GATES:-strict}" = report ]; }
@@ -152,7 +159,7 @@ $ET train --config configs/train.py:stage=ethd,variant=demo --workdir "$W/ethd" 
 
 kill -TERM "$dec" 2>/dev/null || true  # saves its step; a decoder fine-tune can stop anywhere
 wait "$dec" || true
-$ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-1.5}"
+$ET export-bundle "$W/ethd" "$TEACHER" --vae "$W/vae_dec" --set expr_scale="${EXPR_SCALE:-1.5}"
 
 # The speech-emotion head (`generate --emotion-audio`, `--emotion-from-speech`, `bench-synthetic
 # --emotion-source audio`): an MLP on voice statistics of synthetic speech by the voices of 20
@@ -162,20 +169,25 @@ $ET export-bundle "$W/ethd" "$OUT" --vae "$W/vae_dec" --set expr_scale="${EXPR_S
 $ET speech-head train "$W/speech_head" --clips "${SPEECH_CLIPS:-4000}" --voice-seeds 20 --quiet > "$W/speech_head.json"
 python -c "import json, sys; r = json.load(open('$W/speech_head/report.json')); sys.exit(r['heldout']['accuracy'] < r['bar'])" \
   || [ "${GATES:-strict}" = report ]
-$ET speech-head add "$W/speech_head" "$OUT"
-du -sh "$OUT"
+$ET speech-head add "$W/speech_head" "$TEACHER"
+du -sh "$TEACHER"
 
 # The few-step student (stage student): consistency distillation of the bundle just written, its
 # two-branch guidance folded in, with the anchor term (the student's D held at the teacher's
-# guided D), lr 1e-5, EMA target 0.95; the frozen parts are the bundle's own. Exported as
-# $STUDENT_OUT (default OUT-student), sampled in 2 one-branch steps. STUDENT_STEPS sets its length
-# (the measured run: 400 steps, benchmarks/README.md "A distilled student").
+# guided D), lr 1e-5, EMA target 0.95; the frozen parts are the bundle's own. STUDENT_STEPS sets its
+# length (the measured run: 400 steps, benchmarks/README.md "A distilled student").
 $ET train --config configs/train.py:stage=student,variant=demo --workdir "$W/student" "${COMMON[@]}" \
   --config.data.num_clips=256 --config.total_steps="${STUDENT_STEPS:-400}" --config.batch_size=4 \
   --config.image_size=64 --config.optim.name=adam --config.optim.lr=1e-5 --config.optim.warmup_steps=20 \
-  --config.init.teacher="$OUT/ethd" --config.init.face_encoders="$OUT/face_encoders" --config.init.vaid="$OUT/vaid" \
-  --config.init.vae="$OUT/vae" --config.init.audio="$OUT/audio" --config.data.reference_neutral=1 \
+  --config.init.teacher="$TEACHER/ethd" --config.init.face_encoders="$TEACHER/face_encoders" \
+  --config.init.vaid="$TEACHER/vaid" --config.init.vae="$TEACHER/vae" --config.init.audio="$TEACHER/audio" \
+  --config.data.reference_neutral=1 \
   --config.lip_loss_weight=4 --config.face_loss_weight=4 --config.consistency_anchor=1 \
   --config.frozen_cache=True > "$W/student.log" 2>&1
-$ET export-bundle "$W/student" "${STUDENT_OUT:-$OUT-student}" --set student_sigma_hi=0.5  # chosen on test clips 16-23
-du -sh "${STUDENT_OUT:-$OUT-student}"
+# The shipped bundle is the student (its settings chosen on test clips 16-23: the second sigma 0.5,
+# sampling from the reference frame noised to sigma 4; decode and windows batched by 8). It keeps
+# the teacher bundle's parts, codebook, speech head and settings (benchmarks/README.md, "The
+# student as the shipped default, and CPU speed").
+$ET export-bundle "$W/student" "$OUT" --set student_sigma_hi=0.5 --set sigma_start=4 --set decode_batch=8 \
+  --set batch_windows=8 --set steps=2
+du -sh "$OUT"
