@@ -4,9 +4,10 @@ short tests fill in around them instead of one long test running alone at the en
 Compilation cache: the entry points (`train`, `generate`) turn on jax's persistent cache, by
 default in the user's ~/.cache, where a machine that ran the suite before would read what it
 compiled then (so a second run is faster than CI's clean one, and the suite's time depends on
-the machine's history). The suite gives them one fresh folder per run instead, shared by the
-workers and the subprocesses they start (a resumed or repeated training run reads what the
-first compiled), and removes it at the end. A set EMOTIVETALK_COMPILE_CACHE is left alone.
+the machine's history). The suite gives them one fresh folder per run instead, removed at the
+end, and turns it on in every worker from the start: the two workers and the subprocesses they
+start (a resumed or repeated training run, a CLI call) read what another compiled. A set
+EMOTIVETALK_COMPILE_CACHE is left alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import shutil
 import tempfile
 
-from emotivetalk_jax.accelerators import CACHE_ENV
+from emotivetalk_jax.accelerators import CACHE_ENV, setup_compilation_cache
 
 _OWN_CACHE = "EMOTIVETALK_TEST_OWN_CACHE"
 
@@ -26,6 +27,8 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) makes the folder
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="emotivetalk-test-xla-")
         os.environ[_OWN_CACHE] = "1"  # inherited by the xdist workers
+    if hasattr(config, "workerinput") or config.getoption("numprocesses", None) in (None, 0):
+        setup_compilation_cache()  # in the processes that run tests
 
 
 def pytest_unconfigure(config):
