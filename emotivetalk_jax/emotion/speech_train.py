@@ -226,8 +226,8 @@ def add_speech_commands(sub) -> None:
     t.add_argument("--layer", type=int, default=-1, help="encoder hidden state (0 = input, -1 = last)")
     t.add_argument("--pooling", choices=("mean", "mean_std"), default="mean_std")
     t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--clips", type=int, default=4000, help="synthetic training utterances")
-    t.add_argument("--voice-seeds", type=int, default=20, help="synthetic domains the training voices come from")
+    t.add_argument("--clips", type=int, default=12000, help="synthetic training utterances")
+    t.add_argument("--voice-seeds", type=int, default=30, help="synthetic domains the training voices come from")
     t.add_argument("--heldout-clips", type=int, default=512, help="synthetic held-out utterances (held-out voices)")
     t.add_argument("--data-seed", type=int, default=0,
                    help="the synthetic domain whose held-out identities score the head")
