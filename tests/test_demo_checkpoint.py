@@ -30,13 +30,20 @@ def test_default_checkpoint_is_the_shipped_demo_and_is_intact():
 
 def test_shipped_speech_head_reads_the_readme_speech():
     """The demo carries a speech-emotion head (voice statistics: no encoder), and it reads the
-    README's speech (held-out test clip 0 of the synthetic domain, spoken neutral) as neutral."""
+    README's speech as the emotion it was made with: the asset is held-out test clip 0 of the
+    synthetic domain at 4 s (`emotivetalk synth --split test --clips 1 --min-seconds 4
+    --max-seconds 4 --head-motion 0`), spoken neutral."""
     from emotivetalk_jax.data.audio import load_audio
+    from emotivetalk_jax.data.synthetic import SynthConfig, SyntheticDomain
     from emotivetalk_jax.emotion.speech import load_speech_recognizer
+    from emotivetalk_jax.emotion.voice_features import VOICE_DIM
     from emotivetalk_jax.pipeline import default_checkpoint
 
     folder = default_checkpoint() / "speech_head"
     rec = load_speech_recognizer(folder)
-    assert rec.head.cfg.feature == "voice"
-    keyword, probs = rec.predict(load_audio(folder.parents[1] / "demo_speech.wav"))
-    assert keyword == "neutral" and probs.max() > 0.5
+    assert rec.head.cfg.feature == "voice" and rec.head.cfg.in_dim == VOICE_DIM
+    wave = load_audio(folder.parents[1] / "demo_speech.wav")
+    clip = SyntheticDomain(0, SynthConfig(min_seconds=4, max_seconds=4, head_motion=0)).clip(0, "test")
+    np.testing.assert_allclose(wave, clip.audio, atol=1 / 2**15)  # the asset is that clip's speech (16-bit)
+    keyword, probs = rec.predict(wave)
+    assert keyword == clip.emotion == "neutral" and probs.max() > 0.5

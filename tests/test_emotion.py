@@ -313,3 +313,30 @@ def test_speech_head_trains_saves_and_drives_the_resolver(faces_dir, encoder, tm
         emotion.resolve_emotion(EmotionSource.audio(tmp_path / "pause.wav"), codebook=book, speech=rec)
     with pytest.raises(EmotionError, match="WavLM"):
         sp.feature_fn(sp.SpeechHeadConfig(in_dim=64))
+
+
+def test_voice_features_read_tempo_pitch_spread_and_the_voice():
+    """The voice statistics hear what the synthetic speech puts the emotion in, whatever the
+    voice: fearful speech (tempo 1.3) has more syllable nuclei per second and shorter intervals
+    than sad speech (0.72), surprised speech (accents of 7 semitones) spreads its pitch wider than
+    neutral speech (2), a voice an octave up reads 12 semitones higher; a head of the first
+    29 statistics reads those 29, any other width is refused."""
+    from emotivetalk_jax.data.synthetic_speech import Voice, synthesize
+    from emotivetalk_jax.emotion.voice_features import VOICE_DIM, voice_features
+
+    def feats(emotion, voice, seed):
+        return voice_features(synthesize(np.random.default_rng(seed), 3.0, voice, emotion).audio)
+
+    for voice in (Voice(110.0, 0.95), Voice(220.0, 1.12)):
+        fear, sad = feats("fearful", voice, 1), feats("sad", voice, 1)
+        assert fear.shape == (VOICE_DIM,) and np.isfinite(fear).all()
+        assert fear[29] > 1.3 * sad[29] and fear[30] < sad[30], (fear[29:31], sad[29:31])
+        spread = [f[37] - f[34] for f in (feats("surprised", voice, 2), feats("neutral", voice, 2))]
+        assert spread[0] > 2 * spread[1], spread
+    low, high = feats("neutral", Voice(110.0, 0.95), 3), feats("neutral", Voice(220.0, 1.12), 3)
+    assert abs(high[42] - low[42] - 12) < 1 and high[33] > low[33]  # an octave up, a shorter tract
+    wave = synthesize(np.random.default_rng(4), 2.0, Voice(150.0, 1.0), "angry").audio
+    old = sp.feature_fn(sp.SpeechHeadConfig(in_dim=29, feature="voice"))(wave)
+    np.testing.assert_array_equal(old, voice_features(wave)[:29])
+    with pytest.raises(EmotionError, match="reads 29 or 45 statistics, this one 30"):
+        sp.feature_fn(sp.SpeechHeadConfig(in_dim=30, feature="voice"))

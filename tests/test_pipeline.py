@@ -198,12 +198,17 @@ def test_speech_head_cli_into_a_bundle_and_emotion_from_speech(bundle, tmp_path,
 
     head = tmp_path / "head"
     rc = cli.main(["speech-head", "train", str(head), "--feature", "prosody", "--clips", "16", "--voice-seeds",
-                   "2", "--heldout-clips", "8", "--steps", "20", "--eval-every", "10", "--hidden", "16", "--quiet"])
+                   "2", "--heldout-clips", "8", "--val-clips", "8", "--steps", "20", "--eval-every", "10", "--hidden",
+                   "16", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     out = json.loads(capsys.readouterr().out)
     assert list(out["confusion"]) == list(KEYWORDS) and sum(sum(r.values()) for r in out["confusion"].values()) == 8
     assert out["heldout_data"]["voices_also_in_training"] == 0 and out["train"]["utterances"] == 16
-    assert [h["step"] for h in json.loads((head / "report.json").read_text())["history"]] == [10, 20]
+    report = json.loads((head / "report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [10, 20]
+    val = report["validation"]  # the set settings are chosen on: another domain's held-out voices
+    assert val["utterances"] == 8 and val["voices_also_in_training"] == 0 and "1000" in val["source"]
+    assert report["history"][-1]["validation_accuracy"] == val["accuracy"] == out["validation_accuracy"]
     rc = cli.main(["speech-head", "eval", str(head), "--heldout-clips", "8"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["accuracy"] == out["heldout_accuracy"]
 

@@ -9,9 +9,9 @@ model", unnamed; ours is an MLP over an utterance feature:
   (`pooling="mean"` or `"mean_std"`, the mean and standard deviation over frames);
 - `feature="prosody"`: the 12 prosody statistics of `data/measure.py` (F0, energy, rate,
   spectral tilt), no encoder needed; a cheap alternative for the synthetic domain;
-- `feature="voice"`: those 12 and 17 speaker-independent statistics of
-  `voice_features.py` (pitch range and movement in semitones, tremor, phrase-final rise or
-  fall, loudness, rhythm, breathiness), no encoder needed: what the demo ships (the demo's
+- `feature="voice"`: those 12 and 33 statistics of `voice_features.py` (pitch range and
+  movement in semitones, tremor, phrase-final rise or fall, loudness, rhythm and tempo,
+  breathiness, the vocal tract's length), no encoder needed: what the demo ships (the demo's
   32-wide audio encoder, trained to hear lips, carries little of the emotion).
 Features are standardised with the training set's statistics, which the head stores.
 No pretrained head or WavLM weights exist offline: `train_speech_emotion_head` trains one
@@ -152,7 +152,12 @@ def feature_fn(cfg: SpeechHeadConfig, encoder=None) -> Callable[[np.ndarray], np
     if cfg.feature == "prosody":
         return prosody_feature
     if cfg.feature == "voice":
-        return voice_feature
+        from emotivetalk_jax.emotion.voice_features import VOICE_WIDTHS
+
+        if cfg.in_dim not in VOICE_WIDTHS:
+            raise EmotionError(f"a voice-statistics head reads {' or '.join(map(str, VOICE_WIDTHS))} statistics, this one "
+                               f"{cfg.in_dim}; retrain it (emotivetalk speech-head train OUT)")
+        return voice_feature if cfg.in_dim == VOICE_WIDTHS[-1] else (lambda wave: voice_feature(wave)[: cfg.in_dim])
     if encoder is None:
         raise EmotionError("this speech-emotion head reads WavLM features; pass the WavLM encoder (--wavlm DIR)")
     width = int(encoder.config["hidden_size"])

@@ -12,7 +12,9 @@ confusion matrix at the end. Data:
   domains `data_seed + 1 ..` (`voice_seeds` of them; each draws its own identity pool, so
   thousands of voices instead of one pool's 224). Held-out utterances are test-split clips of
   `data_seed` (the bench's domain): held-out identities, so held-out voices, and held-out
-  utterances;
+  utterances. Settings are chosen on a validation set that is neither: test-split clips of
+  `val_seed` (another domain's held-out voices), scored beside the held-out set at every
+  evaluation;
 * a folder written by `emotivetalk prepare` whose clips carry emotion labels (MEAD's): its
   `train` split's labelled clips, scored on its `test` split (`--split-by speaker` there for
   held-out voices).
@@ -37,6 +39,7 @@ import numpy as np
 from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError
 
 BAR = 0.90  # held-out accuracy the shipped head must reach (chance 1 / 8)
+VAL_SEED = 1000  # the synthetic domain whose held-out voices are the validation set
 SPEECH_COMMANDS = ("speech-head",)
 
 
@@ -135,41 +138,56 @@ def load_encoder(path: str | os.PathLike | None):
     return load_hf_audio_encoder(path)
 
 
-def cached_sets(train: SpeechSet, heldout: SpeechSet) -> dict[str, np.ndarray]:
-    return {f"{k}_{f}": np.asarray(getattr(d, f)) for k, d in (("train", train), ("heldout", heldout))
-            for f in ("labels", "speakers", "source")}
+_SETS = ("train", "heldout", "validation")
 
 
-def sets_from_cache(cache: Path) -> tuple[SpeechSet, SpeechSet]:
-    """The labels, speakers and sources of a feature cache, without their waveforms."""
+def cached_sets(*sets: SpeechSet) -> dict[str, np.ndarray]:
+    """The labels, speakers and sources of the train, held-out (and validation) sets, for a cache."""
+    return {f"{k}_{f}": np.asarray(getattr(d, f)) for k, d in zip(_SETS, sets) for f in ("labels", "speakers", "source")}
+
+
+def sets_from_cache(cache: Path) -> tuple[SpeechSet, ...]:
+    """The sets of a feature cache (train, held-out and, when cached, validation), without waveforms."""
     with np.load(cache) as z:
         return tuple(SpeechSet([], z[f"{k}_labels"], z[f"{k}_speakers"], str(z[f"{k}_source"]))
-                     for k in ("train", "heldout"))
+                     for k in _SETS if f"{k}_labels" in z.files)
+
+
+def _features(sets: dict[str, SpeechSet], fn: Callable, progress: Callable | None, cache: Path | None) -> dict:
+    """{name: (N, F) features} of every set, read from `cache` when it holds them all, else
+    extracted (and written there)."""
+    from emotivetalk_jax.emotion.speech import extract_features
+
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            if all(k in z.files for k in sets):
+                return {k: z[k] for k in sets}
+    arrays = {k: extract_features(progress(d.waves) if progress else d.waves, fn) for k, d in sets.items()}
+    if cache is not None:
+        np.savez(cache, **arrays, **cached_sets(*sets.values()))
+    return arrays
 
 
 def train_head(train: SpeechSet, heldout: SpeechSet, cfg, *, encoder=None, steps: int = 500,
                learning_rate: float = 3e-3, weight_decay: float = 1e-2, seed: int = 0, eval_every: int = 100,
-               progress: Callable | None = None, cache: Path | None = None) -> tuple:
-    """(head, report): a head trained on `train`, scored on `heldout` every `eval_every` steps.
-    `cache`: an .npz of the extracted features (and `cached_sets`), reused when it exists (the
-    caller names it by everything the features depend on)."""
-    from emotivetalk_jax.emotion.speech import accuracy, extract_features, feature_fn, train_speech_emotion_head
+               progress: Callable | None = None, cache: Path | None = None,
+               validation: SpeechSet | None = None) -> tuple:
+    """(head, report): a head trained on `train`, scored on `heldout` (and `validation`, the set
+    settings are chosen on) every `eval_every` steps. `cache`: an .npz of the extracted features
+    (and `cached_sets`), reused when it exists (the caller names it by everything the features
+    depend on)."""
+    from emotivetalk_jax.emotion.speech import accuracy, feature_fn, train_speech_emotion_head
 
-    fn = feature_fn(cfg, encoder)
-    if cache is not None and cache.is_file():
-        with np.load(cache) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
-        arrays = {"train": extract_features(progress(train.waves) if progress else train.waves, fn),
-                  "heldout": extract_features(heldout.waves, fn)}
-        if cache is not None:
-            np.savez(cache, **arrays, **cached_sets(train, heldout))
+    sets = {"train": train, "heldout": heldout, **({"validation": validation} if validation is not None else {})}
+    arrays = _features(sets, feature_fn(cfg, encoder), progress, cache)
     feats, held = arrays["train"], arrays["heldout"]
     history = []
 
     def on_eval(step: int, head) -> None:
-        history.append({"step": step, "train_accuracy": accuracy(head, feats, train.labels),
-                        "heldout_accuracy": accuracy(head, held, heldout.labels)})
+        row = {"step": step, "train_accuracy": accuracy(head, feats, train.labels)}
+        if validation is not None:
+            row["validation_accuracy"] = accuracy(head, arrays["validation"], validation.labels)
+        history.append({**row, "heldout_accuracy": accuracy(head, held, heldout.labels)})
 
     head = train_speech_emotion_head(feats, train.labels, cfg, steps=steps, learning_rate=learning_rate,
                                      weight_decay=weight_decay, seed=seed, eval_every=eval_every, on_eval=on_eval)
@@ -179,7 +197,13 @@ def train_head(train: SpeechSet, heldout: SpeechSet, cfg, *, encoder=None, steps
               "heldout_data": {"utterances": len(heldout.labels), "voices": int(len(np.unique(heldout.speakers))),
                                "source": heldout.source,
                                "voices_also_in_training": int(len(np.intersect1d(train.speakers, heldout.speakers)))},
-              "config": dataclasses.asdict(head.cfg), "steps": steps, "seed": seed, "bar": BAR}
+              "config": dataclasses.asdict(head.cfg), "steps": steps, "learning_rate": learning_rate,
+              "weight_decay": weight_decay, "seed": seed, "bar": BAR}
+    if validation is not None:
+        report["validation"] = {**confusion_report(confusion(head, arrays["validation"], validation.labels)),
+                                "source": validation.source, "voices": int(len(np.unique(validation.speakers))),
+                                "voices_also_in_training": int(len(np.intersect1d(train.speakers,
+                                                                                  validation.speakers)))}
     return head, report
 
 
@@ -202,11 +226,15 @@ def add_speech_commands(sub) -> None:
     t.add_argument("--layer", type=int, default=-1, help="encoder hidden state (0 = input, -1 = last)")
     t.add_argument("--pooling", choices=("mean", "mean_std"), default="mean_std")
     t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--clips", type=int, default=4000, help="synthetic training utterances")
-    t.add_argument("--voice-seeds", type=int, default=20, help="synthetic domains the training voices come from")
+    t.add_argument("--clips", type=int, default=12000, help="synthetic training utterances")
+    t.add_argument("--voice-seeds", type=int, default=30, help="synthetic domains the training voices come from")
     t.add_argument("--heldout-clips", type=int, default=512, help="synthetic held-out utterances (held-out voices)")
     t.add_argument("--data-seed", type=int, default=0,
                    help="the synthetic domain whose held-out identities score the head")
+    t.add_argument("--val-seed", type=int, default=VAL_SEED,
+                   help="the synthetic domain whose held-out identities are the validation set (choose settings "
+                        "on its accuracy, not the held-out one's)")
+    t.add_argument("--val-clips", type=int, default=512, help="synthetic validation utterances (0: none)")
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--weight-decay", type=float, default=0.1)
@@ -276,26 +304,41 @@ def run_speech_command(args) -> dict:
     validate.check_seed(args.seed)
     encoder = load_encoder(args.encoder) if args.feature == "wavlm" else None
     bar = (lambda items: tqdm(items, desc="speech features", unit="utt")) if not args.quiet else None
+    validate.check_int(args.val_clips, "--val-clips", 0, 100_000)
+    validate.check_seed(args.val_seed, "--val-seed")
+    synthetic = args.data == "synthetic"
+    if synthetic and args.val_clips and args.val_seed == args.data_seed:
+        raise EmotionError(f"--val-seed {args.val_seed} is --data-seed, whose held-out voices score the head; "
+                           "validate on another domain's")
     key = json.dumps([args.data, args.feature, args.encoder, args.layer, args.pooling, args.clips, args.voice_seeds,
-                      args.heldout_clips, args.data_seed])
+                      args.heldout_clips, args.data_seed] + ([args.val_seed, args.val_clips] if synthetic else []))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cache = Path(args.out) / f".features-{zlib.crc32(key.encode()):08x}.npz"  # a rerun with new settings reuses them
+    validation = None
     if cache.is_file():
-        train, heldout = sets_from_cache(cache)
-    elif args.data == "synthetic":
+        train, heldout, *rest = sets_from_cache(cache)
+        validation = rest[0] if rest else None
+    elif synthetic:
         train = synthetic_set("train", args.clips, data_seed=args.data_seed, voice_seeds=args.voice_seeds)
         heldout = _heldout(args)
+        if args.val_clips:
+            validation = synthetic_set("test", args.val_clips, data_seed=args.val_seed)
     else:
         train, heldout = prepared_set(args.data, "train"), _heldout(args)
     width = int(encoder.config["hidden_size"]) if encoder is not None else None
-    cfg = SpeechHeadConfig(in_dim=1, hidden=args.hidden, feature=args.feature, layer=args.layer,
+    from emotivetalk_jax.emotion.voice_features import VOICE_DIM
+
+    in_dim = VOICE_DIM if args.feature == "voice" else 1  # the others' widths are read off the features
+    cfg = SpeechHeadConfig(in_dim=in_dim, hidden=args.hidden, feature=args.feature, layer=args.layer,
                            pooling=args.pooling, encoder_width=width)
     head, report = train_head(train, heldout, cfg, encoder=encoder, steps=args.steps,
                               learning_rate=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                              eval_every=args.eval_every, progress=bar, cache=cache)
+                              eval_every=args.eval_every, progress=bar, cache=cache, validation=validation)
     out = save_speech_head(head, args.out)  # a failure removes the folder (cli.py's outputs)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     h = report["heldout"]
-    return {"head": str(out), "heldout_accuracy": h["accuracy"], "chance": h["chance"], "passed": h["accuracy"] >= BAR,
+    val = {"validation_accuracy": report["validation"]["accuracy"]} if "validation" in report else {}
+    return {"head": str(out), **val, "heldout_accuracy": h["accuracy"], "chance": h["chance"],
+            "passed": h["accuracy"] >= BAR,
             "recall": h["recall"], "confusion": h["confusion"], "train": report["train"],
             "heldout_data": report["heldout_data"]}

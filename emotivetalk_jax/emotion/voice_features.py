@@ -23,13 +23,30 @@ spectral flatness and tilt, then over the utterance:
         (aspiration noise lowers it)
   26-28 rhythm: mean voiced-run length (s), voiced runs per second of speech, pause share of
         the speech span
+  29-30 tempo: syllable nuclei (peaks of the 200-3000 Hz level, 3 dB prominent) per second of
+        the speech span, and the median interval between neighbouring nuclei (s)
+  31-32 pauses: silent gaps of 120 ms or more inside the speech span per second, their mean length
+  33    vocal tract: log spectral centroid (0-4 kHz) of voiced frames (longer tracts, lower
+        formants: with 42 it tells a low voice from a low-pitched mood)
+  34-37 pitch distribution: 10th, 25th, 75th and 90th percentiles (semitones around the median)
+  38-39 phrase end: median pitch of the last 0.3 s of voiced frames, and the highest pitch of the
+        last 0.8 s of the utterance (semitones around the median)
+  40    tremor contrast: the 4-8 Hz amplitude over the residual's standard deviation
+  41    voiced loudness: mean level of voiced frames (dB)
+  42    absolute pitch: median F0 in semitones above 100 Hz
+  43    high band: level of 4-8 kHz against 0-4 kHz in voiced frames (dB)
+  44    level swing: 90th minus 10th percentile of the voiced frames' level (dB)
+
+A head trained on the first 29 statistics (`in_dim` 29, the first shipped head) reads the
+first 29 of these, which are unchanged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-VOICE_DIM = 29
+VOICE_DIM = 45
+VOICE_WIDTHS = (29, VOICE_DIM)  # heads read the first in_dim statistics
 _HOP = 160  # 10 ms
 
 
@@ -68,6 +85,37 @@ def _harmonicity(y: np.ndarray, f0: np.ndarray, frames: np.ndarray, sr: int, wid
         if den > 0:
             vals.append(np.dot(x0, x1) / den)
     return float(np.median(vals)) if vals else 0.0
+
+
+def _tempo(out: np.ndarray, spec: np.ndarray, freqs: np.ndarray, loud: np.ndarray, sr: int) -> None:
+    """29-32: syllable nuclei and pauses (see the module docstring)."""
+    from scipy.signal import find_peaks
+
+    band = 10 * np.log10(spec[(freqs >= 200) & (freqs <= 3000)].sum(0) + 1e-10)
+    band = _moving_average(band, 3)
+    first, last = np.flatnonzero(loud)[[0, -1]]
+    span = max((last - first + 1) * _HOP / sr, 0.1)
+    peaks, _ = find_peaks(band, prominence=3.0, height=band.max() - 30)
+    peaks = peaks[(peaks >= first) & (peaks <= last)]
+    out[29] = len(peaks) / span
+    gaps = np.diff(peaks) * _HOP / sr
+    gaps = gaps[gaps < 0.6]
+    out[30] = np.median(gaps) if gaps.size else 0.0
+    quiet = ~loud[first : last + 1]
+    edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
+    lengths = (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)) * _HOP / sr
+    pauses = lengths[lengths >= 0.12]
+    out[31] = len(pauses) / span
+    out[32] = pauses.mean() if pauses.size else 0.0
+
+
+def _pitch_shape(out: np.ndarray, st: np.ndarray, sec: np.ndarray, duration: float) -> None:
+    """34-39: pitch percentiles and phrase end, in semitones around the median (`st` at `sec`)."""
+    out[34:38] = np.percentile(st, [10, 25, 75, 90])
+    tail = st[sec >= sec[-1] - 0.3]
+    out[38] = np.median(tail)
+    end = st[sec >= duration - 0.8]
+    out[39] = end.max() if end.size else 0.0
 
 
 def voice_features(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
@@ -115,6 +163,15 @@ def voice_features(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
         out[26] = np.mean(ends - starts) * _HOP / sr
         out[27] = len(starts) / max(span, 0.1)
         out[28] = 1 - loud.sum() * _HOP / sr / max(span, 0.1)
+        _tempo(out, spec, freqs, loud, sr)
+        _pitch_shape(out, st, sec, len(y) / sr)
+        low = spec[freqs < 4000][:, idx]
+        out[33] = np.log(np.median((low * freqs[freqs < 4000, None]).sum(0) / (low.sum(0) + 1e-12)) + 1e-6)
+        out[40] = out[16] / (out[15] * np.sqrt(2) + 1e-6)
+        out[41] = db[idx].mean()
+        out[42] = 12 * np.log2(np.median(f0[idx]) / 100)
+        out[43] = 10 * np.log10((spec[freqs >= 4000][:, idx].sum() + 1e-12) / (spec[freqs < 4000][:, idx].sum() + 1e-12))
+        out[44] = np.percentile(db[idx], 90) - np.percentile(db[idx], 10)
     out[19] = np.percentile(db, 95)
     out[20] = np.percentile(db, 95) - np.percentile(db, 5)
     out[21] = db[loud].std() if loud.sum() > 3 else 0.0
