@@ -396,6 +396,9 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default="auto")
+    from emotivetalk_jax.pipeline import add_signing_arguments
+
+    add_signing_arguments(p)  # every video the page makes is marked (`provenance`); there is no --no-mark
 
 
 def serve_main(args) -> str:
@@ -409,9 +412,13 @@ def serve_main(args) -> str:
     if ckpt is None:
         raise WebError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     validate.check_folder(ckpt, "checkpoint", error=BundleError)
+    from emotivetalk_jax.provenance import identity
+
+    signer = identity(getattr(args, "sign_cert", None), getattr(args, "sign_key", None))
     logging.basicConfig(level=logging.INFO, format="emotivetalk serve: %(message)s")
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, verify=args.verify, precision=args.precision,
                                                attention=args.attention)
+    pipe.signer = signer
     app = WebApp(pipe, max_upload_mb=args.max_upload_mb, keep_s=60.0 * args.keep_minutes)
     log.info("model loaded from %s (%s, %d px, %s sampler, %d steps)", ckpt, pipe.settings.variant,
              pipe.settings.resolution, pipe.settings.sampler, pipe.settings.steps)
