@@ -5,10 +5,14 @@ per test process, never in the user's own."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("EMOTIVETALK_CONFIG_DIR", tempfile.mkdtemp(prefix="emotivetalk-config-"))
+if "EMOTIVETALK_CONFIG_DIR" not in os.environ:  # xdist workers inherit the controller's
+    os.environ["EMOTIVETALK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="emotivetalk-config-")
+    atexit.register(shutil.rmtree, os.environ["EMOTIVETALK_CONFIG_DIR"], True)
 
 
 def pytest_collection_modifyitems(config, items):

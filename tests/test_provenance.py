@@ -57,7 +57,7 @@ def test_watermark_found_after_trim_crop_and_scale():
     crop = marked[:, 6:58, 6:58]  # ~10% off each side, then shown at 32 px
     small = np.stack([np.asarray(Image.fromarray(f).resize((32, 32), Image.BILINEAR)) for f in crop])
     d = watermark.detect_frames(small)
-    assert d.detected and d.p_value < 1e-6 and d.crop == (0.1, 0.1)
+    assert d.detected and d.p_value < 1e-6 and all(abs(c - 6 / 64) <= 0.05 for c in d.crop)  # the nearest grid crops
 
 
 def test_watermark_null_p_values():

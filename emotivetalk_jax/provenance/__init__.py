@@ -34,21 +34,16 @@ def generation_record(checkpoint_sha256: str | None, created: str | None = None)
 
 def write_marked(path: str | os.PathLike, frames: np.ndarray, fps: float, audio: np.ndarray | None, sr: int, *,
                  checkpoint_sha256: str | None, who: Identity | None = None) -> Path:
-    """Write frames (already watermarked: `watermark.embed`) as an mp4 with the label, then sign
-    it (`who`: the signing identity; default `credentials.identity()`, the environment's or the
-    tool's own key). A failure leaves no file at `path`."""
+    """Write frames (already watermarked: `watermark.embed`) as an mp4 with the label, signed
+    before it is renamed into place (`who`: the signing identity; default `identity()`, the
+    environment's certificate or the tool's own key). A failure leaves no file at `path`."""
     from emotivetalk_jax.data.video import write_mp4
+    from emotivetalk_jax.provenance.credentials import sign_mp4
 
     record = generation_record(checkpoint_sha256)
     who = who or identity()
-    out = write_mp4(path, frames, fps, audio, sr, metadata=label.make_label(checkpoint_sha256, record["created"]))
-    try:
-        from emotivetalk_jax.provenance.credentials import sign_mp4
-
-        return sign_mp4(out, record, who)
-    except BaseException:
-        Path(out).unlink(missing_ok=True)
-        raise
+    return write_mp4(path, frames, fps, audio, sr, metadata=label.make_label(checkpoint_sha256, record["created"]),
+                     finish=lambda tmp: sign_mp4(tmp, record, who, title=Path(path).name))
 
 
 def warn_unmarked() -> None:

@@ -118,28 +118,37 @@ def local_identity() -> Identity:
     """The tool's own key (config_dir()/c2pa/), made on first use: written to a temporary folder
     renamed into place, so concurrent first uses end with one key."""
     folder = config_dir() / "c2pa"
-    if not (folder / "key.pem").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".c2pa.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=0o700)
-        try:
-            chain, key = _make_local_keys()
-            (tmp / "cert.pem").write_bytes(chain)
-            fd = os.open(tmp / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(key)
-            (tmp / "README.txt").write_text(
-                "A self-signed C2PA signing key made by emotivetalk_jax on first use. Videos signed with it\n"
-                "say so in their manifest (signer: self-signed); nothing vouches for this key. To sign with\n"
-                "your own certificate pass --sign-cert / --sign-key (or EMOTIVETALK_SIGN_CERT / _KEY).\n")
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another process made it first: use theirs
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    chain, key = (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+    try:
+        if not (folder / "key.pem").is_file():
+            _make_local_folder(folder)
+        chain, key = (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+    except OSError as e:
+        raise CredentialError(f"cannot keep the signing key in {folder} ({e.strerror or e}); set "
+                              "EMOTIVETALK_CONFIG_DIR to a writable folder, or pass --sign-cert and --sign-key") from None
     return Identity(chain, key, _check_pair(chain, key, str(folder)), True, str(folder))
+
+
+def _make_local_folder(folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".c2pa.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir(mode=0o700)
+    try:
+        chain, key = _make_local_keys()
+        (tmp / "cert.pem").write_bytes(chain)
+        fd = os.open(tmp / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        (tmp / "README.txt").write_text(
+            "A self-signed C2PA signing key made by emotivetalk_jax on first use. Videos signed with it\n"
+            "say so in their manifest (signer: self-signed); nothing vouches for this key. To sign with\n"
+            "your own certificate pass --sign-cert / --sign-key (or EMOTIVETALK_SIGN_CERT / _KEY).\n")
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process made it first: use theirs
+            if not (folder / "key.pem").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _make_local_keys() -> tuple[bytes, bytes]:
@@ -200,8 +209,9 @@ def manifest(title: str, generation: dict, who: Identity) -> dict:
                                               "signer_note": signer}}]}
 
 
-def sign_mp4(path: str | os.PathLike, generation: dict, who: Identity) -> Path:
-    """Embed a signed manifest in the mp4 at `path` (signed to a temporary file, renamed over it)."""
+def sign_mp4(path: str | os.PathLike, generation: dict, who: Identity, title: str | None = None) -> Path:
+    """Embed a signed manifest in the mp4 at `path` (signed to a temporary file, renamed over it);
+    `title`: the video's name in the manifest (default: the file's)."""
     import c2pa
 
     path = Path(path)
@@ -209,7 +219,7 @@ def sign_mp4(path: str | os.PathLike, generation: dict, who: Identity) -> Path:
     tmp = path.with_name(f".{path.stem}.c2pa.tmp.mp4")
     try:
         with c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, who.chain, who.key, None)) as signer, \
-                c2pa.Builder(manifest(path.name, generation, who)) as builder:
+                c2pa.Builder(manifest(title or path.name, generation, who)) as builder:
             builder.sign_file(path, tmp, signer)
         tmp.replace(path)
     except c2pa.C2paError as e:

@@ -24,12 +24,16 @@ from emotivetalk_jax.provenance.credentials import read_credential
 from emotivetalk_jax.provenance.label import read_label
 
 
+MAX_FRAMES = 1500  # the first minute at 25 fps: far more than the test needs, and bounded memory
+
+
 def detect_file(path: str | os.PathLike, info=None) -> watermark.Detection:
-    """The watermark test on the file's frames, read at `watermark.WORK` px a side and its own fps."""
+    """The watermark test on the file's frames (the first `MAX_FRAMES`), read at `watermark.WORK`
+    px a side and the file's own frame rate."""
     from emotivetalk_jax.data.video import probe, read_frames
 
     info = info or probe(path)
-    frames = read_frames(path, fps=info.fps or 25.0, size=watermark.WORK, info=info)
+    frames = read_frames(path, fps=info.fps or 25.0, size=watermark.WORK, max_frames=MAX_FRAMES, info=info)
     return watermark.detect_frames(frames)
 
 
