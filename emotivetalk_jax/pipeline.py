@@ -393,7 +393,7 @@ class EmotiveTalkPipeline:
         if mark:
             frames = watermark.embed(frames)
         written = self.write(out_path, frames, a.wave, mark) if out_path is not None else None
-        info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate,
+        info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate, marked=mark,
                     portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
         return Result(frames, a.wave, written, dict(self.timings), info)
 

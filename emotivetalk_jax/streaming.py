@@ -233,7 +233,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     frames = np.concatenate(frames_out)
     written = pipe.write(out_path, frames, wave, mark) if out_path is not None else None
     stats.update(windows=n_windows, frames=len(frames))
-    info = dict(num_frames=len(frames), duration_s=len(wave) / SR, seed=int(seed), streamed=True,
+    info = dict(num_frames=len(frames), duration_s=len(wave) / SR, seed=int(seed), streamed=True, marked=mark,
                 windows=n_windows, first_frame_s=stats.get("first_frame_s"), resolution=pipe.resolution,
                 variant=s.variant, emotion_source="none (e_ref)" if cond is None else cond.source,
                 keyword=None if cond is None else cond.keyword, portrait=p.detail)

@@ -73,6 +73,8 @@ def _waves() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             keep.append(i)
         if len(keep) == n:
             break
+    if len(keep) < n:
+        raise AssertionError(f"{n} waves 0.5 cycles apart do not fit below {_MAX_CYCLES} cycles")
     k = np.asarray(keep)
     shape = (PATTERNS, WAVES)
     return f[k, 0].reshape(shape), f[k, 1].reshape(shape), (2 * np.pi * uni[k, 2]).reshape(shape)
@@ -125,9 +127,14 @@ class Detection:
     crop: tuple[float, float] | None  # (x, y) fraction cropped off each side, best hypothesis
     hypotheses: int
 
+    @property
+    def log10_p(self) -> float:
+        """log10 of the p-value, finite where the p-value underflows to 0."""
+        return min(0.0, math.log10(self.hypotheses) - self.score ** 2 / (2 * math.log(10)))
+
     def to_json(self) -> dict:
         return {"detected": self.detected, "score": round(self.score, 3), "p_value": float(f"{self.p_value:.3g}"),
-                "frames": self.frames, "offset": self.offset,
+                "log10_p": round(self.log10_p, 2), "frames": self.frames, "offset": self.offset,
                 "crop": None if self.crop is None else [round(c, 3) for c in self.crop],
                 "hypotheses": self.hypotheses}
 
