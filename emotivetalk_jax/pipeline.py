@@ -370,6 +370,7 @@ class EmotiveTalkPipeline:
         validate.check_steps(steps, "steps", error=GenerationError)
         validate.check_steps(dicte_steps, "dicte_steps", error=GenerationError)
         out_path = check_output_path(out, input_paths(portrait, audio, emotion)) if out is not None else None
+        who = self.signing_identity() if mark and out_path is not None else None  # its files checked before work
         self.timings = {}
         key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
@@ -392,24 +393,29 @@ class EmotiveTalkPipeline:
                 bar.update(len(frames))
         if mark:
             frames = watermark.embed(frames)
-        written = self.write(out_path, frames, a.wave, mark) if out_path is not None else None
+        written = self.write(out_path, frames, a.wave, who) if out_path is not None else None
         info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate, marked=mark,
                     portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
         return Result(frames, a.wave, written, dict(self.timings), info)
 
+    def signing_identity(self) -> provenance.Identity:
+        """Who signs this pipeline's videos: `self.signer`, else `provenance.identity()` (the
+        environment's certificate or the tool's own key, made on first use)."""
+        return self.signer or provenance.identity()
 
-    def write(self, out_path: Path, frames: np.ndarray, wave: np.ndarray, mark: bool) -> Path:
-        """The mp4 (temporary file renamed; the folders made for it removed on failure); with
-        `mark`, labelled and signed (`provenance.write_marked`; the frames come watermarked)."""
+    def write(self, out_path: Path, frames: np.ndarray, wave: np.ndarray, who: provenance.Identity | None) -> Path:
+        """The mp4 (temporary file renamed; the folders made for it removed on failure); with a
+        signing identity `who`, labelled and signed (`provenance.write_marked`; the frames come
+        watermarked), without one plain (`mark=False`)."""
         from emotivetalk_jax.data.video import write_mp4
         from emotivetalk_jax.manifest import remove_created
 
         made = validate.missing_ancestors(out_path.parent)
         try:
             with self._stage("write"):
-                if mark:
+                if who is not None:
                     return provenance.write_marked(out_path, frames, self.settings.fps, wave, SR,
-                                                   checkpoint_sha256=self.checkpoint_sha256, who=self.signer)
+                                                   checkpoint_sha256=self.checkpoint_sha256, who=who)
                 return write_mp4(out_path, frames, self.settings.fps, wave, SR)
         except BaseException:
             remove_created(made)

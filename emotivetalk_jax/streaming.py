@@ -93,6 +93,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     seed = validate.check_seed(seed, "seed", error=GenerationError)
     validate.check_steps(steps, "steps", error=GenerationError)
     out_path = check_output_path(out, input_paths(portrait, None, emotion)) if out is not None else None
+    who = pipe.signing_identity() if mark and out_path is not None else None
     s = pipe.settings
     if s.fps != 25:
         raise GenerationError(f"streaming works at 25 fps; this checkpoint is at {s.fps}")
@@ -231,7 +232,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     finally:
         pipe.progress = progress
     frames = np.concatenate(frames_out)
-    written = pipe.write(out_path, frames, wave, mark) if out_path is not None else None
+    written = pipe.write(out_path, frames, wave, who) if out_path is not None else None
     stats.update(windows=n_windows, frames=len(frames))
     info = dict(num_frames=len(frames), duration_s=len(wave) / SR, seed=int(seed), streamed=True, marked=mark,
                 windows=n_windows, first_frame_s=stats.get("first_frame_s"), resolution=pipe.resolution,

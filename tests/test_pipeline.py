@@ -177,6 +177,7 @@ def test_bench_synthetic_json(bundle, capsys):
     for k in ("lip_sync_corr", "av_offset_frames", "emotion_accuracy", "identity_psnr", "settings"):
         assert k in out
     assert out["settings"]["clips"] == 1 and out["settings"]["split"] == "test"
+    assert out["settings"]["mark"] is True  # it scores what users get: watermarked frames
     assert out["settings"]["frames"] == _frames(SPEECH)
     assert 0.0 <= out["emotion_accuracy"] <= 1.0 and out["identity_psnr"] > 0
     # the ceiling: the bundle VAE's own reconstruction of the ground truth (random weights: poor,

@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -34,9 +35,11 @@ from emotivetalk_jax import validate
 ASSERTION = "org.emotivetalk_jax.generation"
 CERT_ENV, KEY_ENV = "EMOTIVETALK_SIGN_CERT", "EMOTIVETALK_SIGN_KEY"
 SELF_SIGNED_ORG = "emotivetalk_jax self-signed (not a verified identity)"
-# Codes a valid but untrusted (or unchecked) signature reports; any other failure is tampering.
-_NOT_TAMPERING = {"signingCredential.untrusted", "signingCredential.ocsp.unknown", "signingCredential.ocsp.skipped",
-                  "timeStamp.untrusted", "timeStamp.missing"}
+# C2PA failure codes that mean the file or the manifest changed after signing: a hash or the
+# signature no longer matches, or the manifest is broken or incomplete. The others (signingCredential.*,
+# timeStamp.*: a certificate untrusted, expired or revoked) say who signed, not what changed.
+_TAMPERING = re.compile(r"(\.mismatch$|^claimSignature\.|\.malformed$|^assertion\.missing$|^claim\.missing$|"
+                        r"^manifest\.|^assertion\.(dataHash|bmffHash|boxesHash)\.)")
 
 
 class CredentialError(validate.InputError):
@@ -248,9 +251,8 @@ def read_credential(path: str | os.PathLike) -> dict:
         store = json.loads(reader.json())
     active = store.get("manifests", {}).get(store.get("active_manifest"), {})
     results = (store.get("validation_results") or {}).get("activeManifest") or {}
-    failures = [f["code"] for f in results.get("failure", [])] or [
-        s["code"] for s in store.get("validation_status", []) if s.get("code") not in _NOT_TAMPERING]
-    tampering = [c for c in failures if c not in _NOT_TAMPERING]
+    failures = [f["code"] for f in results.get("failure", [])] or [s["code"] for s in store.get("validation_status", [])]
+    tampering = [c for c in failures if _TAMPERING.search(c)]
     ours = next((a["data"] for a in active.get("assertions", []) if a.get("label") == ASSERTION), None)
     sources = [act.get("digitalSourceType") for a in active.get("assertions", [])
                if a.get("label", "").startswith("c2pa.actions") for act in a.get("data", {}).get("actions", [])]
@@ -265,6 +267,9 @@ def read_credential(path: str | os.PathLike) -> dict:
         out["generation"] = {k: ours.get(k) for k in ("tool", "version", "checkpoint_sha256", "created", "watermark")}
     if tampering:
         out["failures"] = tampering
+    credential = [c for c in failures if c not in tampering and c != "signingCredential.untrusted"]
+    if credential:  # e.g. an expired or revoked certificate
+        out["credential_problems"] = credential
     return out
 
 
