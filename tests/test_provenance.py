@@ -30,7 +30,7 @@ def _clip(n: int = 100, size: int = 64, seed: int = 0) -> np.ndarray:
 def test_watermark_keys_are_fixed():
     """The key's bits are SHA-256 of a fixed string: a detector of any later version must agree."""
     s = watermark.signs()
-    assert s.shape == (watermark.PATTERNS, watermark.PERIOD) and set(np.unique(s)) == {-1.0, 1.0}
+    assert s.shape == (watermark.PATTERNS, watermark.PERIOD // watermark.HOLD) and set(np.unique(s)) == {-1.0, 1.0}
     assert "".join("+" if v > 0 else "-" for v in s[0, :16]) == _FIRST_SIGNS
     p = watermark.patterns(64, 64)
     assert np.allclose(np.sqrt((p ** 2).mean((1, 2))), 1.0, atol=0.1)  # unit rms each
@@ -41,6 +41,7 @@ def test_watermark_keys_are_fixed():
     # a stream marks window by window: the same frames as marking the whole video at once
     np.testing.assert_array_equal(np.concatenate([watermark.embed(frames[:3]), watermark.embed(frames[3:], start=3)]),
                                   watermark.embed(frames))
+    np.testing.assert_array_equal(watermark.frame_signs(0, 4)[0], s[0, [0, 0, 1, 1]])  # each sign held HOLD = 2 frames
 
 
 _FIRST_SIGNS = "-+-+--+-+++-+-++"  # sha256(KEY + b"/signs" + counter 0), low bit of each byte

@@ -6,21 +6,22 @@ and B alike (luma only), where
   coordinates u, v in [0, 1], each a sum of `WAVES` cosines of 1 to 3.5 cycles per frame side
   (disjoint frequencies, so nearly orthogonal), unit rms: they survive scaling, blur and the
   coarse quantisers of H.264, and mean the same at any frame size;
-* s_k[t] = +-1 are keyed pseudo-random signs, one per pattern and frame, repeating every
-  `PERIOD` frames (t counts from the video's first frame).
+* s_k[t] = +-1 are keyed pseudo-random signs, one per pattern for every `HOLD` frames (a sign
+  held two frames outlives H.264's inter prediction better, measured), repeating every `PERIOD`
+  frames (t counts from the video's first frame).
 The key is fixed and public (`KEY`): anyone can test a video. The bits come from SHA-256 (not
 a numpy generator, whose streams may change between numpy versions).
 
 Detection (`detect_frames`): the luma at a working size, high-passed in time (a frame minus the
 mean of the 5 around it: content moves slowly, the signs flip at random), weighted per pixel by
 the inverse of its temporal variance, projected on each P_k as seen through each crop
-hypothesis (`CROPS`: symmetric crops up to 20% a side), folded by frame modulo the period, and
-correlated with the signs at every temporal offset (a trimmed clip starts anywhere). For one
+hypothesis (`CROPS`: symmetric crops up to 20% a side), summed per sign symbol, and correlated
+with the signs at every temporal offset (a trimmed clip starts anywhere in the period). For one
 hypothesis the correlation c = sum s g is a sum of terms g the video fixes with signs drawn
 independently of any unmarked video, so Hoeffding's inequality bounds its tail whatever the
 content: P(c >= z ||g||) <= exp(-z^2 / 2). The p-value multiplies that by the number of
-hypotheses searched (Bonferroni). z is at most about sqrt(0.8 K x frames): the K patterns give
-a 2 s clip (50 frames) room for p-values far below 1e-6.
+hypotheses searched (Bonferroni). z is at most about sqrt(0.8 K x frames / HOLD): the K
+patterns give a 2 s clip (50 frames) room for p-values far below 1e-6.
 
 Shapes: frames (F, H, W, 3) uint8.
 """
@@ -36,8 +37,9 @@ import numpy as np
 
 KEY = b"emotivetalk_jax watermark v1"
 PERIOD = 128  # frames after which the signs repeat (5.1 s at 25 fps)
-PATTERNS = 8  # K: spatial patterns, each with its own signs
-WAVES = 3  # cosines per pattern
+HOLD = 2  # frames per sign
+PATTERNS = 12  # K: spatial patterns, each with its own signs
+WAVES = 2  # cosines per pattern
 AMPLITUDE = 1.6  # rms of the added pattern, in 8-bit levels
 WORK = 64  # the detector's working size (pixels a side)
 CROPS = tuple(i * 0.05 for i in range(5))  # crop hypotheses per axis: 0 .. 20% off each side
@@ -54,8 +56,9 @@ def _bits(label: bytes, n: int) -> np.ndarray:
 
 @functools.cache
 def signs() -> np.ndarray:
-    """s: (K, PERIOD) +-1."""
-    return np.where(_bits(b"/signs", PATTERNS * PERIOD) & 1, 1.0, -1.0).reshape(PATTERNS, PERIOD)
+    """s: (K, PERIOD // HOLD) +-1, one per pattern and symbol."""
+    n = PERIOD // HOLD
+    return np.where(_bits(b"/signs", PATTERNS * n) & 1, 1.0, -1.0).reshape(PATTERNS, n)
 
 
 def _waves() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +105,7 @@ def _cosines(height: int, width: int, window: tuple[float, float, float, float])
 
 def frame_signs(start: int, count: int) -> np.ndarray:
     """s_k[t] for frames start .. start + count - 1: (K, count)."""
-    return signs()[:, np.arange(start, start + count) % PERIOD]
+    return signs()[:, (np.arange(start, start + count) // HOLD) % (PERIOD // HOLD)]
 
 
 def embed(frames: np.ndarray, start: int = 0, amplitude: float = AMPLITUDE) -> np.ndarray:
@@ -165,12 +168,16 @@ def detect_frames(frames: np.ndarray, threshold: float = THRESHOLD_P) -> Detecti
     windows = [(cx, cy, 1 - cx, 1 - cy) for cy in CROPS for cx in CROPS]
     proj = np.stack([patterns(h, w, win) * weight for win in windows])  # (C, K, H, W)
     m = np.einsum("ckhw,fhw->ckf", proj, d)  # per-frame projections
-    folded = np.zeros(m.shape[:2] + (PERIOD,))
-    np.add.at(folded.transpose(2, 0, 1), np.arange(n) % PERIOD, m.transpose(2, 0, 1))  # (C, K, PERIOD)
-    shifted = np.stack([np.roll(signs(), -off, axis=1) for off in range(PERIOD)])  # (offset, K, PERIOD)
-    c = np.einsum("ckj,okj->co", folded, shifted)  # (C, offset)
-    norm = np.sqrt((folded ** 2).sum((1, 2)))[:, None]
-    z = np.where(norm > 0, c / np.maximum(norm, 1e-30), 0.0)
+    s = signs()
+    nsym = s.shape[1]
+    shifted = np.stack([np.roll(s, -j, axis=1) for j in range(nsym)])  # (j, K, symbols)
+    z = np.zeros((len(windows), PERIOD))  # offset r + HOLD j: frame t carries symbol (t + r) // HOLD + j
+    for r in range(HOLD):
+        g = np.zeros(m.shape[:2] + (nsym,))
+        np.add.at(g.transpose(2, 0, 1), ((np.arange(n) + r) // HOLD) % nsym, m.transpose(2, 0, 1))
+        norm = np.sqrt((g ** 2).sum((1, 2)))[:, None]
+        c = np.einsum("cki,jki->cj", g, shifted)
+        z[:, r::HOLD] = np.where(norm > 0, c / np.maximum(norm, 1e-30), 0.0)
     ci, off = np.unravel_index(int(np.argmax(z)), z.shape)
     best = float(max(z[ci, off], 0.0))
     p = min(1.0, hypotheses * math.exp(-0.5 * best * best))
