@@ -238,6 +238,8 @@ class WebApp:
         return dataclasses.replace(s, expr_scale=expr, lip_scale=lip)
 
     def _details(self, result, how: str, settings, steps, wall: float) -> dict:
+        from emotivetalk_jax.pipeline import marks_summary
+
         info, fps = result.info, settings.fps
         video_s = info["num_frames"] / fps
         return {"emotion": info.get("keyword") or info["emotion_source"], "emotion_how": how,
@@ -248,7 +250,8 @@ class WebApp:
                 "expression_strength": settings.expr_scale, "lip_strength": settings.lip_scale,
                 "ablate": info.get("ablate"), "portrait": _plain(info.get("portrait")),
                 "seconds": {k: round(v, 3) for k, v in result.timings.items()}, "wall_s": round(wall, 3),
-                "compute_s_per_video_s": round(wall / max(video_s, 1e-9), 3), "request": self.requests}
+                "compute_s_per_video_s": round(wall / max(video_s, 1e-9), 3), "request": self.requests,
+                "marks": marks_summary(self.pipe.signing_identity())}  # every video the page makes (issue 35)
 
     # -- the page
 
