@@ -4,8 +4,8 @@ Frame t of a marked video gets `AMPLITUDE * sum_k s_k[t] P_k(u, v) / sqrt(K)` ad
 and B alike (luma only), where
 * P_1 .. P_K (K = `PATTERNS`) are smooth keyed patterns over the frame in normalised
   coordinates u, v in [0, 1], each a sum of `WAVES` cosines of 1 to 3.5 cycles per frame side
-  (disjoint frequencies, so nearly orthogonal), unit rms: they survive scaling, blur and the
-  coarse quantisers of H.264, and mean the same at any frame size;
+  (frequencies at least 0.5 cycles apart: roughly orthogonal), unit rms: they survive scaling,
+  blur and the coarse quantisers of H.264, and mean the same at any frame size;
 * s_k[t] = +-1 are keyed pseudo-random signs, one per pattern for every `HOLD` frames (a sign
   held two frames outlives H.264's inter prediction better, measured), repeating every `PERIOD`
   frames (t counts from the video's first frame).
