@@ -15,12 +15,20 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
 class UsageError(ValueError):
     """A command line argparse refuses (printed as the CLI's one error line, exit 2)."""
+
+
+class _Verdict(NamedTuple):
+    """A result printed as is, with its own exit status (`detect`: 1 when a video is unmarked)."""
+
+    text: str
+    code: int
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.pipeline import add_generate_arguments
 
     add_generate_arguments(g)
+    dt = sub.add_parser("detect", help="which provenance marks videos carry: label, C2PA credential, watermark "
+                                       "(JSON per video; exit 0 all marked, 1 one is not)")
+    from emotivetalk_jax.provenance.detect import add_detect_arguments
+
+    add_detect_arguments(dt)
     sv = sub.add_parser("serve", help="the web demo: a Gradio page and HTTP API over one loaded model (extra: web)")
     from emotivetalk_jax.web import add_serve_arguments
 
@@ -148,6 +161,10 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.pipeline import generate_main
 
         return generate_main(args)
+    if args.command == "detect":
+        from emotivetalk_jax.provenance.detect import detect_main
+
+        return _Verdict(*detect_main(args))
     if args.command == "serve":
         from emotivetalk_jax.web import serve_main
 
@@ -301,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 outputs.remove_created()
             print(f"emotivetalk: error: {_one_line(e)}", file=sys.stderr)
             return 2
+        if isinstance(result, _Verdict):
+            print(result.text)
+            return result.code
         print(json.dumps(result, indent=2) if not isinstance(result, str) else result)
         if args.command == "train" and isinstance(result, dict) and result.get("status") == "preempted":
             print(f"emotivetalk: stopped by SIGTERM after saving step {result.get('step')} in {args.workdir}; "

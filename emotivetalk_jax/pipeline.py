@@ -18,8 +18,10 @@ Stages (each a method, each timed in `result.timings`, each with a progress bar)
 5. `denoise`: the ETHD backbone sampled over the whole length with overlapping windows
    fused every step (`diffusion.sampler`), one sampler step per call so the bar can move;
 6. `decode`: the temporal VAE in chunks of frames (all chunks one size: one compile);
-7. optional paste-back into the original photo, then an H.264 + AAC mp4 with the input
-   audio muxed in (written to a temporary file and renamed: no partial output).
+7. optional paste-back into the original photo, the provenance watermark in the pixels, then
+   an H.264 + AAC mp4 with the input audio muxed in (written to a temporary file and renamed:
+   no partial output), labelled AI-generated and signed with C2PA content credentials
+   (`provenance`; `mark=False` turns all three off, for research runs).
 Ablations (`ablate="lip"` zeroes the lip tokens, `ablate="expression"` sets e_dri = e_ref)
 reproduce the paper's Tab. 2 on the synthetic benchmark.
 
@@ -42,10 +44,11 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from emotivetalk_jax import interrupts, validate
+from emotivetalk_jax import interrupts, provenance, validate
 from emotivetalk_jax.data import audio as audio_lib
 from emotivetalk_jax.bundle import Bundle, BundleSettings, load_bundle, vae_factor
 from emotivetalk_jax.data.portrait import Portrait, PortraitError, prepare_portrait
+from emotivetalk_jax.provenance import label, watermark
 
 SR = 16000
 ABLATIONS = (None, "lip", "expression")
@@ -142,6 +145,10 @@ class EmotiveTalkPipeline:
         self.timings: dict[str, float] = {}
         self._backbone = _Backbone(bundle.ethd)
         self._speech = None
+        # provenance: the checkpoint named in every video's label and credential, and who signs
+        # (None: `provenance.identity()`, the environment's certificate or the tool's own key)
+        self.checkpoint_sha256 = label.checkpoint_hash(bundle.path)
+        self.signer: provenance.Identity | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
@@ -357,12 +364,13 @@ class EmotiveTalkPipeline:
 
     def __call__(self, portrait, audio, *, emotion=None, seed: int = 0, steps: int | None = None,
                  dicte_steps: int | None = None, out: str | os.PathLike | None = None, paste: bool = False,
-                 face_box=None, crop: bool = True, boxes=None, ablate: str | None = None) -> Result:
+                 face_box=None, crop: bool = True, boxes=None, ablate: str | None = None, mark: bool = True) -> Result:
         """Generate a talking video. `out`: an .mp4 path to write (checked before any work).
 
         `emotion`: None, a keyword / free text, an `EmotionSource` or an `EmotionCondition`.
         `paste`: put the generated face back into the original photo's framing.
         `ablate`: None | "lip" | "expression" (see the module docstring).
+        `mark`: watermark the frames and label and sign the mp4 (`provenance`); False for research.
         """
         if ablate not in ABLATIONS:
             raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
@@ -370,6 +378,7 @@ class EmotiveTalkPipeline:
         validate.check_steps(steps, "steps", error=GenerationError)
         validate.check_steps(dicte_steps, "dicte_steps", error=GenerationError)
         out_path = check_output_path(out, input_paths(portrait, audio, emotion)) if out is not None else None
+        who = self.signing_identity() if mark and out_path is not None else None  # its files checked before work
         self.timings = {}
         key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
@@ -390,28 +399,41 @@ class EmotiveTalkPipeline:
             with self._stage("paste", total=len(frames), unit="frame") as bar:
                 frames = paste_back(frames, p)
                 bar.update(len(frames))
-        written = None
-        if out_path is not None:
-            from emotivetalk_jax.data.video import write_mp4
-            from emotivetalk_jax.manifest import remove_created
-
-            made = validate.missing_ancestors(out_path.parent)
-            try:
-                with self._stage("write"):
-                    written = write_mp4(out_path, frames, self.settings.fps, a.wave, SR)
-            except BaseException:
-                remove_created(made)
-                raise
-        info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate,
+        if mark:
+            frames = watermark.embed(frames)
+        written = self.write(out_path, frames, a.wave, who) if out_path is not None else None
+        info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate, marked=mark,
                     portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
         return Result(frames, a.wave, written, dict(self.timings), info)
 
+    def signing_identity(self) -> provenance.Identity:
+        """Who signs this pipeline's videos: `self.signer`, else `provenance.identity()` (the
+        environment's certificate or the tool's own key, made on first use)."""
+        return self.signer or provenance.identity()
+
+    def write(self, out_path: Path, frames: np.ndarray, wave: np.ndarray, who: provenance.Identity | None) -> Path:
+        """The mp4 (temporary file renamed; the folders made for it removed on failure); with a
+        signing identity `who`, labelled and signed (`provenance.write_marked`; the frames come
+        watermarked), without one plain (`mark=False`)."""
+        from emotivetalk_jax.data.video import write_mp4
+        from emotivetalk_jax.manifest import remove_created
+
+        made = validate.missing_ancestors(out_path.parent)
+        try:
+            with self._stage("write"):
+                if who is not None:
+                    return provenance.write_marked(out_path, frames, self.settings.fps, wave, SR,
+                                                   checkpoint_sha256=self.checkpoint_sha256, who=who)
+                return write_mp4(out_path, frames, self.settings.fps, wave, SR)
+        except BaseException:
+            remove_created(made)
+            raise
 
     def stream(self, portrait, audio_chunks, **kwargs):
         """A generator: speech in as it arrives (`audio_chunks`, arrays at `sr` or (array, rate)
         pairs), finished frames out window by window ((k, R, R, 3) uint8), frames once emitted
         never changed; its return value is the `Result`. Keywords: emotion, seed, steps, sr, out,
-        paste, face_box, crop, boxes, audio_context_s, lookahead, stats (`streaming.stream`)."""
+        paste, face_box, crop, boxes, audio_context_s, lookahead, stats, mark (`streaming.stream`)."""
         from emotivetalk_jax.streaming import stream
 
         return stream(self, portrait, audio_chunks, **kwargs)
@@ -483,12 +505,31 @@ def add_generate_arguments(p) -> None:
                    help="generate window by window as the speech arrives (read in 0.2 s chunks) and report the "
                         "time to the first frame")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_signing_arguments(p)
+    p.add_argument("--no-mark", action="store_true",
+                   help="research runs only: no AI-generated label, content credential or watermark")
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="weights and compute: auto = bfloat16 on GPU/TPU, float32 on CPU")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default="auto",
                    help="attention kernels: auto = cuDNN flash on NVIDIA, Pallas flash on TPU, XLA otherwise; "
                         "a call a kernel does not take falls back to XLA (logged once)")
+
+
+def add_signing_arguments(p) -> None:
+    """--sign-cert / --sign-key: whose C2PA credential the videos carry (generate, serve)."""
+    from emotivetalk_jax.provenance.credentials import CERT_ENV, KEY_ENV
+
+    p.add_argument("--sign-cert", metavar="PEM", help=f"certificate chain (PEM, signing certificate first) for the "
+                   f"videos' C2PA credentials (default: ${CERT_ENV}, else a self-signed key kept in the config folder)")
+    p.add_argument("--sign-key", metavar="PEM", help=f"its private key (PEM, unencrypted; default: ${KEY_ENV})")
+
+
+def marks_summary(signer: provenance.Identity | None) -> dict:
+    """What `generate` reports about the marks of the video it wrote."""
+    if signer is None:
+        return {"label": False, "credential": "absent", "watermark": False}
+    return {"label": True, "credential": "self-signed" if signer.self_signed else "signed", "watermark": True}
 
 
 def _check_speech_emotion(args, ckpt, wave: np.ndarray, fps: float) -> None:
@@ -525,6 +566,12 @@ def generate_main(args) -> dict:
     out = check_output_path(args.out, input_paths(args.portrait, args.audio, emotion_image=args.emotion_image,
                                                   emotion_audio=args.emotion_audio, emotion_video=args.emotion_video))
     face_box = validate.parse_face_box(args.face_box, error=GenerationError)
+    mark = not getattr(args, "no_mark", False)
+    if mark:  # the signing files are checked before any work
+        signer = provenance.identity(getattr(args, "sign_cert", None), getattr(args, "sign_key", None))
+    else:
+        signer = None
+        provenance.warn_unmarked()
     if args.variant is not None:
         validate.check_variant(args.variant, error=GenerationError)
     ckpt = args.checkpoint or default_checkpoint()
@@ -567,19 +614,21 @@ def generate_main(args) -> dict:
         pipe.bundle.codebook = codebook
     if speech_head is not None:
         pipe.bundle.speech_head = speech_head
+    pipe.signer = signer
     if getattr(args, "stream", False):
         chunks = (wave[i:i + SR // 5] for i in range(0, len(wave), SR // 5))
         from emotivetalk_jax.streaming import exhaust
 
         r = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out,
-                                paste=args.paste_back))
+                                paste=args.paste_back, mark=mark))
     else:
-        r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back)
+        r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back, mark=mark)
     video_s = r.info["num_frames"] / pipe.settings.fps
     return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
             "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],
             **({"emotion_probs": {k: round(v, 4) for k, v in r.info["emotion_probs"].items()}}
                if "emotion_probs" in r.info else {}),
+            "marks": marks_summary(signer),
             "seconds": {k: round(v, 3) for k, v in r.timings.items()},
             "seconds_per_video_second": round(sum(r.timings.values()) / max(video_s, 1e-9), 3),
             **({"first_frame_s": round(r.info["first_frame_s"], 3)} if r.info.get("first_frame_s") else {})}

@@ -35,6 +35,7 @@ import numpy as np
 
 from emotivetalk_jax import validate
 from emotivetalk_jax.data.audio import SAMPLE_RATE, num_video_frames
+from emotivetalk_jax.provenance import watermark
 
 SPF = SAMPLE_RATE // 25  # samples per frame at 25 fps
 
@@ -79,9 +80,11 @@ def exhaust(gen):
 
 def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 0, steps: int | None = None,
            sr: int | None = None, out=None, paste: bool = False, face_box=None, crop: bool = True, boxes=None,
-           audio_context_s: float = 1.0, lookahead: int | None = None, stats: dict | None = None) -> Iterator:
+           audio_context_s: float = 1.0, lookahead: int | None = None, stats: dict | None = None,
+           mark: bool = True) -> Iterator:
     """`EmotiveTalkPipeline.stream` (see the module docstring). `stats` (a dict, optional) gets
-    `first_frame_s` (from the call to the first frames yielded), `windows` and `frames`."""
+    `first_frame_s` (from the call to the first frames yielded), `windows` and `frames`. `mark`:
+    each window's frames watermarked as they come out, the mp4 labelled and signed (`provenance`)."""
     from emotivetalk_jax.data.audio import AudioError, frame_windows
     from emotivetalk_jax.emotion import EmotionError
     from emotivetalk_jax.pipeline import SR, GenerationError, Result, _lip, check_output_path, input_paths
@@ -90,6 +93,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     seed = validate.check_seed(seed, "seed", error=GenerationError)
     validate.check_steps(steps, "steps", error=GenerationError)
     out_path = check_output_path(out, input_paths(portrait, None, emotion)) if out is not None else None
+    who = pipe.signing_identity() if mark and out_path is not None else None
     s = pipe.settings
     if s.fps != 25:
         raise GenerationError(f"streaming works at 25 fps; this checkpoint is at {s.fps}")
@@ -180,6 +184,8 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
                 from emotivetalk_jax.data.portrait import paste_back
 
                 px = paste_back(px, p)
+            if mark:
+                px = watermark.embed(px, start=emitted)  # the sign sequence counts from the video's first frame
             emitted = we
             return np.array(px, copy=True)
 
@@ -227,20 +233,9 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     finally:
         pipe.progress = progress
     frames = np.concatenate(frames_out)
-    written = None
-    if out_path is not None:
-        from emotivetalk_jax.data.video import write_mp4
-        from emotivetalk_jax.manifest import remove_created
-
-        made = validate.missing_ancestors(out_path.parent)
-        try:
-            with pipe._stage("write"):
-                written = write_mp4(out_path, frames, s.fps, wave, SR)
-        except BaseException:
-            remove_created(made)
-            raise
+    written = pipe.write(out_path, frames, wave, who) if out_path is not None else None
     stats.update(windows=n_windows, frames=len(frames))
-    info = dict(num_frames=len(frames), duration_s=len(wave) / SR, seed=int(seed), streamed=True,
+    info = dict(num_frames=len(frames), duration_s=len(wave) / SR, seed=int(seed), streamed=True, marked=mark,
                 windows=n_windows, first_frame_s=stats.get("first_frame_s"), resolution=pipe.resolution,
                 variant=s.variant, emotion_source="none (e_ref)" if cond is None else cond.source,
                 keyword=None if cond is None else cond.keyword, portrait=p.detail)

@@ -238,6 +238,8 @@ class WebApp:
         return dataclasses.replace(s, expr_scale=expr, lip_scale=lip)
 
     def _details(self, result, how: str, settings, steps, wall: float) -> dict:
+        from emotivetalk_jax.pipeline import marks_summary
+
         info, fps = result.info, settings.fps
         video_s = info["num_frames"] / fps
         return {"emotion": info.get("keyword") or info["emotion_source"], "emotion_how": how,
@@ -248,7 +250,8 @@ class WebApp:
                 "expression_strength": settings.expr_scale, "lip_strength": settings.lip_scale,
                 "ablate": info.get("ablate"), "portrait": _plain(info.get("portrait")),
                 "seconds": {k: round(v, 3) for k, v in result.timings.items()}, "wall_s": round(wall, 3),
-                "compute_s_per_video_s": round(wall / max(video_s, 1e-9), 3), "request": self.requests}
+                "compute_s_per_video_s": round(wall / max(video_s, 1e-9), 3), "request": self.requests,
+                "marks": marks_summary(self.pipe.signing_identity())}  # every video the page makes (issue 35)
 
     # -- the page
 
@@ -396,6 +399,9 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default="auto")
+    from emotivetalk_jax.pipeline import add_signing_arguments
+
+    add_signing_arguments(p)  # every video the page makes is marked (`provenance`); there is no --no-mark
 
 
 def serve_main(args) -> str:
@@ -409,9 +415,13 @@ def serve_main(args) -> str:
     if ckpt is None:
         raise WebError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     validate.check_folder(ckpt, "checkpoint", error=BundleError)
+    from emotivetalk_jax.provenance import identity
+
+    signer = identity(getattr(args, "sign_cert", None), getattr(args, "sign_key", None))
     logging.basicConfig(level=logging.INFO, format="emotivetalk serve: %(message)s")
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, verify=args.verify, precision=args.precision,
                                                attention=args.attention)
+    pipe.signer = signer
     app = WebApp(pipe, max_upload_mb=args.max_upload_mb, keep_s=60.0 * args.keep_minutes)
     log.info("model loaded from %s (%s, %d px, %s sampler, %d steps)", ckpt, pipe.settings.variant,
              pipe.settings.resolution, pipe.settings.sampler, pipe.settings.steps)

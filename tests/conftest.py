@@ -8,10 +8,14 @@ the machine's history). The suite gives them one fresh folder per run instead, r
 end, and turns it on in every worker from the start: the two workers and the subprocesses they
 start (a resumed or repeated training run, a CLI call) read what another compiled. A set
 EMOTIVETALK_COMPILE_CACHE is left alone.
+
+The signing key that generated videos carry (`provenance.credentials`) is made in a temporary
+config folder per test process, never in the user's own.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -19,6 +23,10 @@ import tempfile
 from emotivetalk_jax.accelerators import CACHE_ENV, setup_compilation_cache
 
 _OWN_CACHE = "EMOTIVETALK_TEST_OWN_CACHE"
+
+if "EMOTIVETALK_CONFIG_DIR" not in os.environ:  # xdist workers inherit the controller's
+    os.environ["EMOTIVETALK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="emotivetalk-config-")
+    atexit.register(shutil.rmtree, os.environ["EMOTIVETALK_CONFIG_DIR"], True)
 
 
 def pytest_configure(config):

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("", "accelerators", "sharding", "manifest", "interrupts", "validate", "config_args"),  # root, utilities
     ("diffusion", "convert", "losses"),
     ("data",),
-    ("train", "emotion"),
+    ("train", "emotion", "provenance"),  # provenance: the marks every generated video carries
     ("bundle", "pipeline", "streaming"),
     ("eval", "emotion.speech_train"),  # benchmarks, probes and commands that run the pipeline or edit bundles
     ("info", "smoke", "cli", "web"),

@@ -6,6 +6,7 @@ the packaged 2.4 s espeak-ng speech and the astronaut crop (a real photo), 2 DDI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -60,6 +61,14 @@ def test_generate_cli_astronaut_espeak(bundle, tmp_path, capsys):
     p = _probe(out)
     assert p == {"h264": True, "aac": True, "fps25": True, "frames": n}
     assert not list(tmp_path.glob(".*tmp*"))
+    # issue 35: the video says it was generated, from which checkpoint, in a way `detect` checks
+    assert summary["marks"] == {"label": True, "credential": "self-signed", "watermark": True}
+    assert cli.main(["detect", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ckpt = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert report["label"]["checkpoint_sha256"] == ckpt and report["label"]["ai_generated"] == "true"
+    assert report["credential"]["status"] == "self-signed" and report["credential"]["generated"]
+    assert report["credential"]["generation"]["checkpoint_sha256"] == ckpt
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +79,14 @@ def pipe(bundle):
 
 
 def test_python_api_paste_back(pipe):
+    from emotivetalk_jax.provenance import watermark
+
     wave, sr = soundfile.read(str(SPEECH), dtype="float32")
     r = pipe(str(PORTRAIT), wave, emotion=None, seed=0, paste=True)
     assert r.frames.shape == (_frames(SPEECH), 256, 256, 3) and r.frames.dtype == np.uint8
     assert r.info["portrait"]["faces"] == "detected"
-    r2 = pipe(str(PORTRAIT), wave, emotion=None, seed=0, paste=True)  # deterministic per seed
-    np.testing.assert_array_equal(r.frames, r2.frames)
+    r2 = pipe(str(PORTRAIT), wave, emotion=None, seed=0, paste=True, mark=False)  # deterministic per seed
+    np.testing.assert_array_equal(r.frames, watermark.embed(r2.frames))  # marked: over the pasted-back frames
 
 
 def test_phone_photo_generates_as_shown(pipe, tmp_path):
@@ -129,6 +140,10 @@ def _bad_inputs(tmp: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
 def test_bad_inputs_one_line_exit_2_no_output(bundle, tmp_path, capsys):
     cases = _bad_inputs(tmp_path, bundle)
     cases["unwritable output"] = (None, "cannot write the output")
+    ok = ["--portrait", str(PORTRAIT), "--audio", str(SPEECH), "--checkpoint", str(bundle)]
+    cases["signing cert without key"] = ([*ok, "--sign-cert", str(PORTRAIT)], "without its key")
+    cases["signing cert not PEM"] = ([*ok, "--sign-cert", str(PORTRAIT), "--sign-key", str(SPEECH)],
+                                     "not a PEM certificate chain")
     for name, (argv, needle) in cases.items():
         out = tmp_path / f"{name.replace(' ', '_')}.mp4"
         if argv is None:
@@ -162,6 +177,7 @@ def test_bench_synthetic_json(bundle, capsys):
     for k in ("lip_sync_corr", "av_offset_frames", "emotion_accuracy", "identity_psnr", "settings"):
         assert k in out
     assert out["settings"]["clips"] == 1 and out["settings"]["split"] == "test"
+    assert out["settings"]["mark"] is True  # it scores what users get: watermarked frames
     assert out["settings"]["frames"] == _frames(SPEECH)
     assert 0.0 <= out["emotion_accuracy"] <= 1.0 and out["identity_psnr"] > 0
     # the ceiling: the bundle VAE's own reconstruction of the ground truth (random weights: poor,
@@ -195,6 +211,7 @@ def test_speech_head_cli_into_a_bundle_and_emotion_from_speech(bundle, tmp_path,
 
     from emotivetalk_jax.bundle import load_bundle, verify_bundle
     from emotivetalk_jax.emotion.keywords import KEYWORDS
+    from emotivetalk_jax.provenance import NO_MARK_WARNING
 
     head = tmp_path / "head"
     rc = cli.main(["speech-head", "train", str(head), "--feature", "prosody", "--clips", "16", "--voice-seeds",
@@ -222,11 +239,19 @@ def test_speech_head_cli_into_a_bundle_and_emotion_from_speech(bundle, tmp_path,
     assert "already has a speech_head/" in capsys.readouterr().err
 
     rc = cli.main(["generate", "--portrait", str(PORTRAIT), "--audio", str(SPEECH), "--emotion-from-speech",
-                   "--checkpoint", str(ckpt), "--steps", "1", "--out", str(tmp_path / "s.mp4"), "--quiet"])
-    assert rc == 0, capsys.readouterr().err
-    summary = json.loads(capsys.readouterr().out)
+                   "--checkpoint", str(ckpt), "--steps", "1", "--out", str(tmp_path / "s.mp4"), "--quiet",
+                   "--no-mark"])  # a research run (issue 35): a one-line warning, no marks
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.err.strip().splitlines() == [f"emotivetalk: warning: {NO_MARK_WARNING}"]
+    summary = json.loads(captured.out)
     assert summary["emotion"] in KEYWORDS and abs(sum(summary["emotion_probs"].values()) - 1) < 1e-3
     assert max(summary["emotion_probs"], key=summary["emotion_probs"].get) == summary["emotion"]
+    assert summary["marks"] == {"label": False, "credential": "absent", "watermark": False}
+    assert cli.main(["detect", str(tmp_path / "s.mp4")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["label"] is None and report["credential"]["status"] == "absent"
+    assert not report["watermark"]["detected"] and not report["marked"]
 
 
 def test_bench_emotion_sources(bundle, tmp_path):

@@ -57,6 +57,10 @@ def test_stream_emits_frames_that_never_change(pipe, tmp_path):
     np.testing.assert_array_equal(np.concatenate(kept), result.frames)  # the final video is their sequence
     assert len(result.frames) == num_video_frames(len(wave) / 16000) == 23 and out.is_file()
     assert stats["windows"] == 6 and 0 < stats["first_frame_s"] and result.info["streamed"]
+    from emotivetalk_jax.provenance.credentials import read_credential
+    from emotivetalk_jax.provenance.label import read_label
+
+    assert read_label(out)["ai_generated"] == "true" and read_credential(out)["status"] == "self-signed"  # issue 35
 
     one = list(pipe.stream(PORTRAIT, [wave[:4 * 640]], crop=False, face_box=BOX))  # shorter than a window: one exact window
     assert [len(g) for g in one] == [4]

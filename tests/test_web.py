@@ -113,6 +113,12 @@ def test_api_two_requests_at_once_match_generate(app, bundle, tmp_path, monkeypa
     assert "100 frames" in summary and "happy" in summary
     h264, aac, frames = _probe(v3)
     assert h264 and aac and frames.shape == (100, 16, 16, 3)
+    from emotivetalk_jax.provenance.credentials import read_credential
+    from emotivetalk_jax.provenance.label import read_label
+
+    # issue 35: what the page serves says it was generated, like `generate`'s output
+    assert details["marks"] == {"label": True, "credential": "self-signed", "watermark": True}
+    assert read_label(v3)["ai_generated"] == "true" and read_credential(v3)["status"] == "self-signed"
     assert not np.array_equal(frames, _probe(v4)[2])  # another seed, another video
 
     np.testing.assert_array_equal(_probe(out)[2], frames)

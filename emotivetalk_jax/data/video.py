@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +122,12 @@ def read_audio(path: str | os.PathLike, sr: int = 16000, info: VideoInfo | None 
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, audio: np.ndarray | None = None,
-              sr: int = 16000, crf: int = 18) -> Path:
-    """Write frames (F, H, W, 3) uint8 (H, W even) and optional mono audio as an mp4."""
+              sr: int = 16000, crf: int = 18, metadata: dict[str, str] | None = None,
+              finish: Callable[[Path], object] | None = None) -> Path:
+    """Write frames (F, H, W, 3) uint8 (H, W even) and optional mono audio as an mp4.
+    `metadata`: container tags ({key: value}, any keys: written as mp4 metadata keys);
+    `finish(tmp)`: a last step on the complete temporary file before it is renamed into place
+    (signing it: `provenance`), so a failure there leaves no output either."""
     import soundfile
 
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -142,11 +147,16 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, au
                 wav = Path(td) / "a.wav"
                 soundfile.write(wav, np.asarray(audio, np.float32), sr, subtype="PCM_16")
                 cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "128k"]
+            for k, v in (metadata or {}).items():
+                cmd += ["-metadata", f"{k}={v}"]
+            flags = "+faststart+use_metadata_tags" if metadata else "+faststart"
             cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-                    "-movflags", "+faststart", str(tmp)]
+                    "-movflags", flags, str(tmp)]
             r = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
         if r.returncode != 0:
             raise VideoError(f"ffmpeg failed writing {out.name}: {r.stderr.decode(errors='replace').strip()[-200:]}")
+        if finish is not None:
+            finish(tmp)
         tmp.replace(out)
     finally:  # failures and interrupts alike: no temporary file stays beside the output
         tmp.unlink(missing_ok=True)

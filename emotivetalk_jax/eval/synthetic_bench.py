@@ -78,11 +78,13 @@ def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
                     progress: bool = True, pipeline=None, head_motion: float | None = None,
-                    first_clip: int = 0, stream: bool = False, emotion_source: str = "text") -> dict:
+                    first_clip: int = 0, stream: bool = False, emotion_source: str = "text",
+                    mark: bool = True) -> dict:
     """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
     them (see the module docstring). `stream`: generate through `EmotiveTalkPipeline.stream` (the
     clip's speech in 0.2 s chunks) instead of the offline pipeline. `emotion_source`: where the
-    asked emotion comes from (`eval.bench_sources`)."""
+    asked emotion comes from (`eval.bench_sources`). `mark`: the frames scored carry the provenance
+    watermark, as every generated video does (False: `--no-mark`, to measure what it costs)."""
     import tempfile
     from pathlib import Path
 
@@ -132,10 +134,10 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
             from emotivetalk_jax.streaming import exhaust
 
             res = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed + i, steps=steps,
-                                      crop=False, boxes=boxes))
+                                      crop=False, boxes=boxes, mark=mark))
         else:
             res = pipe(portrait, audio, emotion=emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
-                       ablate=ablate)
+                       ablate=ablate, mark=mark)
         gen_s += time.perf_counter() - g0
         video = res.frames
         opening, emo = _measure(video, clip.identity)
@@ -184,7 +186,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "lag_correlations": {str(k): v for k, v in lags.items()},
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "first_clip": first_clip, "split": "test",
-                     "ablate": ablate, "stream": stream,
+                     "ablate": ablate, "stream": stream, "mark": mark,
                      "frames": frames, "steps": steps or pipe.settings.steps, "emotion_source": emotion_source,
                      "emotion": DESCRIPTION[emotion_source],
                      "head_motion": motion},
@@ -224,6 +226,8 @@ def add_bench_arguments(p) -> None:
                    help="where the asked emotion comes from: its keyword (text), a face (image) or a driving video "
                         "of another held-out identity, or a held-out utterance by another voice (audio: the "
                         "checkpoint's speech-emotion head)")
+    p.add_argument("--no-mark", action="store_true",
+                   help="score frames without the provenance watermark (to measure what it costs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -236,4 +240,5 @@ def bench_main(args) -> dict:
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
                            head_motion=args.head_motion, first_clip=args.first_clip,
-                           stream=getattr(args, "stream", False), emotion_source=args.emotion_source)
+                           stream=getattr(args, "stream", False), emotion_source=args.emotion_source,
+                           mark=not getattr(args, "no_mark", False))
