@@ -10,7 +10,9 @@ For `--clips` test clips of the moving-heads domain (`data.synthetic.MOVING_HEAD
 * the bench's pose scores on the ground truth scored as if generated (`eval.pose_scores`: the
   truth's own pose as the driving one): pose_corr and pose_std_ratio should be ~1;
 * r between each clip's drawn motion level and its measured pose motion (`pose.motion_level`):
-  what the motion knob learns from.
+  what the motion knob learns from;
+* the mouth opening (r) and the clip's emotion (majority of frames) read back from the same
+  moving ground truth by `data.measure` (the bench's lip and emotion scores on moving heads).
 
     python benchmarks/pose_readback.py --clips 16 [--dlib]
 """
@@ -77,6 +79,16 @@ def main() -> None:
     out["motion_level_vs_drawn_level_r"] = round(float(np.corrcoef(levels, motion)[0, 1]), 4)
     out["motion_level"] = {"median": round(float(np.median(motion)), 4), "min": round(float(motion.min()), 4),
                            "max": round(float(motion.max()), 4)}
+    opened, emo_ok = [], []
+    for c in clips:
+        opening, emo = measure.read_opening_and_emotion(c.frames(size=a.size), c.identity)
+        opened.append(opening)
+        votes = np.bincount(emo[emo >= 0], minlength=8)
+        emo_ok.append(bool(votes.sum()) and int(votes.argmax()) == c.emotion_id)
+    o, t = np.concatenate(opened), np.concatenate([c.states[:, 0] for c in clips])
+    ok = np.isfinite(o)
+    out["ground_truth_lip_r"] = round(float(np.corrcoef(o[ok], t[ok])[0, 1]), 4)
+    out["ground_truth_emotion_accuracy"] = float(np.mean(emo_ok))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=1))
 

@@ -167,9 +167,10 @@ def pose_from_video(path: str | os.PathLike, fps: float = 25.0, *, max_frames: i
                     detector=None) -> np.ndarray:
     """The pose (F, 4) of a driving video's face relative to its first frame, at `fps`.
 
-    Landmarks come from dlib (`face.track_landmarks`); where dlib finds no face and a sidecar
-    NAME.json with per-frame "landmarks" sits beside the video (`emotivetalk synth` writes
-    one), those are used. Raises PoseError (one line) when neither gives a face."""
+    Landmarks come from a sidecar NAME.json beside the video with "landmarks" for every frame
+    (`emotivetalk synth` writes one: the exact landmarks, where dlib reads cartoon faces poorly,
+    benchmarks/README.md), else from dlib (`face.track_landmarks`). Raises PoseError (one line)
+    when neither gives a face."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import video as vid
 
@@ -181,14 +182,15 @@ def pose_from_video(path: str | os.PathLike, fps: float = 25.0, *, max_frames: i
         raise PoseError(f"pose video {p}: {e}") from None
     if len(frames) < 1:
         raise PoseError(f"pose video {p} has no frames")
-    det = detector or facelib.DlibDetector(upsample=1 if min(info.width, info.height) < 400 else 0)
-    lms = facelib.track_landmarks(frames, det, every=5)
-    if lms is None:
-        lms = _sidecar_landmarks(p)
-        if lms is None or len(lms) < len(frames):
+    lms = _sidecar_landmarks(p)
+    if lms is not None and len(lms) >= len(frames):
+        lms = lms[: len(frames)]
+    else:
+        det = detector or facelib.DlibDetector(upsample=1 if min(info.width, info.height) < 400 else 0)
+        lms = facelib.track_landmarks(frames, det, every=5)
+        if lms is None:
             raise PoseError(f"no face found in the pose video {p} (dlib found none on its frames); give a video "
                             "of a face seen from the front")
-        lms = lms[: len(frames)]
     return pose_from_landmarks(lms, lms[0], info.width)
 
 
@@ -234,7 +236,9 @@ def driving_pose(pose=None, video=None, *, fps: float, supported: bool) -> np.nd
 
 def play_to(pose: np.ndarray, num_frames: int) -> np.ndarray:
     """`fit_length`, with a warning when the driving pose is shorter than the speech."""
-    if len(pose) < num_frames:
+    if len(pose) == 1 and num_frames > 1:
+        validate.warn(f"the driving pose has one frame for {num_frames} frames of speech; the head holds that pose")
+    elif len(pose) < num_frames:
         validate.warn(f"the driving pose has {len(pose)} frames for {num_frames} frames of speech; it plays forward "
                       "and back until the speech ends")
     return fit_length(pose, num_frames)
