@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from PIL import Image, ImageDraw
 
     from emotivetalk_jax.data import face as facelib
-    from emotivetalk_jax.data.synthetic import SynthConfig, SyntheticDomain
+    from emotivetalk_jax.data.synthetic import SyntheticDomain, domain_config
     from emotivetalk_jax.eval.synthetic_bench import _measure
     from emotivetalk_jax.pipeline import EmotiveTalkPipeline, default_checkpoint
 
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         return 2
     pipe = EmotiveTalkPipeline.from_pretrained(os.fspath(ckpt), progress=False)
     r = pipe.resolution
-    clip = SyntheticDomain(0, SynthConfig(head_motion=pipe.settings.synthetic_head_motion)).clip(a.clip, "test")
+    domain = SyntheticDomain(0, domain_config(pipe.settings.synthetic_head_motion, pipe.settings.synthetic_moving_heads))
+    clip = domain.clip(a.clip, "test")
     other = a.other or ("happy" if clip.emotion != "happy" else "sad")
     lm = clip.portrait_landmarks(r)
     kw = dict(seed=a.seed, crop=False, boxes=(facelib.lip_box(lm), facelib.face_box(lm)))

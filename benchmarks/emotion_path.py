@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import measure as M
     from emotivetalk_jax.data import synthetic_face as sf
-    from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SynthConfig, SyntheticDomain
+    from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SyntheticDomain, domain_config
     from emotivetalk_jax.data.synthetic_speech import EMOTIONS
     from emotivetalk_jax.emotion.codebook import expression_fn
     from emotivetalk_jax.emotion.keywords import KEYWORDS
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
                 "emotion": EMOTIONS[int(votes.argmax())] if votes.sum() else None,
                 "readable": float(np.mean(emo >= 0))}
 
-    domain = SyntheticDomain(0, SynthConfig(head_motion=float(pipe.settings.synthetic_head_motion)))
+    domain = SyntheticDomain(0, domain_config(pipe.settings.synthetic_head_motion,
+                                              pipe.settings.synthetic_moving_heads))
     hits = {k: [] for k in ("dicte", "truth", "vae", "text", "truth_ev")}
     for i in range(a.first, a.first + a.clips):
         clip = domain.clip(i, "test")

@@ -119,6 +119,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # Synthetic head motion (1 = the domain's default, +-1.2% shift, +-2 degrees roll); no input
         # predicts it, so it is noise in stage 2's target.
         head_motion=1.0,
+        # Synthetic heads that move as much as a 64 px frame shows, each clip at its own motion
+        # level (`data.synthetic.MOVING_HEADS`; issue 30); off: the domain the demo was trained on.
+        moving_heads=False,
     ))
     # Exponential moving average of the trained parameters (stage 2), kept in the checkpoint and
     # exported by `export-bundle`; 0 = off. Not in the paper.
@@ -153,6 +156,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # fit) and pays an up-front pass over the data; the synthetic demo, whose step is dominated by
     # those encoders, turns it on. The reference latent, e_ref and e_a stay computed per step.
     c.frozen_cache = False
+    # Stage 2, beyond the paper (issue 30): the motion knob. Off: SVD's motion bucket in
+    # added_time_ids is the variant's constant (127) for every clip. On: each clip gets its own,
+    # 127 x its pose motion (`data.pose.motion_level`) / `motion_typical`, clipped to [0, 255],
+    # and the bundle records the scale so `generate --motion LEVEL` can ask for a level (1 = the
+    # data's typical motion, 0 = still). motion_typical 0: the median over the first 64 training
+    # clips, measured when the stage is built (and again, identically, by export-bundle).
+    c.motion_conditioning = False
+    c.motion_typical = 0.0
+    # Stage 2, beyond the paper (issue 30): an explicit per-frame head-pose condition (ETHD's
+    # zero-initialised pose guider, `models.pose_guider`; its ETHDConfig.pose). Dropped (no pose
+    # given) for a `pose_drop` share of the clips, so the backbone also runs without a driving pose.
+    c.pose_condition = False
+    c.pose_drop = 0.3
     # Held-out synthetic clips (fit and score, each) of the learning gates (`eval.probes`) logged at
     # every checkpoint of the encoders / audio / vaid / ethd stages; 0 = off. On for the demo (the
     # synthetic recipe); opt-in elsewhere (the probes read synthetic clips, not a prepared dataset).

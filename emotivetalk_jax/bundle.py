@@ -90,6 +90,13 @@ class BundleSettings:
     # The synthetic domain's head motion the bundle was trained on (`data.head_motion`):
     # `bench-synthetic` scores on the same domain by default.
     synthetic_head_motion: float = 1.0
+    synthetic_moving_heads: bool = False  # and whether that domain was `MOVING_HEADS` (`data.moving_heads`)
+    # Beyond the paper (issue 30), the motion knob: with motion_conditioning stage 2 gave each clip
+    # SVD's motion bucket 127 x its pose motion / motion_typical (`data.pose.motion_level`), and
+    # generation asks for bucket 127 x LEVEL (`--motion`, 1 = the training data's typical motion,
+    # 0 = still; default 1). Off: the constant `motion_bucket_id`, and --motion is refused.
+    motion_conditioning: bool = False
+    motion_typical: float = 0.0
     crop_scale: float = 1.8  # square crop side = crop_scale x the face box's larger side
     decode_chunk: int = 16  # frames the VAE decodes together (its temporal layers see one chunk)
     decode_batch: int = 1  # chunks per VAE call (vmapped: the same frames, fewer calls)
@@ -301,6 +308,15 @@ def verify_bundle(path: str | os.PathLike, *, hashes: bool = True) -> dict | Non
     return meta
 
 
+def ethd_has_pose(folder: str | os.PathLike) -> bool:
+    """Whether a bundle's backbone has the pose guider (read from ethd/config.json, nothing loaded)."""
+    try:
+        meta = json.loads((Path(folder) / "ethd" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(((meta.get("config") or {}).get("ethd") or {}).get("pose", False))
+
+
 def check_request(settings: BundleSettings, path: Path | str, variant: str | None = None,
                   resolution: int | None = None) -> None:
     """BundleError unless the bundle is the variant / resolution asked for."""
@@ -316,7 +332,8 @@ def _check_parts(b: Bundle) -> None:
     s, where = b.settings, b.path or "the bundle"
     ethd_cfg = b.ethd.ethd_config
     if s.variant in ETHD_VARIANTS:
-        want = get_ethd_variant(s.variant).ethd
+        want = get_ethd_variant(s.variant).ethd  # the pose guider is a per-run choice (stage 2's pose_condition)
+        want = dataclasses.replace(want, pose=ethd_cfg.pose, pose_hidden=ethd_cfg.pose_hidden)
         if dataclasses.asdict(ethd_cfg) != dataclasses.asdict(want):
             raise BundleError(f"{where}/ethd is not a {s.variant} backbone (its EmotiveTalk widths differ); "
                               "the checkpoint's parts are of different variants")
@@ -374,14 +391,16 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
 
 # ----------------------------------------------------------------------------- random bundles
 
-def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | None = None,
+def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | None = None, pose: bool = False,
                   **settings: Any) -> Bundle:
-    """A bundle of `variant` with random weights (abstract build + host fill; nothing trained)."""
+    """A bundle of `variant` with random weights (abstract build + host fill; nothing trained);
+    `pose`: its ETHD has the pose guider (random too, so a driving pose changes the output)."""
     ev = get_ethd_variant(variant)
     vv = get_vaid_variant(settings.pop("vaid_variant", None) or variant)
     s = dataclasses.replace(BundleSettings.for_variant(variant, vv.name, resolution), **settings)
     abstract = lambda f: nnx.eval_shape(f)
-    ethd = random_params(abstract(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))), seed)
+    ecfg = dataclasses.replace(ev.ethd, pose=pose)
+    ethd = random_params(abstract(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ecfg, rngs=nnx.Rngs(0))), seed)
     vae = random_params(abstract(lambda: svd.build("vae", dict(ev.svd.vae), rngs=nnx.Rngs(0))), seed + 1)
     audio_cfg = dict(TINY_AUDIO if vv.perceiver.audio_dim == TINY_AUDIO["hidden_size"] else BASE_AUDIO)
     audio = random_params(build_audio_encoder(audio_cfg, abstract=True), seed + 2)
@@ -394,9 +413,9 @@ def random_bundle(variant: str = "tiny", seed: int = 0, *, resolution: int | Non
 
 
 def make_random_bundle(out: str | os.PathLike, variant: str = "tiny", seed: int = 0, *,
-                       resolution: int | None = None, **settings: Any) -> Path:
+                       resolution: int | None = None, pose: bool = False, **settings: Any) -> Path:
     """Write a random-weight bundle of `variant` to `out` (for tests and trying the tools)."""
-    return save_bundle(random_bundle(variant, seed, resolution=resolution, **settings), out)
+    return save_bundle(random_bundle(variant, seed, resolution=resolution, pose=pose, **settings), out)
 
 
 
@@ -512,7 +531,8 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     vv = get_vaid_variant(cfg.vaid_variant or cfg.variant)
     seed = int(cfg.seed)
     shape = nnx.eval_shape
-    ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ev.ethd, rngs=nnx.Rngs(0))),
+    ecfg = S.stage_ethd_config(cfg, ev)
+    ethd = _fill(shape(lambda: ETHD.from_svd_config(dict(ev.svd.unet), ecfg, rngs=nnx.Rngs(0))),
                  _workdir_arrays(ethd_workdir, ema=True, step=step), f"{ethd_workdir} (ETHD)")
     # The frozen models exactly as stage 2 built them (its config's init paths and seeds).
     vae_model = S.vae_model(cfg, ev, seed + 3)
@@ -534,6 +554,9 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
     factor = vae_factor(vae_model)
     size = int(resolution or cfg.image_size or int(ev.svd.unet["sample_size"]) * factor)
     motion = float(cfg.data.get("head_motion", 1.0))
+    knob = {"synthetic_moving_heads": bool(cfg.data.get("moving_heads", False))}
+    if cfg.stage == "ethd" and cfg.get("motion_conditioning", False):
+        knob.update(motion_conditioning=True, motion_typical=S.motion_typical(cfg))
     base, teacher, head = BundleSettings.for_variant(ev.name, vv.name, size), None, None
     if cfg.stage == "student":
         from emotivetalk_jax.train.stages.student import teacher_scales
@@ -547,7 +570,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
                                    folded_scales=teacher_scales(cfg), student_grid=int(cfg.student_grid))
         if teacher is not None and (teacher / "speech_head").is_dir():
             head = load_speech_head(teacher / "speech_head")
-    s = dataclasses.replace(base, synthetic_head_motion=motion, **settings)
+    s = dataclasses.replace(base, synthetic_head_motion=motion, **{**knob, **settings})
     if codebook is None and teacher is not None:
         codebook = load_codebook(teacher / "codebook")
     elif codebook is None:
@@ -560,7 +583,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
 
 __all__ = [
     "Bundle", "BundleError", "BundleSettings", "load_bundle", "save_bundle", "verify_bundle", "read_settings",
-    "check_request",
+    "check_request", "ethd_has_pose",
     "random_bundle", "make_random_bundle", "save_vaid", "load_vaid", "vae_factor", "bundle_from_training",
     "synthetic_codebook", "training_config", "parse_settings",
 ]

@@ -110,8 +110,8 @@ class _Backbone(nnx.Module):
     def __init__(self, ethd: nnx.Module):
         self.m = ethd
 
-    def __call__(self, sample, c_noise, *, lip_tokens, e_dri, added_time_ids, e_ref, lip_mask, face_mask):
-        return self.m(sample, c_noise, lip_tokens, added_time_ids, e_dri, e_ref, lip_mask, face_mask)
+    def __call__(self, sample, c_noise, *, lip_tokens, e_dri, added_time_ids, e_ref, lip_mask, face_mask, pose=None):
+        return self.m(sample, c_noise, lip_tokens, added_time_ids, e_dri, e_ref, lip_mask, face_mask, pose=pose)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -301,22 +301,28 @@ class EmotiveTalkPipeline:
             return None
         return branches.cond.reference[:, None] * float(self.bundle.vae.config.get("scaling_factor", 0.18215))
 
-    def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait):
-        """The sampler's Branches (the dropped variants only when guidance is on)."""
+    def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait, *, motion: float | None = None,
+                   pose: np.ndarray | None = None):
+        """The sampler's Branches (the dropped variants only when guidance is on). `motion`: a
+        motion level (bundles with the motion knob; None: the constant bucket, or level 1 with the
+        knob); `pose` (N, 4): the driving pose, in every branch."""
         from emotivetalk_jax.data.face import box_mask
+        from emotivetalk_jax.data.pose import motion_bucket
         from emotivetalk_jax.diffusion.guidance import Branches, Conditions
 
         s, h = self.settings, self.latent_size
         masks = {k: jnp.asarray(box_mask(b, self.resolution, h))[None]
                  for k, b in (("lip_mask", portrait.lip_box), ("face_mask", portrait.face_box))}
-        ids = jnp.asarray([[s.fps - 1, s.motion_bucket_id, s.noise_aug]], jnp.float32)
+        bucket = float(motion_bucket(1.0 if motion is None else motion)) if s.motion_conditioning else s.motion_bucket_id
+        ids = jnp.asarray([[s.fps - 1, bucket, s.noise_aug]], jnp.float32)
         video = {"added_time_ids": ids, "e_ref": e_ref, **masks}
-        cond = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_dri}, video)
+        extra = {} if pose is None else {"pose": jnp.asarray(pose, jnp.float32)[None]}
+        cond = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_dri, **extra}, video)
         if s.lip_scale == 1.0 and s.expr_scale == 1.0:
             return Branches(cond)
         e_ref_f = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
-        no_expr = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_ref_f}, video)
-        null = Conditions(ref_latent, {"lip_tokens": jnp.zeros_like(l_a), "e_dri": e_ref_f}, video)
+        no_expr = Conditions(ref_latent, {"lip_tokens": l_a, "e_dri": e_ref_f, **extra}, video)
+        null = Conditions(ref_latent, {"lip_tokens": jnp.zeros_like(l_a), "e_dri": e_ref_f, **extra}, video)
         return Branches(cond, no_expr, null)
 
     def denoise(self, branches, num_frames: int, key: jax.Array, *, steps: int | None = None) -> jax.Array:
@@ -364,21 +370,32 @@ class EmotiveTalkPipeline:
 
     def __call__(self, portrait, audio, *, emotion=None, seed: int = 0, steps: int | None = None,
                  dicte_steps: int | None = None, out: str | os.PathLike | None = None, paste: bool = False,
-                 face_box=None, crop: bool = True, boxes=None, ablate: str | None = None, mark: bool = True) -> Result:
+                 face_box=None, crop: bool = True, boxes=None, ablate: str | None = None, mark: bool = True,
+                 motion: float | None = None, pose=None, pose_video=None) -> Result:
         """Generate a talking video. `out`: an .mp4 path to write (checked before any work).
 
         `emotion`: None, a keyword / free text, an `EmotionSource` or an `EmotionCondition`.
         `paste`: put the generated face back into the original photo's framing.
         `ablate`: None | "lip" | "expression" (see the module docstring).
         `mark`: watermark the frames and label and sign the mp4 (`provenance`); False for research.
+        Head motion (beyond the paper; issue 30): `motion` a level in [0, 2] (0 = still, 1 = the
+        training data's typical motion, the default) for a bundle trained with the motion knob;
+        `pose` (F, 4) (`data.pose.POSE_KEYS`) or `pose_video` (a path: its face's pose relative to
+        its first frame) for a bundle whose backbone has the pose condition (`data.pose.driving_pose`).
         """
+        from emotivetalk_jax.data.pose import check_motion_level, driving_pose, play_to
+
         if ablate not in ABLATIONS:
             raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
         seed = validate.check_seed(seed, "seed", error=GenerationError)
         validate.check_steps(steps, "steps", error=GenerationError)
         validate.check_steps(dicte_steps, "dicte_steps", error=GenerationError)
-        out_path = check_output_path(out, input_paths(portrait, audio, emotion)) if out is not None else None
+        out_path = (check_output_path(out, input_paths(portrait, audio, emotion, pose_video=pose_video))
+                    if out is not None else None)
         who = self.signing_identity() if mark and out_path is not None else None  # its files checked before work
+        motion = check_motion_level(motion, self.settings.motion_conditioning, "motion")
+        has_pose = bool(getattr(getattr(self.bundle.ethd, "ethd_config", None), "pose", False))
+        pose = driving_pose(pose, pose_video, fps=self.settings.fps, supported=has_pose)
         self.timings = {}
         key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
@@ -391,7 +408,9 @@ class EmotiveTalkPipeline:
             l_a = jnp.zeros_like(l_a)
         elif ablate == "expression":
             e_dri = jnp.broadcast_to(e_ref[:, None], e_dri.shape)
-        latents = self.denoise(self.conditions(l_a, e_dri, e_ref, ref_latent, p), a.num_frames, k_noise, steps=steps)
+        pose = None if pose is None else play_to(pose, a.num_frames)
+        branches = self.conditions(l_a, e_dri, e_ref, ref_latent, p, motion=motion, pose=pose)
+        latents = self.denoise(branches, a.num_frames, k_noise, steps=steps)
         frames = self.decode(latents)
         if paste:
             from emotivetalk_jax.data.portrait import paste_back
@@ -403,6 +422,7 @@ class EmotiveTalkPipeline:
             frames = watermark.embed(frames)
         written = self.write(out_path, frames, a.wave, who) if out_path is not None else None
         info.update(num_frames=a.num_frames, duration_s=len(a.wave) / SR, seed=int(seed), ablate=ablate, marked=mark,
+                    motion=motion, driving_pose=pose is not None,
                     portrait=p.detail, resolution=self.resolution, variant=self.settings.variant)
         return Result(frames, a.wave, written, dict(self.timings), info)
 
@@ -501,6 +521,12 @@ def add_generate_arguments(p) -> None:
     p.add_argument("--paste-back", action="store_true", help="paste the generated face into the original photo")
     p.add_argument("--no-crop", action="store_true", help="use the whole (square) portrait as the model input")
     p.add_argument("--out", required=True, metavar="OUT.mp4")
+    p.add_argument("--motion", type=float, default=None, metavar="LEVEL",
+                   help="head motion, 0 (still) to 2; 1 = the training data's typical motion (the default); needs a "
+                        "checkpoint trained with the motion knob")
+    p.add_argument("--pose-video", metavar="VIDEO",
+                   help="make the head follow this video's head pose (relative to its first frame; a shorter video "
+                        "plays forward and back); needs a checkpoint trained with the pose condition")
     p.add_argument("--stream", action="store_true",
                    help="generate window by window as the speech arrives (read in 0.2 s chunks) and report the "
                         "time to the first frame")
@@ -557,14 +583,17 @@ def _check_speech_emotion(args, ckpt, wave: np.ndarray, fps: float) -> None:
 def generate_main(args) -> dict:
     """Run `emotivetalk generate`; returns the summary cli.py prints. Every input is checked
     first, cheapest first, so a bad one fails in about a second, before any model loads."""
-    from emotivetalk_jax.bundle import BundleError, check_request, read_settings
+    from emotivetalk_jax.bundle import BundleError, check_request, ethd_has_pose, read_settings
+    from emotivetalk_jax.data.pose import check_motion_level, driving_pose
     from emotivetalk_jax.emotion import EmotionError, EmotionSource, text_to_keyword
     from emotivetalk_jax.emotion.commands import source_from_args
 
     steps = validate.check_steps(args.steps, "--steps", error=GenerationError)
     seed = validate.check_seed(args.seed, "--seed", error=GenerationError)
+    pose_video = getattr(args, "pose_video", None)
     out = check_output_path(args.out, input_paths(args.portrait, args.audio, emotion_image=args.emotion_image,
-                                                  emotion_audio=args.emotion_audio, emotion_video=args.emotion_video))
+                                                  emotion_audio=args.emotion_audio, emotion_video=args.emotion_video,
+                                                  pose_video=pose_video))
     face_box = validate.parse_face_box(args.face_box, error=GenerationError)
     mark = not getattr(args, "no_mark", False)
     if mark:  # the signing files are checked before any work
@@ -581,6 +610,9 @@ def generate_main(args) -> dict:
     validate.check_folder(ckpt, "checkpoint", error=BundleError)
     settings = read_settings(ckpt)
     check_request(settings, ckpt, args.variant)
+    motion = check_motion_level(getattr(args, "motion", None), settings.motion_conditioning)
+    if getattr(args, "stream", False) and (motion is not None or pose_video):
+        raise GenerationError("--stream takes no --motion or --pose-video yet; generate offline (drop --stream)")
     validate.check_image_file(args.portrait, "portrait", error=PortraitError)
     wave = audio_lib.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
     for flag in ("codebook", "speech_head"):
@@ -593,6 +625,7 @@ def generate_main(args) -> dict:
         check_emotion_source(emotion)
         if emotion.kind == "audio":
             _check_speech_emotion(args, ckpt, wave, settings.fps)
+    pose = driving_pose(video=pose_video, fps=settings.fps, supported=ethd_has_pose(ckpt)) if pose_video else None
     if emotion is not None and emotion.kind == "text":  # unknown words fail here, listing the eight
         emotion = EmotionSource.text(text_to_keyword(emotion.value, **text).keyword)
     portrait = prepare_portrait(args.portrait, settings.resolution, face_box=face_box, crop=not args.no_crop,
@@ -622,7 +655,8 @@ def generate_main(args) -> dict:
         r = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out,
                                 paste=args.paste_back, mark=mark))
     else:
-        r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back, mark=mark)
+        r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back, mark=mark,
+                 motion=motion, pose=pose)
     video_s = r.info["num_frames"] / pipe.settings.fps
     return {"out": str(r.path), "frames": int(r.info["num_frames"]), "fps": pipe.settings.fps,
             "size": list(r.frames.shape[1:3]), "emotion": r.info.get("keyword") or r.info["emotion_source"],

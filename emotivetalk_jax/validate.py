@@ -469,6 +469,8 @@ def check_command(args) -> None:
         check_seed(args.data_seed, "--data-seed")
         if args.head_motion is not None:
             check_float(args.head_motion, "--head-motion", 0.0, 10.0)
+        if getattr(args, "motion", None) is not None:
+            check_float(args.motion, "--motion", 0.0, 2.0)  # data.pose.MAX_LEVEL; the bundle's knob is checked next
     elif cmd == "export-bundle":
         check_folder(args.ethd_workdir, "ethd workdir")
         check_not_input(args.out, {"ethd workdir": args.ethd_workdir, "--codebook": args.codebook, "--vae": args.vae,

@@ -135,6 +135,50 @@ def test_masks_switch_both_branches_off_exactly(models, outputs):
     assert float(np.abs(boxes - want).max()) > 1e-3  # the branches do act inside the gate
 
 
+def test_pose_guider_starts_at_svd_exactly_and_acts_once_trained(models, outputs):
+    """ETHD with the pose guider (ETHDConfig.pose) and a pose given: exactly SVD at init (its
+    output conv is zero); with the guider trained (perturbed) the pose changes the output, and a
+    dropped pose (pose_keep 0) gives SVD exactly again. Built as stage 2 builds it from a
+    backbone trained without the guider (`train.stages.ethd.ethd_model`): every array kept."""
+    import dataclasses
+
+    _, ethd = models
+    want, _, args = outputs
+    posed = inherit_svd(ethd, dataclasses.replace(CFG, pose=True), seed=0)
+    got, before = _flat(posed), _flat(ethd)
+    assert all(np.array_equal(np.asarray(got[k]), np.asarray(v)) for k, v in before.items())
+    guider = {k: v for k, v in got.items() if k not in before}
+    assert guider and all(k.startswith("pose_guider.") for k in guider)
+    assert all(not np.any(np.asarray(v)) for k, v in guider.items() if ".to_out." in k)
+    rng = np.random.default_rng(4)
+    pose = jnp.asarray(np.concatenate([rng.normal(0, [5, 0.05, 0.05], (B, F, 3)), np.ones((B, F, 1))], -1),
+                       jnp.float32)
+    keep, drop = jnp.ones((B,)), jnp.zeros((B,))
+    fwd = _compiled(posed, *args, None, pose, keep)
+    assert float(np.abs(fwd(posed, *args, None, pose, keep) - want).max()) == 0.0
+    active = _perturb_new(posed, filt=nnx.All(nnx.Param, nnx.PathContains("pose_guider")))
+    assert float(np.abs(fwd(active, *args, None, pose, keep) - want).max()) > 1e-3
+    assert float(np.abs(fwd(active, *args, None, pose, drop) - want).max()) == 0.0
+
+
+def test_pose_maps_known_answers():
+    from emotivetalk_jax.models.pose_guider import pose_maps
+
+    face = np.zeros((1, 8, 8, 1), np.float32)
+    face[0, 2:6, 2:6] = 1  # centre (4, 4) in cells, half size 2
+    still = jnp.asarray([[[0.0, 0.0, 0.0, 1.0], [0.0, 0.25, 0.0, 1.0], [90.0, 0.0, 0.0, 1.0],
+                          [0.0, 0.0, 0.0, 2.0]]])
+    maps = jax.jit(pose_maps, static_argnums=2)  # one compile, not one per operation
+    m = np.asarray(maps(still, jnp.asarray(face), (8, 8)))  # (1, 4, 8, 8, 3)
+    assert m.shape == (1, 4, 8, 8, 3)
+    np.testing.assert_allclose(m[0, 0, 3, 3], [-0.25, -0.25, np.exp(-0.125)], rtol=1e-6)  # cell centre (3.5, 3.5)
+    np.testing.assert_allclose(m[0, 1, 3, 5, :2], [-0.25, -0.25], rtol=1e-6)  # dx 0.25 of 8 cells: 2 cells right
+    np.testing.assert_allclose(m[0, 2, 3, 5, :2], [-0.25, -0.75], atol=1e-6)  # rolled 90 degrees: u = y, v = -x
+    np.testing.assert_allclose(m[0, 3, 3, 3, :2], [-0.125, -0.125], rtol=1e-6)  # twice the size
+    whole = np.asarray(maps(still, None, (8, 8)))
+    np.testing.assert_allclose(whole[0, 0, 3, 3, :2], [-0.125, -0.125], rtol=1e-6)  # no mask: the whole frame
+
+
 def _random_module(factory, seed):
     return _perturb_new(random_params(nnx.eval_shape(factory), seed=seed), seed)
 
@@ -219,6 +263,28 @@ def test_loss_is_zero_for_a_perfect_denoiser(inputs):
 
     loss, aux = jax.jit(lambda b, k: ethd_loss(oracle, b, k))(batch, jax.random.key(0))
     assert aux["sigma"].shape == (B,) and float(loss) < 1e-8
+
+
+def test_loss_passes_the_pose_and_drops_it_per_clip(inputs):
+    """With `ETHDBatch.pose` the backbone gets it and a per-clip keep: all 1 at p_drop_pose 0, all 0
+    at 1; without a pose the backbone's call is as before (no pose keywords)."""
+    seen = []
+
+    def spy(sample, c_noise, *args, **kw):
+        seen.append(kw)
+        return jnp.zeros(sample.shape[:-1] + (4,), sample.dtype)
+
+    def run(batch, p):
+        ethd_loss(spy, batch, jax.random.key(0), p_drop_pose=p)
+        return seen[-1].get("pose"), seen[-1].get("pose_keep")
+
+    run = jax.jit(run, static_argnums=1)
+    batch = _batch(inputs, *_masks())
+    assert run(batch, 0.0) == (None, None) and seen[-1] == {}
+    for p, keep in ((0.0, 1.0), (1.0, 0.0)):
+        pose, kept = run(batch._replace(pose=jnp.ones((B, F, 4))), p)
+        assert np.array_equal(np.asarray(pose), np.ones((B, F, 4)))
+        assert np.array_equal(np.asarray(kept), np.full(B, keep))
 
 
 def test_gradients_reach_every_ethd_parameter_and_nothing_frozen(models, inputs):

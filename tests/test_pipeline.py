@@ -134,6 +134,8 @@ def _bad_inputs(tmp: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
         "unknown emotion": (args(emotion="blorpy"), "happy, angry, sad, surprised, fearful, disgusted, worried, neutral"),
         "other variant": (args(variant="emotivetalk_512"), "variant 'tiny', not the requested 'emotivetalk_512'"),
         "not a bundle": (args(checkpoint=str(bundle / "ethd")), "not a pipeline checkpoint"),
+        "motion without the knob": (args(motion="0.5"), "trained without the motion knob"),
+        "pose without the condition": (args(pose_video=str(SPEECH)), "has no pose condition"),
     }
 
 
@@ -184,6 +186,43 @@ def test_bench_synthetic_json(bundle, capsys):
     # but a real PSNR), and the domain the bundle was trained on (a random bundle: the default)
     assert out["identity_psnr_ceiling"] > 0 and out["settings"]["head_motion"] == 1.0
     assert 0.0 <= out["emotion_accuracy_ceiling"] <= 1.0 and "lip_sync_corr_ceiling" in out
+    # head pose read back from every generated frame; pose_corr only with a driving pose
+    assert set(out["pose_std_ratio"]) == {"roll", "dx", "dy", "scale"} and "pose_corr" not in out
+    assert out["settings"]["moving_heads"] is False and out["settings"]["motion"] is None
+
+
+def test_motion_level_and_driving_pose_reach_the_backbone(pipe):
+    """The motion knob sets SVD's motion bucket (127 x level; the constant without the knob) and a
+    driving pose enters every guidance branch as a per-frame condition; a bundle without the
+    knob or the pose guider refuses them in one line before any work."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from emotivetalk_jax.data.pose import PoseError
+    from emotivetalk_jax.data.portrait import prepare_portrait
+
+    p = prepare_portrait(str(PORTRAIT), pipe.resolution)
+    e, h = pipe.bundle.ethd.ethd_config, pipe.latent_size
+    l_a, e_dri, e_ref = jnp.zeros((1, 5, e.lip_dim)), jnp.zeros((1, 5, e.expr_dim)), jnp.zeros((1, e.expr_dim))
+    ref = jnp.zeros((1, h, h, 4))
+    assert float(pipe.conditions(l_a, e_dri, e_ref, ref, p).cond.video["added_time_ids"][0, 1]) == 127.0
+    saved = pipe.settings
+    try:
+        pipe.settings = dataclasses.replace(saved, motion_conditioning=True, motion_typical=0.3, lip_scale=2.0)
+        pose = np.tile(np.float32([[2.0, 0.01, 0.0, 1.0]]), (5, 1))
+        br = pipe.conditions(l_a, e_dri, e_ref, ref, p, motion=0.5, pose=pose)
+        assert float(br.cond.video["added_time_ids"][0, 1]) == 63.5
+        assert float(pipe.conditions(l_a, e_dri, e_ref, ref, p).cond.video["added_time_ids"][0, 1]) == 127.0
+        for c in br:
+            np.testing.assert_array_equal(c.frame["pose"][0], pose)
+    finally:
+        pipe.settings = saved
+    wave, _ = soundfile.read(str(SPEECH), dtype="float32")
+    with pytest.raises(PoseError, match="without the motion knob"):
+        pipe(str(PORTRAIT), wave, motion=1.0)
+    with pytest.raises(PoseError, match="no pose condition"):
+        pipe(str(PORTRAIT), wave, pose=pose)
 
 
 def test_bench_metrics_on_ground_truth():

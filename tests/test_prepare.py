@@ -4,6 +4,7 @@ reported with reasons, a second run reuses finished clips."""
 import numpy as np
 
 from emotivetalk_jax.data import video
+from emotivetalk_jax.data.pose import pose_from_landmarks
 from emotivetalk_jax.data.prepare import PrepareConfig, open_prepared, prepare_main
 from emotivetalk_jax.data.synthetic import SynthConfig, SyntheticDomain, synth_main
 
@@ -42,4 +43,9 @@ def test_prepare_synthetic_folder(tmp_path):
             assert len(ex["audio"]) == 640 * n
             assert video.decode_jpeg(ex["frames"][0]).shape == (64, 64, 3)
             assert ex["lip_mask"].sum() > 0 and ex["face_mask"].sum() > ex["lip_mask"].sum()
+            # the head pose of every frame relative to the first (issue 30), as data.pose fits it
+            assert ex["pose"].shape == (n, 4) and ex["pose"].dtype == np.float32
+            np.testing.assert_allclose(ex["pose"], pose_from_landmarks(ex["landmarks"], ex["landmarks"][0], 64),
+                                       atol=1e-6)
+            np.testing.assert_allclose(ex["pose"][0], [0, 0, 0, 1], atol=1e-5)
     assert total == 3

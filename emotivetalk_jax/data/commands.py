@@ -36,6 +36,8 @@ def add_data_commands(sub) -> None:
                    help="test = held-out identities and utterances; test_seen = held-out utterances only")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--head-motion", type=float, default=1.0, help="difficulty: head motion scale (0 = still)")
+    s.add_argument("--moving-heads", action="store_true",
+                   help="head motion a 64 px frame shows, each clip at its own level (synthetic.MOVING_HEADS)")
     s.add_argument("--min-seconds", type=float, default=2.0)
     s.add_argument("--max-seconds", type=float, default=4.0)
 
@@ -57,7 +59,7 @@ def run_data_command(args: argparse.Namespace) -> object:
     from emotivetalk_jax import validate as V
 
     if args.command == "synth":
-        from emotivetalk_jax.data.synthetic import SynthConfig, synth_main
+        from emotivetalk_jax.data.synthetic import domain_config, synth_main
 
         V.check_output_folder(args.out_dir, "output folder")
         V.check_seed(args.seed)
@@ -66,7 +68,8 @@ def run_data_command(args: argparse.Namespace) -> object:
         V.check_float(args.head_motion, "--head-motion", 0.0, 10.0)
         lo = V.check_float(args.min_seconds, "--min-seconds", 0.0, 600.0, lo_open=True)
         V.check_float(args.max_seconds, "--max-seconds", lo, 600.0)
-        cfg = SynthConfig(head_motion=args.head_motion, min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+        cfg = domain_config(args.head_motion, getattr(args, "moving_heads", False), min_seconds=args.min_seconds,
+                            max_seconds=args.max_seconds)
         return synth_main(args.out_dir, args.clips, args.seed, args.size, split=args.split, workers=args.workers,
                           config=cfg)
     if args.command == "prepare":

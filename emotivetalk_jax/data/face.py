@@ -142,6 +142,22 @@ def analyze_face(image: np.ndarray, face_box: Sequence[float] | None = None,
     return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
 
+def track_landmarks(frames: np.ndarray, det: FaceDetector, every: int = 5) -> np.ndarray | None:
+    """68 landmarks per frame (N, 68, 2) of the largest face, re-detected every `every` frames
+    (in between, predicted inside the last box); None when a detection finds no face first."""
+    out = np.zeros((len(frames), 68, 2), np.float32)
+    box = None
+    for i, fr in enumerate(frames):
+        if i % every == 0 or box is None:
+            faces = det(fr)
+            if faces:
+                box = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
+        if box is None:
+            return None
+        out[i] = det.landmarks_in_box(fr, box)
+    return out
+
+
 # ----------------------------------------------------------------------------- boxes
 
 

@@ -26,6 +26,7 @@ from emotivetalk_jax.data import synthetic_face as sf
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
 
 MEASURE_KEYS = ("opening", "width", *sf.EXPRESSION_KEYS)
+RECENTRE = 0.08  # local units an eye may move before its window is re-centred on it
 
 
 class MeasureError(ValueError):
@@ -90,19 +91,15 @@ class _Frame:
         if skin_share < 0.2:
             raise MeasureError(f"the frame does not show this identity's face (skin colour covers {skin_share:.0%} "
                                "of where the face should be)")
-        pal = np.stack([ident.skin, sf.EYE_WHITE_RGB, ident.iris, ident.brow])
-        centres = []
-        self.eyes_found = True
-        for side in (-1, 1):
-            win = (np.abs(nx - side * ident.eye_sep) < ident.eye_w + 0.12) & (np.abs(ny - ident.eye_y) < 0.2)
-            cov = _unmix(img[win], pal, [(0, 1), (0, 2), (1, 2), (0, 3), (2, 3)], max_residual=0.2)
-            wgt = cov[:, 1] + cov[:, 2]
-            if wgt.sum() < 0.3:  # eyes (nearly) invisible: assume no head motion
-                self.eyes_found = False
-                centres.append((c0[0] + side * ident.eye_sep * self.unit, c0[1] + ident.eye_y * self.unit))
-            else:
-                centres.append(((xs[win] * wgt).sum() / wgt.sum(), (ys[win] * wgt).sum() / wgt.sum()))
+        nominal = [(side * ident.eye_sep, ident.eye_y) for side in (-1, 1)]  # local units, no motion
+        centres = self._eye_centres(img, ident, nx, ny, c0, nominal)
+        # A head moved by more than RECENTRE units (1.4 px at 64 px; the still domain's motion never
+        # is) may push an eye past the edge of its nominal window: look again around the first find.
+        moved = [((cx - c0[0]) / self.unit, (cy - c0[1]) / self.unit) for cx, cy in centres]
+        if self.eyes_found and max(math.hypot(m[0] - n[0], m[1] - n[1]) for m, n in zip(moved, nominal)) > RECENTRE:
+            centres = self._eye_centres(img, ident, nx, ny, c0, moved)
         (lx, ly), (rx, ry) = centres
+        self.eye_distance = math.hypot(rx - lx, ry - ly)  # px
         self.roll = math.atan2(ry - ly, rx - lx)
         cr, sr = math.cos(self.roll), math.sin(self.roll)
         mx, my = 0.5 * (lx + rx), 0.5 * (ly + ry)
@@ -110,6 +107,22 @@ class _Frame:
         self.X = (cr * px + sr * py) / self.unit
         self.Y = (-sr * px + cr * py) / self.unit + ident.eye_y
         self.shift = ((mx - c0[0]) / w, (my - c0[1]) / w - ident.eye_y * ident.size)  # approximately (dx, dy) for small roll
+
+    def _eye_centres(self, img, ident, nx, ny, c0, around) -> list[tuple[float, float]]:
+        """Pixel centres of the two eyes (white + iris coverage) in windows around `around` (local)."""
+        pal = np.stack([ident.skin, sf.EYE_WHITE_RGB, ident.iris, ident.brow])
+        centres = []
+        self.eyes_found = True
+        for side, (ax, ay) in zip((-1, 1), around):
+            win = (np.abs(nx - ax) < ident.eye_w + 0.12) & (np.abs(ny - ay) < 0.2)
+            cov = _unmix(img[win], pal, [(0, 1), (0, 2), (1, 2), (0, 3), (2, 3)], max_residual=0.2)
+            wgt = cov[:, 1] + cov[:, 2]
+            if wgt.sum() < 0.3:  # eyes (nearly) invisible: assume no head motion
+                self.eyes_found = False
+                centres.append((c0[0] + side * ident.eye_sep * self.unit, c0[1] + ident.eye_y * self.unit))
+            else:
+                centres.append(((self.xs[win] * wgt).sum() / wgt.sum(), (self.ys[win] * wgt).sum() / wgt.sum()))
+        return centres
 
     def window(self, x0, x1, y0, y1):
         return (self.X >= x0) & (self.X <= x1) & (self.Y >= y0) & (self.Y <= y1)
@@ -188,6 +201,31 @@ def measure_frame(frame: np.ndarray, ident: sf.Identity) -> dict[str, float]:
         inner.append(d / sf.BROW_INNER)
     out["brow_raise"] = float(np.mean(raise_))
     out["brow_inner"] = float(np.mean(inner))
+    return out
+
+
+def read_pose(frames: np.ndarray, ident: sf.Identity) -> np.ndarray:
+    """Head pose (F, 4) of every frame in `data.pose.POSE_KEYS` order, from the eye whites:
+    roll (degrees), the face centre's shift dx, dy (image fractions, as the domain renders
+    them), scale (eye distance over the identity's); nan rows where the eyes cannot be read."""
+    out = np.full((len(frames), 4), np.nan, np.float32)
+    for i, f in enumerate(frames):
+        img = np.asarray(f)
+        img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+        try:
+            fr = _Frame(img, ident)
+        except (MeasureError, ValueError, FloatingPointError):
+            continue
+        if not fr.eyes_found:
+            continue
+        w = fr.size
+        scale = fr.eye_distance / (2 * ident.eye_sep * fr.unit)
+        mx = fr.shift[0] * w + ident.cx * w  # the eye midpoint (px)
+        my = (fr.shift[1] + ident.eye_y * ident.size) * w + ident.cy * w
+        # the face centre sits eye_y units below the eye midpoint, along the rolled face's Y axis
+        d = -ident.eye_y * fr.unit * scale
+        cx, cy = mx - math.sin(fr.roll) * d, my + math.cos(fr.roll) * d
+        out[i] = (math.degrees(fr.roll), cx / w - ident.cx, cy / w - ident.cy, scale)
     return out
 
 

@@ -23,6 +23,9 @@ Example keys (per example; batching adds a leading B):
   frame_features (F + 2 c, D) float32, the rows the pipeline's A_w windows read.
   With `frozen` (per-clip frozen-model outputs, `data.frozen_cache`): frozen_<name> (F, ...)
   for each cached array, rows cut as `frames` is (same start, last row repeated past the end).
+  With `pose`: pose (F, 4) float32, each frame's head pose relative to the reference
+  (`data.pose`; synthetic: the rendered pose, prepared: the stored landmark fit), and motion ()
+  float32, the whole clip's `pose.motion_level` (stage 2's motion knob).
 
 The reference: another frame of the clip (uniform), or, with probability
 `reference_neutral`, the clip's neutral closed-mouth portrait (synthetic clips; what the
@@ -40,6 +43,7 @@ import grain
 import numpy as np
 
 from emotivetalk_jax.data import face as facelib
+from emotivetalk_jax.data import pose as poselib
 from emotivetalk_jax.data import synthetic as syn
 from emotivetalk_jax.data.audio_cache import feature_window
 from emotivetalk_jax.data.frozen_cache import window_rows
@@ -139,6 +143,7 @@ class ClipWindow(grain.transforms.RandomMap):
     # False: no `frames` / `landmarks`, for a step that reads the window from `frozen` alone
     # (stage 2 with `frozen_cache`: rendering them was most of its loader's time)
     pixels: bool = True
+    pose: bool = False  # add `pose` and `motion` (see the module docstring)
 
     def random_map(self, record, rng: np.random.Generator) -> dict:
         if isinstance(record, syn.Clip):
@@ -153,6 +158,15 @@ class ClipWindow(grain.transforms.RandomMap):
                 ex[f"frozen_{name}"] = window_rows(arr, start, self.frames)
         return ex
 
+    @staticmethod
+    def _with_pose(ex, pose: np.ndarray, idx: np.ndarray, ref: int | None):
+        """pose (N, 4) of the whole clip against its own reference (the portrait / first frame);
+        `ref`: the window's reference frame (None: the portrait)."""
+        ref_pose = poselib.STILL if ref is None else pose[ref]
+        ex["pose"] = poselib.relative_pose(pose[idx], ref_pose)
+        ex["motion"] = np.float32(poselib.motion_level(pose))
+        return ex
+
     def _with_masks(self, ex, lip_box, face_box, native):
         for s in self.mask_sizes:
             ex[f"mask_lip_{s}"] = facelib.box_mask(lip_box, native, s)
@@ -165,7 +179,8 @@ class ClipWindow(grain.transforms.RandomMap):
         start, idx, valid = _window(n, self.frames, rng)
         ref = int(rng.integers(n))
         states = clip.states[idx]
-        if self.reference_neutral > 0 and rng.random() < self.reference_neutral:
+        neutral = self.reference_neutral > 0 and rng.random() < self.reference_neutral
+        if neutral:
             reference, ref_lm = clip.portrait(size), clip.portrait_landmarks(size)
         else:
             ref_state = clip.states[ref]
@@ -182,6 +197,8 @@ class ClipWindow(grain.transforms.RandomMap):
         if self.pixels:
             ex["frames"] = sf.render(clip.identity, states, size)
             ex["landmarks"] = np.stack([sf.landmarks(clip.identity, s, size) for s in states])
+        if self.pose:
+            self._with_pose(ex, clip.pose(), idx, None if neutral else ref)
         self._with_features(ex, clip.index, start)
         return self._with_masks(ex, facelib.lip_box(ref_lm), facelib.face_box(ref_lm), size)
 
@@ -207,6 +224,12 @@ class ClipWindow(grain.transforms.RandomMap):
         if self.pixels:
             ex["frames"] = np.stack([dec[i] for i in idx])
             ex["landmarks"] = np.asarray(rec["landmarks"])[idx] * scale
+        if self.pose:
+            pose = rec.get("pose")
+            if pose is None:  # a dataset prepared before poses were stored
+                lms = np.asarray(rec["landmarks"])
+                pose = poselib.pose_from_landmarks(lms, lms[0], native)
+            self._with_pose(ex, np.asarray(pose, np.float32)[:n], idx, ref)
         feats = np.asarray(rec.get("audio_features", np.zeros((0, 80), np.float32)))
         if len(feats):  # 100 Hz features: 4 per video frame
             fidx = np.clip(idx[:, None] * 4 + np.arange(4)[None], 0, len(feats) - 1)

@@ -43,6 +43,7 @@ import numpy as np
 from emotivetalk_jax import validate
 from emotivetalk_jax.data import face as facelib
 from emotivetalk_jax.data import video as vid
+from emotivetalk_jax.data.pose import pose_from_landmarks
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
 
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg"}
@@ -134,20 +135,6 @@ def _detect_box(path: Path, info: vid.VideoInfo, det: facelib.DlibDetector) -> n
     return np.median(np.stack(boxes), 0) if boxes else None
 
 
-def _track_landmarks(frames: np.ndarray, det: facelib.DlibDetector, every: int) -> np.ndarray | None:
-    out = np.zeros((len(frames), 68, 2), np.float32)
-    box = None
-    for i, fr in enumerate(frames):
-        if i % every == 0 or box is None:
-            faces = det(fr)
-            if faces:
-                box = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
-        if box is None:
-            return None
-        out[i] = det.landmarks_in_box(fr, box)
-    return out
-
-
 def log_mel(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
     """(T, 80) log-mel at 100 Hz (hop 10 ms, window 25 ms)."""
     import librosa
@@ -195,7 +182,7 @@ def process_clip(path: Path, root: Path, cfg: PrepareConfig) -> dict:
     frames = frames[:n]
     audio = audio[: n * spf]
     scale = cfg.size / crop[2]
-    lms = _track_landmarks(frames, facelib.DlibDetector(upsample=1 if cfg.size < 400 else 0), cfg.detect_every)
+    lms = facelib.track_landmarks(frames, facelib.DlibDetector(upsample=1 if cfg.size < 400 else 0), cfg.detect_every)
     source = "dlib"
     if lms is None:
         if side is None or "landmarks" not in side:
@@ -219,6 +206,7 @@ def process_clip(path: Path, root: Path, cfg: PrepareConfig) -> dict:
         "lip_mask": facelib.box_mask(lip[0], cfg.size, cfg.size)[..., 0].astype(np.uint8),
         "face_mask": facelib.box_mask(fbox[0], cfg.size, cfg.size)[..., 0].astype(np.uint8),
         "crop": np.asarray(crop, np.int32), "num_frames": n,
+        "pose": pose_from_landmarks(lms, lms[0], cfg.size),
     }
     out["audio_features"] = log_mel(audio, cfg.sample_rate) if cfg.audio_features == "mel" else np.zeros((0, N_MELS), np.float32)
     return out
@@ -242,6 +230,9 @@ def _load_record(path: Path) -> dict:
         rec = {k: z[k] for k in z.files if not k.startswith("frames.")}
         data, offsets = z["frames.data"].tobytes(), z["frames.offsets"]
     rec["frames"] = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    if "pose" not in rec and "landmarks" in rec and "lip_mask" in rec:  # cached before poses were stored
+        lms = rec["landmarks"]
+        rec["pose"] = pose_from_landmarks(lms, lms[0], rec["lip_mask"].shape[0]) if len(lms) else np.zeros((0, 4), np.float32)
     return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in rec.items()}
 
 
@@ -311,6 +302,7 @@ def _features(cfg: PrepareConfig):
         "lip_mask": T(shape=(cfg.size, cfg.size), dtype=np.uint8),
         "face_mask": T(shape=(cfg.size, cfg.size), dtype=np.uint8),
         "crop": T(shape=(4,), dtype=np.int32),
+        "pose": T(shape=(None, 4), dtype=np.float32),
         "audio_features": T(shape=(None, N_MELS), dtype=np.float32),
     })
 

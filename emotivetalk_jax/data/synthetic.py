@@ -44,7 +44,15 @@ class SynthConfig:
     num_identities: int = 256  # identity pool per seed
     heldout_identities: int = 32  # the last ones, used only by the "test" split
     identity_variation: float = 1.0  # 0: every face has the mean geometry, 1: full spread
-    head_motion: float = 1.0  # 1: +-1.2% of the image shift, +-2 degrees roll
+    head_motion: float = 1.0  # scales `head_motion_amplitude`
+    # Peak (dx, dy, roll) of the head motion at head_motion 1: dx, dy image fractions, roll
+    # degrees. The default, 1.2% / 0.8% / 2 degrees, moves a 64 px face by under a pixel;
+    # `MOVING_HEADS` is the domain with motion a 64 px frame shows.
+    head_motion_amplitude: tuple[float, float, float] = (0.012, 0.008, 2.0)
+    # Per-clip motion level: each clip's amplitude is head_motion x a level drawn uniformly from
+    # this range (from its own random stream, so the rest of the clip does not change); None:
+    # every clip at level 1 (the domain before levels existed).
+    head_motion_levels: tuple[float, float] | None = None
     intensity: tuple[float, float] = (0.6, 1.0)  # emotion intensity range over time
     intensity_rate: float = 0.3  # Hz of the intensity drift
     snr_db: float = 40.0  # speech to background noise
@@ -60,6 +68,27 @@ class SynthConfig:
             raise ValueError(f"unknown emotions {bad}; expected a subset of {', '.join(EMOTIONS)}")
         if not 0.0 <= self.intensity[0] <= self.intensity[1] <= 1.5:
             raise ValueError(f"intensity range must satisfy 0 <= lo <= hi <= 1.5, got {self.intensity}")
+        if not self.head_motion >= 0:
+            raise ValueError(f"head_motion must be >= 0, got {self.head_motion}")
+        if len(self.head_motion_amplitude) != 3 or not all(a >= 0 for a in self.head_motion_amplitude):
+            raise ValueError(f"head_motion_amplitude must be 3 values >= 0 (dx, dy, roll), got {self.head_motion_amplitude}")
+        lv = self.head_motion_levels
+        if lv is not None and not (len(lv) == 2 and 0.0 <= lv[0] <= lv[1]):
+            raise ValueError(f"head_motion_levels must be (lo, hi) with 0 <= lo <= hi, got {lv}")
+
+
+# The domain with head motion a 64 px frame shows (issue 30): peaks of 4% / 3% of the image
+# (2.6 / 1.9 px at 64 px) and 6 degrees (1.9 px at the face's edge) at level 1, each clip's level
+# drawn from [0, 2] (still to twice that), so a motion knob has something to learn. `data.measure`
+# reads the mouth, the expression and the pose back from it as from the still domain (measured
+# on held-out ground truth: benchmarks/README.md).
+MOVING_HEADS = {"head_motion_amplitude": (0.04, 0.03, 6.0), "head_motion_levels": (0.0, 2.0)}
+
+
+def domain_config(head_motion: float = 1.0, moving_heads: bool = False, **kw) -> SynthConfig:
+    """The domain's config as training and the bench name it: `head_motion` scales the motion,
+    `moving_heads` takes `MOVING_HEADS`' amplitudes and per-clip levels."""
+    return SynthConfig(head_motion=float(head_motion), **(MOVING_HEADS if moving_heads else {}), **kw)
 
 
 @dataclasses.dataclass
@@ -77,6 +106,7 @@ class Clip:
     intensity: np.ndarray  # (F,)
     phones: list
     size: int
+    motion_level: float = 1.0  # this clip's head-motion amplitude factor (`SynthConfig.head_motion_levels`)
     _portraits: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -107,6 +137,12 @@ class Clip:
     def portrait_landmarks(self, size: int | None = None) -> np.ndarray:
         return self._portrait(size or self.size)[1].copy()
 
+    def pose(self) -> np.ndarray:
+        """The rendered head pose (F, 4) relative to the portrait, in `data.pose.POSE_KEYS` order
+        (roll degrees, dx, dy image fractions, scale: the domain has no scale motion)."""
+        return np.stack([self.states[:, 8], self.states[:, 6], self.states[:, 7],
+                         np.ones(self.num_frames, np.float32)], -1).astype(np.float32)
+
     def _portrait(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(portrait, its landmarks) at `size`, rendered once per clip (training windows take the
         neutral reference at every step)."""
@@ -125,7 +161,7 @@ class Clip:
         gt = {
             "name": self.name, "seed": self.seed, "split": self.split, "index": self.index,
             "identity_id": self.identity_id, "identity": self.identity.to_dict(),
-            "emotion": self.emotion, "emotion_id": self.emotion_id,
+            "emotion": self.emotion, "emotion_id": self.emotion_id, "head_motion_level": self.motion_level,
             "fps": FPS, "sample_rate": SR, "num_frames": self.num_frames, "size": s,
             "phones": [list(p) for p in self.phones],
             "frames": {k: np.round(self.states[:, i], 5).tolist() for i, k in enumerate(sf.STATE_KEYS)},
@@ -185,13 +221,17 @@ def _clip(seed: int, split: str, index: int, cfg: SynthConfig) -> Clip:
     states = np.zeros((num_frames, len(sf.STATE_KEYS)), np.float32)
     states[:, 0], states[:, 1] = opening, width
     states[:, 2:6] = sf.expression(emotion, intensity if emotion != "neutral" else np.zeros_like(intensity))
-    m = cfg.head_motion
-    for j, amp in ((6, 0.012), (7, 0.008), (8, 2.0)):
+    level = 1.0
+    if cfg.head_motion_levels is not None:  # its own stream: every other draw of the clip stays as it was
+        level = float(np.random.default_rng([seed, 17, code, index]).uniform(*cfg.head_motion_levels))
+    m = cfg.head_motion * level
+    for j, amp in zip((6, 7, 8), cfg.head_motion_amplitude):
         a = rng.uniform(0, 2 * np.pi, 2)
         fr = rng.uniform(0.15, 0.6, 2)
         states[:, j] = m * amp * (0.7 * np.sin(2 * np.pi * fr[0] * t + a[0]) + 0.3 * np.sin(2 * np.pi * fr[1] * t + a[1]))
     audio = utt.audio[: num_frames * SAMPLES_PER_FRAME]
-    return Clip(seed, split, index, identity_id, ident, emotion, audio, states, intensity, utt.phones, cfg.size)
+    return Clip(seed, split, index, identity_id, ident, emotion, audio, states, intensity, utt.phones, cfg.size,
+                level)
 
 
 def clip_from_ground_truth(gt: dict) -> tuple[sf.Identity, np.ndarray]:
@@ -277,4 +317,4 @@ def frame_times(num_frames: int) -> np.ndarray:
     return (np.arange(num_frames) + 0.5) / FPS
 
 
-__all__ = ["SPLITS", "SynthConfig", "Clip", "SyntheticDomain", "synth_main", "write_clip", "clip_from_ground_truth"]
+__all__ = ["SPLITS", "SynthConfig", "MOVING_HEADS", "domain_config", "Clip", "SyntheticDomain", "synth_main", "write_clip", "clip_from_ground_truth"]

@@ -33,6 +33,7 @@ from emotivetalk_jax.models.ethd import NEW_PARAMS
 
 P_MEAN, P_STD, P_VIDEO_EXPR = 0.7, 1.6, 0.6
 P_DROP_LIP, P_DROP_EXPR = 0.05, 0.05  # condition dropout, so the sampler's guidance has branches to contrast
+P_DROP_POSE = 0.3  # the pose condition (when given) dropped per clip, so the backbone runs without one too
 
 
 def stage2_trainable(train_backbone: bool = True) -> nnx.filterlib.Filter:
@@ -50,6 +51,7 @@ class ETHDBatch(NamedTuple):
     added_time_ids: jax.Array  # (B, 3) [fps - 1, motion bucket, noise aug]
     lip_mask: jax.Array  # (B, H, W, 1) 1 inside the lip box
     face_mask: jax.Array  # (B, H, W, 1) 1 inside the face box
+    pose: jax.Array | None = None  # (B, F, 4) head pose relative to the reference (ETHDConfig.pose), or None
 
 
 def sample_sigma(key: jax.Array, n: int, p_mean: float = P_MEAN, p_std: float = P_STD) -> jax.Array:
@@ -112,14 +114,17 @@ def region_weight(lip_mask: jax.Array, face_mask: jax.Array, lip_weight: float =
 def ethd_denoise(
     backbone: Callable[..., jax.Array], x_t: jax.Array, sigma: jax.Array, ref_latent: jax.Array,
     lip_tokens: jax.Array, added_time_ids: jax.Array, e_dri: jax.Array, e_ref: jax.Array,
-    lip_mask: jax.Array | None, face_mask: jax.Array | None,
+    lip_mask: jax.Array | None, face_mask: jax.Array | None, pose: jax.Array | None = None,
+    pose_keep: jax.Array | None = None,
 ) -> jax.Array:
-    """D(x_t; sigma) (B, F, H, W, 4): the backbone sees [c_in x_t, z_ref repeated over frames]."""
+    """D(x_t; sigma) (B, F, H, W, 4): the backbone sees [c_in x_t, z_ref repeated over frames]
+    (and, when given, the pose (B, F, 4) with its per-clip keep (B,): ETHD's pose guider)."""
+    extra = {} if pose is None else {"pose": pose, "pose_keep": pose_keep}
 
     def raw(scaled: jax.Array, c_noise: jax.Array) -> jax.Array:
         ref = jnp.broadcast_to(ref_latent[:, None].astype(scaled.dtype), scaled.shape[:-1] + ref_latent.shape[-1:])
         sample = jnp.concatenate([scaled, ref], axis=-1)
-        return backbone(sample, c_noise, lip_tokens, added_time_ids, e_dri, e_ref, lip_mask, face_mask)
+        return backbone(sample, c_noise, lip_tokens, added_time_ids, e_dri, e_ref, lip_mask, face_mask, **extra)
 
     return denoise(raw, x_t, sigma)
 
@@ -128,13 +133,14 @@ def ethd_loss(
     backbone: Callable[..., jax.Array], batch: ETHDBatch, key: jax.Array, *,
     p_mean: float = P_MEAN, p_std: float = P_STD, p_video: float = P_VIDEO_EXPR,
     p_drop_lip: float = P_DROP_LIP, p_drop_expr: float = P_DROP_EXPR, lip_weight: float = 1.0,
-    face_weight: float = 1.0,
+    face_weight: float = 1.0, p_drop_pose: float = P_DROP_POSE,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 11 on one batch. `backbone`: an `ETHD` (or any callable with its signature).
     `lip_weight` > 1 weights the error inside the lip box (`batch.lip_mask`) that much more
     than elsewhere, `face_weight` the rest of the face box (brows, eyes, cheeks: where the
     expression shows), both as a weighted mean so the loss scale stays that of eq. 11 (not in
-    the paper; `region_weight`).
+    the paper; `region_weight`). With `batch.pose` the pose condition is dropped per clip with
+    probability `p_drop_pose` (not in the paper).
 
     Returns (loss, aux) with aux = sigma (B,), used_e_v (B,), kept_expr (B,: False where the
     expression condition was dropped to e_ref) and the denoised clip.
@@ -148,8 +154,11 @@ def ethd_loss(
     used_e_v = jnp.all(e_dri == batch.e_v, axis=tuple(range(1, e_dri.ndim)))
     lip_tokens, e_dri, kept_expr = drop_conditions(k_drop, batch.lip_tokens, e_dri, batch.e_ref, p_drop_lip,
                                                    p_drop_expr)
+    pose_keep = None
+    if batch.pose is not None:
+        pose_keep = (jax.random.uniform(jax.random.fold_in(k_drop, 1), (x0.shape[0],)) >= p_drop_pose).astype(x0.dtype)
     d = ethd_denoise(backbone, x_t, sigma, batch.ref_latent, lip_tokens, batch.added_time_ids, e_dri,
-                     batch.e_ref, batch.lip_mask, batch.face_mask)
+                     batch.e_ref, batch.lip_mask, batch.face_mask, batch.pose, pose_keep)
     weight = region_weight(batch.lip_mask, batch.face_mask, lip_weight, face_weight)
     return x0_loss(d, x0, sigma, weight), dict(sigma=sigma, used_e_v=used_e_v, kept_expr=kept_expr, denoised=d)
 

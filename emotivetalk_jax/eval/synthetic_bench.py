@@ -30,6 +30,15 @@ bundle was trained on (`synthetic_head_motion` in its settings) unless `--head-m
 default: the keyword; image and video: another held-out identity showing it; audio: a held-out
 utterance of it by another voice, read by the bundle's speech-emotion head; `bench_sources`);
 each clip's `emotion_source` records how the emotion was chosen.
+
+Head motion (beyond the paper; issue 30): the domain is `MOVING_HEADS` where the bundle was
+trained on it (`synthetic_moving_heads`) or `--moving-heads` says. Every generated frame's pose
+is read back (`measure.read_pose`) and scored against the held-out clips' own ground truth:
+pose_std_ratio (generated pose std over the domain's, per component; `eval.pose_scores`).
+`--motion LEVEL` asks for a motion level (bundles with the motion knob). `--pose-from-video`
+drives each clip with the pose of another held-out clip (test clip DRIVER_OFFSET + i, written as
+a video with its landmark sidecar and read back through `data.pose.pose_from_video`, as a user's
+driving video), and adds pose_corr (per-frame r between driving and generated pose).
 """
 
 from __future__ import annotations
@@ -43,8 +52,11 @@ from flax import nnx
 
 from emotivetalk_jax.data.measure import lag_correlations, psnr
 from emotivetalk_jax.data.measure import read_opening_and_emotion as _measure
-from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SynthConfig, SyntheticDomain
+from emotivetalk_jax.data.synthetic import SAMPLES_PER_FRAME, SyntheticDomain, domain_config
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
+
+
+DRIVER_OFFSET = 10_000  # --pose-from-video: test clip i is driven by test clip DRIVER_OFFSET + i
 
 
 def _loop(a: np.ndarray, n: int) -> np.ndarray:
@@ -79,12 +91,14 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
                     frames: int | None = None, steps: int | None = None, data_seed: int = 0,
                     progress: bool = True, pipeline=None, head_motion: float | None = None,
                     first_clip: int = 0, stream: bool = False, emotion_source: str = "text",
-                    mark: bool = True) -> dict:
+                    mark: bool = True, motion: float | None = None, pose_from_video: bool = False,
+                    moving_heads: bool | None = None) -> dict:
     """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
     them (see the module docstring). `stream`: generate through `EmotiveTalkPipeline.stream` (the
     clip's speech in 0.2 s chunks) instead of the offline pipeline. `emotion_source`: where the
     asked emotion comes from (`eval.bench_sources`). `mark`: the frames scored carry the provenance
-    watermark, as every generated video does (False: `--no-mark`, to measure what it costs)."""
+    watermark, as every generated video does (False: `--no-mark`, to measure what it costs).
+    `motion`, `pose_from_video`, `moving_heads`: head motion (see the module docstring)."""
     import tempfile
     from pathlib import Path
 
@@ -103,6 +117,8 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"unknown ablation {ablate!r}; choose lip or expression")
     if stream and ablate:
         raise GenerationError("--stream generates as a user would; it takes no --ablate")
+    if stream and (motion is not None or pose_from_video):
+        raise GenerationError("--stream takes no --motion or --pose-from-video yet")
     if emotion_source not in SOURCES:
         raise GenerationError(f"unknown --emotion-source {emotion_source!r}; choose one of {', '.join(SOURCES)}")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
@@ -110,9 +126,20 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         raise GenerationError(f"checkpoint {checkpoint} has no speech-emotion head (speech_head/), which "
                               "--emotion-source audio reads; add one (emotivetalk speech-head train HEAD, then "
                               "emotivetalk speech-head add HEAD CHECKPOINT)")
+    from emotivetalk_jax.data.measure import read_pose
+    from emotivetalk_jax.data import pose as poselib
+    from emotivetalk_jax.data.synthetic import write_clip
+    from emotivetalk_jax.eval.pose_scores import pose_scores
+
+    motion = poselib.check_motion_level(motion, pipe.settings.motion_conditioning)
+    if pose_from_video and not bool(getattr(pipe.bundle.ethd.ethd_config, "pose", False)):
+        raise GenerationError(f"checkpoint {checkpoint} has no pose condition (stage 2 trained without "
+                              "pose_condition): --pose-from-video needs one")
     r = pipe.resolution
-    motion = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
-    domain = SyntheticDomain(data_seed, SynthConfig(head_motion=motion))
+    head = float(pipe.settings.synthetic_head_motion if head_motion is None else head_motion)
+    moving = bool(pipe.settings.synthetic_moving_heads if moving_heads is None else moving_heads)
+    domain = SyntheticDomain(data_seed, domain_config(head, moving))
+    gen_pose, true_pose, drive_pose = [], [], []
     measured, truth, correct, readable, total = [], [], [], 0, 0
     id_psnr, ceiling, bg_psnr, per_clip = [], [], [], []
     rec_measured, rec_correct = [], []
@@ -128,6 +155,11 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         boxes = (facelib.lip_box(lm), facelib.face_box(lm))
         portrait = clip.portrait(r)
         emotion, how = source_emotion(pipe, domain, clip, i, emotion_source, n, Path(sources.name))
+        driving = None
+        if pose_from_video:
+            paths = write_clip(domain.clip(DRIVER_OFFSET + i, "test"), Path(sources.name) / "pose", r)
+            driving = poselib.fit_length(poselib.pose_from_video(paths["mp4"], pipe.settings.fps), n)  # as played
+            drive_pose.append(driving)
         g0 = time.perf_counter()
         if stream:
             chunks = (audio[k:k + 3200] for k in range(0, len(audio), 3200))
@@ -137,10 +169,12 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
                                       crop=False, boxes=boxes, mark=mark))
         else:
             res = pipe(portrait, audio, emotion=emotion, seed=seed + i, steps=steps, crop=False, boxes=boxes,
-                       ablate=ablate, mark=mark)
+                       ablate=ablate, mark=mark, motion=motion, pose=driving)
         gen_s += time.perf_counter() - g0
         video = res.frames
         opening, emo = _measure(video, clip.identity)
+        gen_pose.append(read_pose(video, clip.identity))
+        true_pose.append(clip.pose()[np.arange(n) % clip.num_frames])
         measured.append(opening)
         truth.append(states[:, 0])
         readable += int((emo >= 0).sum())
@@ -184,12 +218,14 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         "background_psnr": float(np.mean(bg_psnr)),
         "measured_fraction": readable / max(total, 1),
         "lag_correlations": {str(k): v for k, v in lags.items()},
+        **pose_scores(gen_pose, true_pose, drive_pose if pose_from_video else None),
         "settings": {"checkpoint": str(checkpoint), "variant": pipe.settings.variant, "resolution": r,
                      "seed": seed, "data_seed": data_seed, "clips": clips, "first_clip": first_clip, "split": "test",
                      "ablate": ablate, "stream": stream, "mark": mark,
                      "frames": frames, "steps": steps or pipe.settings.steps, "emotion_source": emotion_source,
                      "emotion": DESCRIPTION[emotion_source],
-                     "head_motion": motion},
+                     "head_motion": head, "moving_heads": moving, "motion": motion,
+                     "pose_from_video": pose_from_video},
         "clips": per_clip,
         "seconds": round(time.perf_counter() - t0, 2),
         "seconds_per_video_second": round(gen_s / max(video_s, 1e-9), 3),
@@ -221,6 +257,13 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic domain (the training data's)")
     p.add_argument("--head-motion", type=float, default=None,
                    help="synthetic head motion (default: the one the checkpoint was trained on)")
+    p.add_argument("--moving-heads", action="store_true", default=None,
+                   help="score on the moving-heads domain (default: the one the checkpoint was trained on)")
+    p.add_argument("--motion", type=float, default=None, metavar="LEVEL",
+                   help="head motion level to ask for, 0 (still) to 2 (checkpoints with the motion knob)")
+    p.add_argument("--pose-from-video", action="store_true",
+                   help="drive each clip's head pose with another held-out clip's video (checkpoints with the pose "
+                        "condition); adds pose_corr")
     p.add_argument("--stream", action="store_true", help="generate through the streaming generator (0.2 s chunks)")
     p.add_argument("--emotion-source", choices=("text", "image", "video", "audio"), default="text",
                    help="where the asked emotion comes from: its keyword (text), a face (image) or a driving video "
@@ -237,8 +280,17 @@ def bench_main(args) -> dict:
     ckpt = args.checkpoint or default_checkpoint()
     if ckpt is None:
         raise GenerationError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
+    from emotivetalk_jax.bundle import ethd_has_pose, read_settings
+    from emotivetalk_jax.data.pose import check_motion_level
+
+    check_motion_level(getattr(args, "motion", None), read_settings(ckpt).motion_conditioning)  # before any model
+    if getattr(args, "pose_from_video", False) and not ethd_has_pose(ckpt):
+        raise GenerationError(f"checkpoint {ckpt} has no pose condition (stage 2 trained without pose_condition): "
+                              "--pose-from-video needs one")
     return bench_synthetic(os.fspath(ckpt), seed=args.seed, clips=args.clips, ablate=args.ablate, frames=args.frames,
                            steps=args.steps, data_seed=args.data_seed, progress=not args.quiet,
                            head_motion=args.head_motion, first_clip=args.first_clip,
                            stream=getattr(args, "stream", False), emotion_source=args.emotion_source,
-                           mark=not getattr(args, "no_mark", False))
+                           mark=not getattr(args, "no_mark", False),
+                           motion=getattr(args, "motion", None), pose_from_video=getattr(args, "pose_from_video", False),
+                           moving_heads=getattr(args, "moving_heads", None))

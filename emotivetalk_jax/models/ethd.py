@@ -22,8 +22,10 @@ What ETHD adds to SVD (names = NNX paths, all listed in `NEW_KEYS`):
   (it would cancel);
 - temporal blocks, after attn2: `temporal_expr_norm` + `temporal_expr_attn`, each spatial
   position's frame sequence attends to the e_dri tokens of all frames (plus a sinusoidal
-  frame position), gated by the same masks.
-The EDI and temporal expression output kernels start at zero, so a fresh ETHD computes
+  frame position), gated by the same masks;
+- with `ETHDConfig.pose` (beyond the paper): `pose_guider`, per-frame head-pose maps through a
+  small conv net added after conv_in (`models.pose_guider`), output conv zero at init.
+The EDI, temporal expression and pose guider output kernels start at zero, so a fresh ETHD computes
 exactly what its SVD UNet computes. Masks are given at latent resolution and max-pooled
 (kernel 2, stride 2, SAME) to every UNet level: a cell is inside a box if any pixel is.
 """
@@ -38,6 +40,7 @@ from flax import nnx
 
 from emotivetalk_jax.models.attention import attend
 from emotivetalk_jax.models.ethd_variants import ETHDConfig
+from emotivetalk_jax.models.pose_guider import PoseGuider, pose_maps
 from emotivetalk_jax.models.layers import Attention, cast_params, layer_norm, linear, timestep_embedding, trace_safe_rngs
 from emotivetalk_jax.models.transformer import (
     BasicTransformerBlock,
@@ -46,10 +49,10 @@ from emotivetalk_jax.models.transformer import (
 )
 from emotivetalk_jax.models.unet import UNetSpatioTemporal, resolve_config
 
-NEW_KEYS = ("lip_proj", "expr_proj", "edi", "temporal_expr_norm", "temporal_expr_attn")
+NEW_KEYS = ("lip_proj", "expr_proj", "edi", "temporal_expr_norm", "temporal_expr_attn", "pose_guider")
 NEW_PARAMS = nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(k) for k in NEW_KEYS)))
 SVD_PARAMS = nnx.All(nnx.Param, nnx.Not(NEW_PARAMS))
-ZERO_OUT = ("edi", "temporal_expr_attn")  # their to_out.0.kernel starts at zero
+ZERO_OUT = ("edi", "temporal_expr_attn", "pose_guider")  # their to_out(.0).kernel starts at zero
 
 
 def _zero_out(attn: Attention) -> None:
@@ -214,6 +217,8 @@ class ETHD(UNetSpatioTemporal):
         self.lip_proj = TokenProjection(ethd.lip_dim, ethd.lip_context_tokens, xdim, norm=False, rngs=rngs, dtype=dtype)
         self.expr_proj = TokenProjection(ethd.expr_dim, ethd.expr_tokens, ethd.expr_context_dim, norm=True, rngs=rngs,
                                          dtype=dtype)
+        self.pose_guider = (PoseGuider(config["block_out_channels"][0], ethd.pose_hidden, rngs=rngs, dtype=dtype)
+                            if ethd.pose else None)
 
     @property
     def transformer_cls(self):
@@ -237,11 +242,15 @@ class ETHD(UNetSpatioTemporal):
         lip_mask: jax.Array | None = None,
         face_mask: jax.Array | None = None,
         image_only_indicator: jax.Array | None = None,
+        pose: jax.Array | None = None,
+        pose_keep: jax.Array | None = None,
     ) -> jax.Array:
         """sample (B, F, H, W, 8) = [c_in * noisy latent, reference latent]; c_noise () or (B,);
         lip_tokens (B, F, L, Dl) or (B, F, Dl); added_time_ids (B, 3); e_dri (B, F, De) or
         (B, F, Ne, De); e_ref (B, De) or (B, Ne, De); lip_mask / face_mask (B, H, W, 1), 1 inside
-        the box (defaults: no lip box, whole frame is face) -> (B, F, H, W, 4)."""
+        the box (defaults: no lip box, whole frame is face); pose (B, F, 4) relative to the
+        reference (read only with `ETHDConfig.pose`; None: no pose condition), pose_keep (B,)
+        multiplies the guider's residual per video (0: the condition dropped) -> (B, F, H, W, 4)."""
         b, f, h, w, _ = sample.shape
         lip_tokens = lip_tokens[:, :, None] if lip_tokens.ndim == 3 else lip_tokens
         context = self.lip_proj(lip_tokens)  # (B, F, L * Nl, D)
@@ -257,8 +266,14 @@ class ETHD(UNetSpatioTemporal):
             lip_mask = jnp.zeros((b, h, w, 1), sample.dtype)
         if face_mask is None:
             face_mask = jnp.ones((b, h, w, 1), sample.dtype)
+        residual = None
+        if self.pose_guider is not None and pose is not None:
+            residual = self.pose_guider(pose_maps(pose, face_mask, (h, w)).reshape(b * f, h, w, -1).astype(
+                sample.dtype))
+            if pose_keep is not None:
+                residual = residual * jnp.repeat(pose_keep.astype(residual.dtype), f)[:, None, None, None]
         return super().__call__(
-            sample, c_noise, context, added_time_ids, image_only_indicator,
+            sample, c_noise, context, added_time_ids, image_only_indicator, input_residual=residual,
             lip_mask=lip_mask, face_mask=face_mask,
             edi_dri=dri.reshape(b * f, *dri.shape[2:]), edi_ref=ref.reshape(b * f, *ref.shape[2:]),
             temporal_expr_context=temporal.reshape(b, -1, temporal.shape[-1]),

@@ -48,6 +48,11 @@ class ETHDConfig:
     edi: bool = True  # spatial blocks get EDI (eq. 9-10)
     temporal_expr: bool = True  # temporal blocks get cross-attention to e_dri
     temporal_expr_positions: bool = True  # add a sinusoidal frame position to the temporal context
+    # Beyond the paper (issue 30): a per-frame head-pose condition, maps of the pose through a
+    # zero-initialised conv net added after conv_in (`models.pose_guider`); off in every variant
+    # (stage 2's `pose_condition` turns it on for a run).
+    pose: bool = False
+    pose_hidden: int = 32  # K: the pose guider's hidden width
 
 
 @dataclasses.dataclass(frozen=True)

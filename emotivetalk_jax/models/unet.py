@@ -192,11 +192,13 @@ class UNetSpatioTemporal(nnx.Module):
         encoder_hidden_states: jax.Array,
         added_time_ids: jax.Array,
         image_only_indicator: jax.Array | None = None,
+        input_residual: jax.Array | None = None,
         **extra,
     ) -> jax.Array:
         """sample (B, F, H, W, C_in); timestep () or (B,); encoder_hidden_states (B, T, D), or
         (B, F, T, D) for a per-frame context;
-        added_time_ids (B, K); image_only_indicator (B, F), 1 = still image (default zeros)
+        added_time_ids (B, K); image_only_indicator (B, F), 1 = still image (default zeros);
+        input_residual (B*F, H, W, C0), added to conv_in's output (ETHD's pose guider)
         -> (B, F, H, W, C_out)."""
         b, f, h, w, _ = sample.shape
         if image_only_indicator is None:
@@ -209,6 +211,8 @@ class UNetSpatioTemporal(nnx.Module):
         args = (emb, context, image_only_indicator)
 
         x = self.conv_in(sample.reshape(b * f, h, w, -1))
+        if input_residual is not None:
+            x = x + input_residual.astype(x.dtype)
         skips = (x,)
         for block in self.down_blocks:
             x, states = block(x, *args, **extra)

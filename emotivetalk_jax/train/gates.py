@@ -44,7 +44,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from emotivetalk_jax.data.synthetic import SynthConfig, SyntheticDomain
+from emotivetalk_jax.data.synthetic import SyntheticDomain, domain_config
 from emotivetalk_jax.data.synthetic_speech import EMOTIONS
 
 FIT_OFFSET = 50_000
@@ -75,10 +75,11 @@ class ProbeClips:
 
 
 @functools.lru_cache(maxsize=8)
-def probe_clips(split: str, clips: int, size: int, data_seed: int = 0, head_motion: float = 1.0) -> ProbeClips:
+def probe_clips(split: str, clips: int, size: int, data_seed: int = 0, head_motion: float = 1.0,
+                moving_heads: bool = False) -> ProbeClips:
     """`clips` clips of `split` ("test": clips 0.. as the bench takes them; "train": from index
     FIT_OFFSET on, at most ceil(clips / 8) per emotion)."""
-    domain = SyntheticDomain(data_seed, SynthConfig(head_motion=head_motion))
+    domain = SyntheticDomain(data_seed, domain_config(head_motion, moving_heads))
     if split == "test":
         cs = [domain.clip(i, split) for i in range(clips)]
     else:  # balanced over emotions, so every class has a mean to compare with
@@ -97,8 +98,8 @@ def stage_clips(cfg, size: int) -> tuple[ProbeClips, ProbeClips]:
     """(fit, eval) clips of a training run's gates (`cfg.gate_clips` each, its data seed and head
     motion), rendered at `size`."""
     n, seed = int(cfg.get("gate_clips", 16)), int(cfg.data.data_seed)
-    motion = float(cfg.data.get("head_motion", 1.0))
-    return probe_clips("train", n, size, seed, motion), probe_clips("test", n, size, seed, motion)
+    motion, moving = float(cfg.data.get("head_motion", 1.0)), bool(cfg.data.get("moving_heads", False))
+    return probe_clips("train", n, size, seed, motion, moving), probe_clips("test", n, size, seed, motion, moving)
 
 
 # ----------------------------------------------------------------------------- readouts

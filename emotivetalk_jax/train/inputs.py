@@ -13,7 +13,7 @@ from __future__ import annotations
 import grain
 
 from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, clip_frames
-from emotivetalk_jax.data.synthetic import SynthConfig
+from emotivetalk_jax.data.synthetic import domain_config
 
 KEEP = ("frames", "reference", "audio", "emotion", "landmarks")  # emotion: () int32, -1 unlabelled
 
@@ -47,7 +47,7 @@ def _select(keys):
 def make_source(data_cfg):
     """The training split of `data_cfg.source` ('synthetic' | 'prepared')."""
     if data_cfg.source == "synthetic":
-        config = SynthConfig(head_motion=float(data_cfg.get("head_motion", 1.0)))
+        config = domain_config(float(data_cfg.get("head_motion", 1.0)), bool(data_cfg.get("moving_heads", False)))
         return SyntheticClips(int(data_cfg.data_seed), "train", int(data_cfg.num_clips), config)
     if data_cfg.source == "prepared":
         return PreparedClips(data_cfg.path, "train")
@@ -60,7 +60,7 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
     """Per-process batches (batch_size / processes rows) of the global stream.
 
     `data_cfg`: source ('synthetic' | 'prepared'), path, num_clips, data_seed, worker_count (processes),
-    threads and prefetch (batches read ahead), reference_neutral, head_motion (synthetic);
+    threads and prefetch (batches read ahead), reference_neutral, head_motion and moving_heads (synthetic);
     `spec`: frames, size, mask_sizes, audio_context, and optionally labels (the synthetic
     window's per-frame labels to keep, e.g. "expression") (from the stage).
     `audio_encoder`: the frozen encoder whose whole-utterance features every clip gets once
@@ -89,14 +89,16 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
     p_neutral = float(data_cfg.get("reference_neutral", 0.0))
     if not 0.0 <= p_neutral <= 1.0:
         raise ValueError(f"data.reference_neutral is a probability, got {p_neutral}")
+    labels = tuple(spec.get("labels", ()))
     window = ClipWindow(frames=int(spec["frames"]), size=int(spec["size"]), mask_sizes=tuple(spec["mask_sizes"]),
                         audio_context=int(spec["audio_context"]), features=features, frozen=frozen,
-                        reference_neutral=p_neutral, pixels=frozen is None)
+                        reference_neutral=p_neutral, pixels=frozen is None,
+                        pose=bool({"pose", "motion"} & set(labels)))
     keys = KEEP if window.pixels else tuple(k for k in KEEP if k not in ("frames", "landmarks"))
     keys += (("frame_features",) if features is not None else ())
     keys += tuple(f"frozen_{name}" for name in (frozen[0] if frozen else ()))
     keys += tuple(f"mask_{kind}_{s}" for s in spec["mask_sizes"] for kind in ("lip", "face"))
-    keys += tuple(spec.get("labels", ()))  # per-frame labels a stage learns from (stage reader: expression)
+    keys += labels  # labels a stage learns from (stage reader: expression; stage 2's motion knob / pose: motion, pose)
     per = batch_size // processes
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(window, seed=seed)
     ds = _ProcessRows(ds.map(_select(keys)), process, processes, per).batch(per, drop_remainder=True)

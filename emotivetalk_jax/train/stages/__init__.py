@@ -30,7 +30,7 @@ from emotivetalk_jax.train.stages import audio, encoders, ethd, reader, student,
 from emotivetalk_jax.train.stages.audio import AUDIO_STAGE_FRAMES
 from emotivetalk_jax.train.stages.common import (EMA, REMAT_BLOCKS, REMAT_LAYERS, SAMPLES_PER_FRAME, Frozen, Stage,
                                                  audio_frames, audio_windows, to_float_image)
-from emotivetalk_jax.train.stages.ethd import ethd_model
+from emotivetalk_jax.train.stages.ethd import ethd_model, motion_typical, stage_ethd_config
 from emotivetalk_jax.train.stages.frozen import (audio_encoder, face_encoders, is_workdir, vae_model,
                                                  vae_scaling_factor, vaid_model)
 from emotivetalk_jax.train.stages.step import abstract_state, init_state, make_step
@@ -50,5 +50,5 @@ def build_stage(cfg, *, abstract: bool = False) -> Stage:
 
 __all__ = ["AUDIO_STAGE_FRAMES", "EMA", "REMAT_BLOCKS", "REMAT_LAYERS", "SAMPLES_PER_FRAME", "STAGES", "VAE_PARTS",
            "Frozen", "Stage", "abstract_state", "audio_encoder", "audio_frames", "audio_windows", "build_stage",
-           "ethd_model", "face_encoders", "init_state", "is_workdir", "make_step", "to_float_image", "vae_model",
-           "vae_scaling_factor", "vaid_model"]
+           "ethd_model", "face_encoders", "init_state", "is_workdir", "make_step", "motion_typical",
+           "stage_ethd_config", "to_float_image", "vae_model", "vae_scaling_factor", "vaid_model"]

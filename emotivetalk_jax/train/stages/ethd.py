@@ -13,6 +13,7 @@ Shape legend: B batch, F frames, S image size, c context frames each side.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -87,26 +88,94 @@ def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, con
                          size=size)
 
 
+def stage_ethd_config(cfg, variant):
+    """The variant's `ETHDConfig` with the run's `pose_condition` (the pose guider) applied."""
+    return dataclasses.replace(variant.ethd, pose=bool(cfg.get("pose_condition", False)))
+
+
 def ethd_model(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
     """The ETHD stage 2 starts from: `cfg.init.ethd` (a stage-2 workdir's latest weights or a
-    native ethd folder, e.g. a bundle's `ethd/`: fine-tuning a trained backbone), else SVD's UNet
-    of `cfg.init.svd` inherited (a random SVD UNet when unset); `abstract=True`: shapes only."""
+    native ethd folder, e.g. a bundle's `ethd/`: fine-tuning a trained backbone; one without a
+    pose guider gets a fresh, zero-output one when `pose_condition` is on), else SVD's UNet of
+    `cfg.init.svd` inherited (a random SVD UNet when unset); `abstract=True`: shapes only."""
     from emotivetalk_jax.convert.ethd import inherit_svd, load_ethd_from_svd
     from emotivetalk_jax.models import ethd as E
     from emotivetalk_jax.models.unet import UNetSpatioTemporal
 
+    ecfg = stage_ethd_config(cfg, variant)
     if abstract:
-        return abstract_model(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd, rngs=nnx.Rngs(0)))
+        return abstract_model(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), ecfg, rngs=nnx.Rngs(0)))
     if cfg.init.get("ethd"):
         from emotivetalk_jax.train.stages.frozen import load_init
 
-        return load_init(cfg.init.ethd, ethd_model(cfg, variant, seed, abstract=True), "ethd")
+        def fresh_guider():  # a backbone trained without the pose guider: its weights, the guider zero-output
+            still = abstract_model(lambda: E.ETHD.from_svd_config(dict(variant.svd.unet), variant.ethd,
+                                                                  rngs=nnx.Rngs(0)))
+            return inherit_svd(load_init(cfg.init.ethd, still, "ethd"), ecfg, seed=seed)
+
+        if ecfg.pose and _native_pose(cfg.init.ethd) is False:
+            return fresh_guider()
+        try:
+            return load_init(cfg.init.ethd, ethd_model(cfg, variant, seed, abstract=True), "ethd")
+        except ValueError:  # a workdir (or an unreadable config) whose backbone lacks the guider
+            if not ecfg.pose:
+                raise
+        return fresh_guider()
     if cfg.init.svd:
-        return load_ethd_from_svd(cfg.init.svd, variant.ethd, seed=seed)
+        return load_ethd_from_svd(cfg.init.svd, ecfg, seed=seed)
     log.info("no SVD checkpoint configured (init.svd): ETHD starts from a random SVD UNet")
     unet = host_init(abstract_model(lambda: UNetSpatioTemporal.from_diffusers_config(dict(variant.svd.unet),
                                                                                       rngs=nnx.Rngs(0))), seed)
-    return inherit_svd(unet, variant.ethd, seed=seed)
+    return inherit_svd(unet, ecfg, seed=seed)
+
+
+def _native_pose(path: str) -> bool | None:
+    """Whether a native ethd folder's backbone has the pose guider (None: not a readable native folder)."""
+    import json
+    from pathlib import Path
+
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text())
+        return bool(meta["config"]["ethd"].get("pose", False))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def motion_inputs(batch: dict, time_ids: tuple, b: int, typical: float | None,
+                  pose_on: bool) -> tuple[jax.Array, jax.Array | None]:
+    """added_time_ids (B, 3) and the pose (B, F, 4) or None of a stage-2 batch: with `typical` (the
+    motion knob on) each clip's motion bucket is 127 x its `motion` / typical, clipped to [0, 255];
+    batches without `motion` / `pose` (the gates') keep the constant and no pose."""
+    from emotivetalk_jax.data.pose import MAX_BUCKET, TYPICAL_BUCKET
+
+    ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
+    if typical is not None and "motion" in batch:
+        ids = ids.at[:, 1].set(jnp.clip(TYPICAL_BUCKET * jnp.asarray(batch["motion"], jnp.float32) / typical, 0.0,
+                                        MAX_BUCKET))
+    return ids, (batch.get("pose") if pose_on else None)
+
+
+def motion_typical(cfg, clips: int = 64) -> float:
+    """The pose motion (`data.pose.motion_level`) that maps to SVD's bucket 127: `cfg.motion_typical`,
+    or when 0 the median over the first `clips` training clips (deterministic: export-bundle
+    measures the same)."""
+    value = float(cfg.get("motion_typical", 0.0))
+    if value < 0:
+        raise ValueError(f"motion_typical must be >= 0 (0: measured from the data), got {value}")
+    if value > 0:
+        return value
+    from emotivetalk_jax.data.pipeline import ClipWindow
+    from emotivetalk_jax.train.inputs import make_source
+
+    source = make_source(cfg.data)
+    window = ClipWindow(frames=1, size=None, pixels=False, pose=True)
+    levels = [float(window.random_map(source[i], np.random.default_rng(0))["motion"])
+              for i in range(min(clips, len(source)))]
+    value = float(np.median(levels))
+    if not value > 0:
+        raise ValueError("the training clips' heads do not move (median pose motion 0), so motion_conditioning has "
+                         "nothing to learn; turn data.moving_heads on or set motion_typical")
+    return value
 
 
 def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
@@ -146,6 +215,12 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
                                 scaling=scaling, compute_dtype=cfg.compute_dtype)
     ic = ev.inference
     time_ids = (ic.fps - 1, ic.motion_bucket_id, ic.noise_aug)
+    motion_on, pose_on = bool(cfg.get("motion_conditioning", False)), bool(cfg.get("pose_condition", False))
+    typical = motion_typical(cfg) if motion_on and not abstract else 1.0
+    pose_drop = float(cfg.get("pose_drop", 0.3))
+    if not 0.0 <= pose_drop <= 1.0:
+        raise ValueError(f"pose_drop is a probability, got {pose_drop}")
+    labels = (("motion",) if motion_on else ()) + (("pose",) if pose_on else ())
     e_a_steps = int(cfg.e_a_steps or vv.dicte.sample_steps)
     lip_weight = float(cfg.get("lip_loss_weight", 1.0))
     face_weight = float(cfg.get("face_loss_weight", 1.0))
@@ -171,9 +246,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
         e_ref = frozen.face.encode_expression(ref)
         e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
-        ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 3))
+        ids, pose = motion_inputs(batch, time_ids, b, typical if motion_on else None, pose_on)
         out = dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
-                                batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"]))
+                                batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"], pose))
         if frozen.reader is not None:  # the reader on the ground truth (B, F, P) and on the portrait (B, P)
             out.update(r_v=parts["r_v"], r_ref=frozen.reader(ref))
         return out
@@ -181,7 +256,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     def loss(model, inp, key, aux, frozen=None):
         eb = inp["eb"]
         l, a = ethd_loss(model, eb, key, p_mean=tr.p_mean, p_std=tr.p_std, p_video=tr.p_video_expr,
-                         lip_weight=lip_weight, face_weight=face_weight)
+                         lip_weight=lip_weight, face_weight=face_weight, p_drop_pose=pose_drop)
         out = dict(sigma=jnp.mean(a["sigma"]), used_e_v=jnp.mean(a["used_e_v"].astype(jnp.float32)))
         if expr_weight:
             from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
@@ -205,7 +280,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         sigma = jnp.full((1,), cfg.sample_sigma, jnp.float32)
         x_t = eb.latents + sigma[0] * jax.random.normal(key, eb.latents.shape, eb.latents.dtype)
         d = ethd_denoise(model, x_t, sigma, eb.ref_latent, eb.lip_tokens, eb.added_time_ids, eb.e_v, eb.e_ref,
-                         eb.lip_mask, eb.face_mask)
+                         eb.lip_mask, eb.face_mask, eb.pose)
         return frozen.vae.decode(d[0] / scaling, frames)
 
     gate_sigma = float(cfg.get("gate_sigma", 4.0))
@@ -258,7 +333,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     return Stage(name="ethd", graphdef=graphdef, groups=tuple(groups), init_params=params, init_rest=rest,
                  frozen_graphdef=fgraph, frozen_state=fstate, losses={"main": loss}, prepare=prepare,
-                 data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx), model_name="ETHD",
+                 data=dict(frames=frames, size=size, mask_sizes=(latent,), audio_context=ctx,
+                           **({"labels": labels} if labels else {})), model_name="ETHD",
                  sample=sample, audio_encoder=encoder, gate=gate, frozen_outputs=cached,
                  lr_scale=None if new_scale == 1.0 else functools.partial(_new_params_scale, new_scale),
                  loss_reads_frozen=bool(expr_weight))
