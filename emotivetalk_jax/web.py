@@ -282,7 +282,8 @@ class WebApp:
                     emotion_image = _file_image(gr, label="Emotion image (a face showing it)", type="filepath",
                                                 sources=["upload", "webcam"], visible=False, elem_id="emotion_image")
                     emotion_video = gr.Video(label="Emotion video (expressions followed frame by frame)",
-                                             sources=["upload"], format=None, visible=False, elem_id="emotion_video")
+                                             sources=["upload", "webcam"], format=None, visible=False,
+                                             elem_id="emotion_video")
                     emotion_speech = gr.Audio(label="Emotion speech clip (its emotion is recognised)",
                                               sources=["upload", "microphone"], type="filepath", format=None,
                                               visible=False, elem_id="emotion_speech")

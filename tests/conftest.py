@@ -17,6 +17,11 @@ tolerances are unchanged. A user's own XLA_FLAGS follow these, so theirs win.
 
 The signing key that generated videos carry (`provenance.credentials`) is made in a temporary
 config folder per test process, never in the user's own.
+
+The web demo's tests (tests/test_web.py over HTTP, tests/test_web_browser.py in chromium) share
+one tiny bundle and one app per worker (`web_bundle`, `web_app`): where its two generating tests
+meet on one worker, the second reuses the model the first compiled. (`--dist loadgroup` could
+put them together, but with pytest 9.2 it silently stops grouping: pytest-xdist issue 1386.)
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 _FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if _FAST_XLA not in os.environ.get("XLA_FLAGS", ""):  # before jax starts its backend; workers inherit it
@@ -56,3 +63,25 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: order kept within each group
+
+
+@pytest.fixture(scope="session")
+def web_bundle(tmp_path_factory):
+    """A tiny random pipeline bundle (16 px, one step) for the web demo's tests."""
+    from emotivetalk_jax.bundle import make_random_bundle
+
+    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "tiny", 0, resolution=16, window=6,
+                              overlap=2, steps=1, dicte_steps=1, decode_chunk=2)
+
+
+@pytest.fixture(scope="session")
+def web_app(web_bundle, tmp_path_factory):
+    """`emotivetalk serve`'s app over `web_bundle`, uploads limited to 1 MB; no progress bars
+    (a test that watches them turns them on)."""
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+    from emotivetalk_jax.web import WebApp
+
+    app = WebApp(EmotiveTalkPipeline.from_pretrained(web_bundle, progress=False), max_upload_mb=1,
+                 temp_root=tmp_path_factory.mktemp("web"))
+    yield app
+    app.close()

@@ -1,8 +1,7 @@
 """`emotivetalk serve` (web.py): the Gradio app over HTTP with gradio_client, and its refusals.
 
-The real-browser check (chromium, playwright) is `python benchmarks/web_browser.py`: it needs
-a browser CI does not install, and the compile it waits on is shared here with the API test
-instead (one heavy test: with xdist, tests of one module may land on two workers)."""
+The same app in a real browser is tests/test_web_browser.py (on one worker the two share the app
+and its compiled model: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -24,22 +23,14 @@ ASSETS = Path(__file__).parents[1] / "emotivetalk_jax" / "assets"
 PORTRAIT, SPEECH = ASSETS / "demo_portrait.png", ASSETS / "demo_speech.wav"
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from emotivetalk_jax.bundle import make_random_bundle
-
-    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "tiny", 0, resolution=16, window=6,
-                              overlap=2, steps=1, dicte_steps=1, decode_chunk=2)
+@pytest.fixture
+def bundle(web_bundle) -> Path:
+    return web_bundle  # tests/conftest.py: one per worker, shared with tests/test_web_browser.py
 
 
-@pytest.fixture(scope="module")
-def app(bundle, tmp_path_factory):
-    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
-
-    a = WebApp(EmotiveTalkPipeline.from_pretrained(bundle, progress=False), max_upload_mb=1,
-               temp_root=tmp_path_factory.mktemp("web"))
-    yield a
-    a.close()
+@pytest.fixture
+def app(web_app) -> WebApp:
+    return web_app
 
 
 def _free_port() -> int:
