@@ -1,7 +1,7 @@
 """Audio -> emotion keyword (6.3): a frozen WavLM and a small trainable speech-emotion head.
 
 Shape legend: N clips, S samples (16 kHz), T encoder frames, D encoder width, F feature
-width (2 D for mean+std pooling, 12 for prosody), K = 8 keywords.
+width (2 D for mean+std pooling, 12 for prosody, 45 (or 29) for voice), K = 8 keywords.
 
 The paper's head is "the audio branch of a state-of-the-art multimodal emotion recognition
 model", unnamed; ours is an MLP over an utterance feature:
