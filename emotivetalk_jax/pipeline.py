@@ -294,12 +294,17 @@ class EmotiveTalkPipeline:
                              lip_scale=s.lip_scale, expr_scale=s.expr_scale, kind=s.sampler, grid=s.student_grid,
                              sigma_hi=s.student_sigma_hi, batch_windows=s.batch_windows, sigma_start=s.sigma_start)
 
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's scaling factor: diffusion latents = VAE latents x this."""
+        return float(self.bundle.vae.config.get("scaling_factor", 0.18215))
+
     def start_latents(self, branches) -> jax.Array | None:
         """What sampling starts from (`BundleSettings.sigma_start`): None (pure noise), or the
         reference frame's latent (1, 1, h, w, 4), scaled as the diffusion latents are."""
         if not self.settings.sigma_start:
             return None
-        return branches.cond.reference[:, None] * float(self.bundle.vae.config.get("scaling_factor", 0.18215))
+        return branches.cond.reference[:, None] * self.latent_scale
 
     def conditions(self, l_a, e_dri, e_ref, ref_latent, portrait: Portrait, *, motion: float | None = None,
                    pose: np.ndarray | None = None):
@@ -344,7 +349,7 @@ class EmotiveTalkPipeline:
     def decode(self, latents: jax.Array) -> np.ndarray:
         """Latents (1, N, h, w, 4) (scaled) -> frames (N, R, R, 3) uint8, in equal chunks of frames."""
         vae = self.bundle.vae
-        z = latents[0] / float(vae.config.get("scaling_factor", 0.18215))
+        z = latents[0] / self.latent_scale
         n = z.shape[0]
         c = max(1, min(self.settings.decode_chunk, n))
         starts = list(range(0, n - c + 1, c))
