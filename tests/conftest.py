@@ -1,5 +1,7 @@
-"""Test ordering: the multi-minute `long` tests go first, so that with two xdist workers the
-short tests fill in around them instead of one long test running alone at the end.
+"""Test ordering: the multi-minute `long` tests (left out of the suite by `pyproject.toml`'s
+`-m 'not long'`; `python -m pytest -m long` runs them) go first when a run selects them, so that
+with two xdist workers the short tests fill in around them instead of one long test running
+alone at the end.
 
 Compilation cache: the entry points (`train`, `generate`) turn on jax's persistent cache, by
 default in the user's ~/.cache, where a machine that ran the suite before would read what it

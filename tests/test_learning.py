@@ -180,6 +180,7 @@ def test_ema_is_the_decayed_average_of_the_trained_group():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_audio_stage_feeds_vaid_and_gates_are_logged(tmp_path):
     """encoders -> audio -> vaid (tiny, 2 steps each): every stage logs its gates at its
     checkpoint, stage 1 runs on the audio stage's trained encoder (loaded from its workdir), and
