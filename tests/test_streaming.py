@@ -26,7 +26,16 @@ def _speech(frames: float) -> np.ndarray:
     return (0.3 * np.sin(np.arange(n) * 0.05) * np.sin(np.arange(n) * 0.0007)).astype(np.float32)
 
 
-def test_stream_emits_frames_that_never_change(pipe, tmp_path):
+def test_stream_emits_frames_that_never_change(pipe, tmp_path, monkeypatch):
+    from emotivetalk_jax import pipeline as pl
+
+    calls, real = [], pl._dicte_chunk
+
+    def spy(dicte, cond, num_new, key, steps, prefix):  # (prefix frames, new frames) of each Di-CTE chunk
+        calls.append((0 if prefix is None else prefix.shape[1], num_new))
+        return real(dicte, cond, num_new, key, steps, prefix)
+
+    monkeypatch.setattr(pl, "_dicte_chunk", spy)
     wave = _speech(22.6)  # 23 frames: windows (0, 6) (4, 10) (8, 14) (12, 18) (16, 22), then (17, 23) at the end
     sizes = [1000, 7, 3000, 2500, 4096, 640, 1, 5000, 10**6]
     cuts = np.cumsum(sizes)
@@ -52,6 +61,8 @@ def test_stream_emits_frames_that_never_change(pipe, tmp_path):
         got.append(px)
         kept.append(px.copy())
     assert [len(g) for g in got] == [6, 4, 4, 4, 4, 1]
+    # Di-CTE continues each window from the last `prefix_frames` (4) frames before its new ones
+    assert calls == [(0, 6), (4, 4), (4, 4), (4, 4), (4, 4), (4, 1)]
     for a, b in zip(got, kept):  # frames already emitted never change
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.concatenate(kept), result.frames)  # the final video is their sequence
