@@ -295,6 +295,11 @@ class EmotiveTalkPipeline:
                              sigma_hi=s.student_sigma_hi, batch_windows=s.batch_windows, sigma_start=s.sigma_start)
 
     @property
+    def has_pose_condition(self) -> bool:
+        """Whether the backbone has the per-frame pose guider (stage 2's `pose_condition`)."""
+        return bool(getattr(getattr(self.bundle.ethd, "ethd_config", None), "pose", False))
+
+    @property
     def latent_scale(self) -> float:
         """The VAE's scaling factor: diffusion latents = VAE latents x this."""
         return float(self.bundle.vae.config.get("scaling_factor", 0.18215))
@@ -399,8 +404,7 @@ class EmotiveTalkPipeline:
                     if out is not None else None)
         who = self.signing_identity() if mark and out_path is not None else None  # its files checked before work
         motion = check_motion_level(motion, self.settings.motion_conditioning, "motion")
-        has_pose = bool(getattr(getattr(self.bundle.ethd, "ethd_config", None), "pose", False))
-        pose = driving_pose(pose, pose_video, fps=self.settings.fps, supported=has_pose)
+        pose = driving_pose(pose, pose_video, fps=self.settings.fps, supported=self.has_pose_condition)
         self.timings = {}
         key = jax.random.key(seed)
         k_ref, k_expr, k_noise = jax.random.split(key, 3)
@@ -458,7 +462,8 @@ class EmotiveTalkPipeline:
         """A generator: speech in as it arrives (`audio_chunks`, arrays at `sr` or (array, rate)
         pairs), finished frames out window by window ((k, R, R, 3) uint8), frames once emitted
         never changed; its return value is the `Result`. Keywords: emotion, seed, steps, sr, out,
-        paste, face_box, crop, boxes, audio_context_s, lookahead, stats, mark (`streaming.stream`)."""
+        paste, face_box, crop, boxes, audio_context_s, lookahead, stats, mark, motion, pose, pose_video
+        (`streaming.stream`)."""
         from emotivetalk_jax.streaming import stream
 
         return stream(self, portrait, audio_chunks, **kwargs)
@@ -616,8 +621,6 @@ def generate_main(args) -> dict:
     settings = read_settings(ckpt)
     check_request(settings, ckpt, args.variant)
     motion = check_motion_level(getattr(args, "motion", None), settings.motion_conditioning)
-    if getattr(args, "stream", False) and (motion is not None or pose_video):
-        raise GenerationError("--stream takes no --motion or --pose-video yet; generate offline (drop --stream)")
     validate.check_image_file(args.portrait, "portrait", error=PortraitError)
     wave = audio_lib.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
     for flag in ("codebook", "speech_head"):
@@ -658,7 +661,7 @@ def generate_main(args) -> dict:
         from emotivetalk_jax.streaming import exhaust
 
         r = exhaust(pipe.stream(portrait, chunks, emotion=emotion, seed=seed, steps=steps, out=out,
-                                paste=args.paste_back, mark=mark))
+                                paste=args.paste_back, mark=mark, motion=motion, pose=pose))
     else:
         r = pipe(portrait, wave, emotion=emotion, seed=seed, steps=steps, out=out, paste=args.paste_back, mark=mark,
                  motion=motion, pose=pose)

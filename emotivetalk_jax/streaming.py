@@ -81,10 +81,14 @@ def exhaust(gen):
 def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 0, steps: int | None = None,
            sr: int | None = None, out=None, paste: bool = False, face_box=None, crop: bool = True, boxes=None,
            audio_context_s: float = 1.0, lookahead: int | None = None, stats: dict | None = None,
-           mark: bool = True) -> Iterator:
+           mark: bool = True, motion: float | None = None, pose=None, pose_video=None) -> Iterator:
     """`EmotiveTalkPipeline.stream` (see the module docstring). `stats` (a dict, optional) gets
     `first_frame_s` (from the call to the first frames yielded), `windows` and `frames`. `mark`:
-    each window's frames watermarked as they come out, the mp4 labelled and signed (`provenance`)."""
+    each window's frames watermarked as they come out, the mp4 labelled and signed (`provenance`).
+    `motion`, `pose`, `pose_video`: head motion as in the offline call; a driving pose shorter than
+    the stream plays forward and back (`data.pose.fit_length`: frame f is the offline run's frame f,
+    whatever the stream's length turns out to be), with one warning when the stream passes its end."""
+    from emotivetalk_jax.data.pose import check_motion_level, driving_pose, fit_length
     from emotivetalk_jax.data.audio import AudioError, frame_windows
     from emotivetalk_jax.emotion import EmotionError
     from emotivetalk_jax.pipeline import SR, GenerationError, Result, _lip, check_output_path, input_paths
@@ -92,7 +96,8 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     t_start = time.perf_counter()
     seed = validate.check_seed(seed, "seed", error=GenerationError)
     validate.check_steps(steps, "steps", error=GenerationError)
-    out_path = check_output_path(out, input_paths(portrait, None, emotion)) if out is not None else None
+    out_path = (check_output_path(out, input_paths(portrait, None, emotion, pose_video=pose_video))
+                if out is not None else None)
     who = pipe.signing_identity() if mark and out_path is not None else None
     s = pipe.settings
     if s.fps != 25:
@@ -104,6 +109,8 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     if not 0 <= look <= t:
         raise GenerationError(f"lookahead must be in 0..{t} frames (one window), got {lookahead}")
     ctx = int(round(audio_context_s * 25))
+    motion = check_motion_level(motion, s.motion_conditioning, "motion")
+    pose = driving_pose(pose, pose_video, fps=s.fps, supported=pipe.has_pose_condition)
     stats = {} if stats is None else stats
     pipe.timings = {}
     key = jax.random.key(seed)
@@ -132,6 +139,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
         frames_out: list[np.ndarray] = []
         emitted = 0
         ws = 0
+        warned: list[bool] = []
         n_windows = 0
 
         def make_window(ws: int, we: int, avail: int, ended: bool) -> np.ndarray:
@@ -165,7 +173,12 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
                 e_all = new if e_all is None else jnp.concatenate([e_all, new], axis=1)
             e_dri = e_all[:, ws:we]
             # 3. the window, its emitted frames held
-            branches = pipe.conditions(l_a, e_dri, e_ref, ref_latent, p)
+            if pose is not None and we > len(pose) and not warned:
+                warned.append(True)
+                validate.warn(f"the driving pose has {len(pose)} frames and the stream has passed them; it plays "
+                              "forward and back until the speech ends")
+            branches = pipe.conditions(l_a, e_dri, e_ref, ref_latent, p, motion=motion,
+                                       pose=None if pose is None else fit_length(pose, we)[ws:we])
             noise = jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(k_noise, f), (1, h, h, 4)))(
                 jnp.arange(ws, we))
             known = lat[:, ws:emitted] if emitted > ws else None

@@ -109,3 +109,44 @@ def test_batched_vae_decode_gives_the_same_frames(pipe):
         pipe.settings = settings
     assert one.shape == (7, 16, 16, 3)
     assert np.abs(one.astype(int) - three.astype(int)).max() <= 1
+
+
+def test_stream_takes_the_motion_level_and_a_driving_pose_per_window(pipe, tmp_path, monkeypatch):
+    """The motion level reaches every window's conditions; a driving pose reaches each window as
+    the offline run's frames of it (played forward and back past its end, with one warning); a
+    bundle without the knob or the pose guider refuses them in one line, nothing written."""
+    import dataclasses
+
+    from emotivetalk_jax.data.pose import PoseError, fit_length
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+    from emotivetalk_jax.validate import InputWarning
+
+    wave, out = _speech(22.6), tmp_path / "m.mp4"
+    for kw, match in (({"motion": 1.0}, "without the motion knob"), ({"pose": np.ones((3, 4))}, "no pose condition")):
+        with pytest.raises(PoseError, match=match):
+            next(pipe.stream(PORTRAIT, [wave], crop=False, face_box=BOX, out=out, **kw))
+        assert not out.exists()
+
+    # a bundle with the knob and the guider, faked: the conditions each window gets are recorded
+    # (the tiny backbone itself has no guider, so the pose stops there)
+    seen, real = [], pipe.conditions
+
+    def spy(*args, motion=None, pose=None):
+        seen.append((motion, pose))
+        return real(*args, motion=motion)
+
+    monkeypatch.setattr(pipe, "conditions", spy)
+    monkeypatch.setattr(pipe, "settings", dataclasses.replace(pipe.settings, motion_conditioning=True,
+                                                              motion_typical=0.3))
+    monkeypatch.setattr(EmotiveTalkPipeline, "has_pose_condition", property(lambda self: True))
+    pose = np.random.default_rng(0).normal(0, 0.01, (9, 4)).astype(np.float32)
+    pose[:, 3] = 1.0
+    with pytest.warns(InputWarning, match="the driving pose has 9 frames"):
+        frames = list(pipe.stream(PORTRAIT, [wave[:7000], wave[7000:]], crop=False, face_box=BOX, motion=0.5,
+                                  pose=pose))
+    assert sum(len(f) for f in frames) == 23
+    windows = [(0, 6), (4, 10), (8, 14), (12, 18), (16, 22), (17, 23)]
+    assert [m for m, _ in seen] == [0.5] * len(windows)
+    played = fit_length(pose, 23)  # what the offline call gives the whole video
+    for (a, b), (_, got) in zip(windows, seen):
+        np.testing.assert_array_equal(got, played[a:b])
