@@ -9,9 +9,8 @@
 Sources: `text` (a keyword or free text -> keyword, `text.py`), `image` (a face ->
 expression encoder), `audio` (speech -> WavLM + speech-emotion head -> keyword,
 `speech.py`), `video` (frames -> expression encoder, anchored to the codebook, stretched to
-the audio). Keywords
-become latents through the emotion-to-expression codebook (`codebook.py`). Every failure
-is an `EmotionError` (a ValueError) with a one-line message.
+the audio). Keywords become latents through the emotion-to-expression codebook
+(`codebook.py`). Every failure is an `EmotionError` (a ValueError) with a one-line message.
 """
 
 from __future__ import annotations
