@@ -236,6 +236,40 @@ def test_resample_frames_is_linear_over_time():
     assert emotion.resample_frames(e[:1], 4).shape == (4, 1)
 
 
+def _hand_codebook() -> cbm.Codebook:
+    means = np.zeros((8, 8), np.float32)
+    for i in range(7):  # one axis per emotion, 10 from neutral (the origin)
+        means[i, i] = 10.0
+    return cbm.Codebook(means, np.array([1, 1, 1, 1, 1, 1, 1, 1]))
+
+
+def test_anchor_to_codebook_removes_the_offset_keeps_intensity_and_motion():
+    book = _hand_codebook()
+    t = np.arange(50, dtype=np.float32)
+    motion = np.zeros((50, 8), np.float32)
+    motion[:, 0] = np.sin(t / 3) - np.sin(t / 3).mean()
+    # a worried video (axis 6) at 0.6 of the way from neutral, on a face whose identity adds a
+    # constant offset towards sad (axis 2) and off every axis (7), as large as the expression
+    offset = np.zeros(8, np.float32)
+    offset[[2, 7]] = 5.0, 3.0
+    e = 6.0 * np.eye(8, dtype=np.float32)[6] + offset + motion
+    out, detail = emotion.anchor_to_codebook(e, book)
+    assert detail["keyword"] == "worried" and detail["intensity"] == pytest.approx(0.6)
+    assert detail["offset"] == pytest.approx(np.linalg.norm(offset), abs=1e-3)
+    np.testing.assert_allclose(out.mean(0), 0.6 * book.means[6], atol=1e-5)  # the offset gone
+    np.testing.assert_allclose(out - out.mean(0), e - e.mean(0), atol=1e-5)  # the motion kept
+
+    over, detail = emotion.anchor_to_codebook(e + 10.0 * np.eye(8, dtype=np.float32)[6], book)  # past the row
+    assert detail["intensity"] == 1.0
+    np.testing.assert_allclose(over.mean(0), book.means[6], atol=1e-5)
+    calm, detail = emotion.anchor_to_codebook(offset[None] * 0.1 + motion, book)  # nearest neutral
+    assert detail["keyword"] == "neutral"
+    np.testing.assert_allclose(calm.mean(0), 0.0, atol=1e-5)
+    no_neutral = cbm.Codebook(book.means, np.array([1, 1, 1, 1, 1, 1, 1, 0]))
+    _, detail = emotion.anchor_to_codebook(e, no_neutral)
+    assert detail["keyword"] == "worried" and detail["intensity"] == 1.0
+
+
 def test_resolve_emotion_sources(faces_dir, encoder, tmp_path):
     from emotivetalk_jax.data import video
 
@@ -252,6 +286,12 @@ def test_resolve_emotion_sources(faces_dir, encoder, tmp_path):
     path = video.write_mp4(tmp_path / "drive.mp4", frames, fps=25)
     vid = emotion.resolve_emotion(EmotionSource.video(path), expression_encoder=encoder, num_frames=23, detect=False)
     assert vid.temporal and vid.e_v.shape == (23, TINY.face.expr_dim) and vid.detail["video_frames"] == 10
+    raw, anchored = (emotion.resolve_emotion(EmotionSource.video(path), expression_encoder=encoder, num_frames=10,
+                                             codebook=b, detect=False) for b in (None, book))
+    kw, t = anchored.detail["keyword"], anchored.detail["intensity"]
+    row, neutral = book.lookup(kw), book.lookup("neutral")
+    np.testing.assert_allclose(anchored.e_v.mean(0), neutral + t * (row - neutral), atol=1e-3)  # on the codebook
+    np.testing.assert_allclose(anchored.e_v - anchored.e_v.mean(0), raw.e_v - raw.e_v.mean(0), atol=1e-4)
 
     with pytest.raises(EmotionError, match="codebook build"):
         emotion.resolve_emotion(EmotionSource.text("happy"))

@@ -8,9 +8,9 @@
 
 Sources: `text` (a keyword or free text -> keyword, `text.py`), `image` (a face ->
 expression encoder), `audio` (speech -> WavLM + speech-emotion head -> keyword,
-`speech.py`), `video` (frames -> expression encoder, stretched to the audio). Keywords
-become latents through the emotion-to-expression codebook (`codebook.py`). Every failure
-is an `EmotionError` (a ValueError) with a one-line message.
+`speech.py`), `video` (frames -> expression encoder, anchored to the codebook, stretched to
+the audio). Keywords become latents through the emotion-to-expression codebook
+(`codebook.py`). Every failure is an `EmotionError` (a ValueError) with a one-line message.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError, parse_keywo
 from emotivetalk_jax.emotion.sources import (
     EmotionCondition,
     EmotionSource,
+    anchor_to_codebook,
     image_condition,
     load_expression_encoder,
     resample_frames,
@@ -61,15 +62,17 @@ def resolve_emotion(
 
     `num_frames`: frames of the generated video (needed for a video source).
     `expression_encoder`: a `FaceEncoders` (image and video sources).
-    `codebook`: a `Codebook` or its folder (text and audio sources).
+    `codebook`: a `Codebook` or its folder (text and audio sources; a video's e_v is anchored to
+    it when given, `sources.anchor_to_codebook`).
     `speech`: a `speech.SpeechEmotionRecognizer` (audio source).
     `text_model_dir` / `endpoint`: see `text.text_to_keyword`.
     """
     if source.kind == "video":
         if num_frames is None:
             raise EmotionError("a video emotion source needs the number of frames to generate")
+        book = None if codebook is None else _codebook(codebook, "video")
         return video_condition(source.value, _need_encoder(expression_encoder, "video"), num_frames, fps=fps,
-                               detect=detect)
+                               detect=detect, codebook=book)
     if source.kind == "image":
         return image_condition(source.value, _need_encoder(expression_encoder, "image"), detect=detect)
     if source.kind == "text":
@@ -109,6 +112,7 @@ __all__ = [
     "EmotionError",
     "EmotionSource",
     "TextMatch",
+    "anchor_to_codebook",
     "build_codebook",
     "image_condition",
     "load_codebook",

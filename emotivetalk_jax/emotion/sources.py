@@ -4,9 +4,11 @@ Shape legend: F frames of the generated video (one per 40 ms of the driving audi
 fps), Fv frames of a driving video, E expression latent width.
 
 - temporal source, a driving video: per-frame expression latents e_v (Fv, E) from the
-  expression encoder, time-stretched to the audio's F frames by linear interpolation
-  (frame i of F samples the video at (i / (F - 1)) (Fv - 1)), so the whole driving video
-  spans the whole generated clip; they bypass Di-CTE;
+  expression encoder, with a codebook their mean moved onto it (`anchor_to_codebook`: the
+  driving face's identity out, its emotion, intensity and motion kept), time-stretched to the
+  audio's F frames by linear interpolation (frame i of F samples the video at
+  (i / (F - 1)) (Fv - 1)), so the whole driving video spans the whole generated clip; they
+  bypass Di-CTE;
 - utterance sources: an image -> its expression latent; a keyword / free text / speech
   audio -> one of the eight keywords -> the codebook's mean latent. Either way one
   e_cond (E,) that Di-CTE expands over time.
@@ -28,7 +30,7 @@ import numpy as np
 
 from emotivetalk_jax.convert import native
 from emotivetalk_jax.emotion.codebook import CROP_SCALE, encoder_image_size, expression_fn, prepare_face, read_image
-from emotivetalk_jax.emotion.keywords import EmotionError
+from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError
 
 SOURCE_KINDS = ("text", "image", "audio", "video")
 ENCODER_COMPONENT = "face_encoders"
@@ -130,6 +132,38 @@ def resample_frames(e: np.ndarray, num_frames: int) -> np.ndarray:
     return (1 - w) * e[lo] + w * e[hi]
 
 
+def anchor_to_codebook(e: np.ndarray, codebook) -> tuple[np.ndarray, dict]:
+    """A driving video's e_v (Fv, E) with its mean moved onto the codebook, and how (the keyword,
+    the intensity, the offset removed, the mean's distance to every row).
+
+    The mean's nearest row (of those with images) names the emotion; the mean's projection on
+    the line from the neutral row to that row, clipped to [0, 1], is its intensity; the track
+    becomes neutral + intensity (row - neutral) + (e - mean), so every frame keeps its motion
+    about the mean. Why: the expression encoder reads the driving face's identity too, an offset
+    that stays put over the clip (on the demo up to 8 from the emotion's row, so that a worried
+    video lies about as near the sad row), while the backbone was trained on its own face's e_v
+    and Di-CTE's e_a (the shipped student on e_a alone), which stays within about 0.5 of the
+    codebook row it starts from. Without a neutral row the mean goes to the nearest row.
+    """
+    e = np.asarray(e, np.float32)
+    means, have = np.asarray(codebook.means, np.float32), np.asarray(codebook.counts) > 0
+    if not have.any():
+        raise EmotionError("the codebook has no images; rebuild it before driving with a video")
+    m = e.mean(0)
+    dist = np.where(have, np.linalg.norm(means - m, axis=-1), np.inf)
+    k = int(dist.argmin())
+    row, neutral = means[k], KEYWORDS.index("neutral")
+    if k == neutral or not have[neutral]:
+        t, anchor = 1.0, row
+    else:
+        axis = row - means[neutral]
+        t = float(np.clip((m - means[neutral]) @ axis / (axis @ axis), 0.0, 1.0))
+        anchor = means[neutral] + t * axis
+    detail = {"keyword": KEYWORDS[k], "intensity": round(t, 4), "offset": round(float(np.linalg.norm(m - anchor)), 4),
+              "distances": {w: round(float(d), 4) for w, d in zip(KEYWORDS, dist) if np.isfinite(d)}}
+    return e - m + anchor, detail
+
+
 def video_expressions(path: str | os.PathLike, encoder, *, fps: float = 25.0, detect: bool = True,
                       batch_size: int = 16, max_frames: int | None = None) -> tuple[np.ndarray, dict]:
     """A driving video -> per-frame expression latents (Fv, E) at `fps`, and how it was cropped."""
@@ -167,7 +201,11 @@ def video_expressions(path: str | os.PathLike, encoder, *, fps: float = 25.0, de
 
 
 def video_condition(path: str | os.PathLike, encoder, num_frames: int, *, fps: float = 25.0,
-                    detect: bool = True) -> EmotionCondition:
-    """A driving video -> e_v (num_frames, E), the video's expression track stretched to the audio."""
+                    detect: bool = True, codebook=None) -> EmotionCondition:
+    """A driving video -> e_v (num_frames, E), the video's expression track (anchored to
+    `codebook` when given and not empty: `anchor_to_codebook`) stretched to the audio."""
     e, detail = video_expressions(path, encoder, fps=fps, detect=detect)
+    if codebook is not None and np.asarray(codebook.counts).sum() > 0:
+        e, anchor = anchor_to_codebook(e, codebook)
+        detail = {**detail, **anchor}
     return EmotionCondition("video", e_v=resample_frames(e, num_frames), detail={**detail, "frames": int(num_frames)})

@@ -10,14 +10,15 @@ Every source shows the clip's own emotion, but none comes from the clip itself, 
   closed mouth, written as a PNG and read through the expression encoder (-> e_cond);
 * `video`: another held-out clip (another identity, its own utterance and head motion)
   re-rendered with the emotion at full intensity, written as an mp4 and read frame by frame
-  (-> e_v, stretched to the clip's frames);
+  (-> e_v, anchored to the bundle's codebook as the pipeline does, stretched to the clip's frames);
 * `audio`: a held-out utterance of the emotion spoken by another voice (a test-split clip of
   another identity), written as a WAV and read by the bundle's speech-emotion head (-> keyword).
 
 The images and videos are passed whole, without face detection, as the bench passes its
 portraits (`crop=False`): synthetic frames are already framed like the model's input.
 `detail` records how the emotion was chosen: the keyword (text), the nearest codebook row
-(image, video: the latent's nearest keyword mean), the head's probabilities (audio).
+(image: the latent's nearest keyword mean; video: the mean e_v's, with the intensity and the
+identity offset `anchor_to_codebook` found), the head's probabilities (audio).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _SEARCH = 4096  # test clips searched for an utterance of the emotion by another
 DESCRIPTION = {
     "text": "the emotion's keyword as text (codebook row)",
     "image": "a frame of another held-out identity at full intensity (expression encoder -> e_cond)",
-    "video": "another held-out clip re-rendered at full intensity (expression encoder per frame -> e_v)",
+    "video": "another held-out clip re-rendered at full intensity (expression encoder per frame -> e_v, "
+             "anchored to the codebook)",
     "audio": "a held-out utterance of the emotion by another voice (speech-emotion head -> keyword)",
 }
 
@@ -99,11 +101,14 @@ def source_emotion(pipe, domain: SyntheticDomain, clip: Clip, index: int, kind: 
         path = folder / f"{other.name}_{clip.emotion}.mp4"
         write_mp4(path, sf.render(other.identity, states, r), FPS,
                   other.audio[: len(states) * SAMPLES_PER_FRAME], SR)
-        cond = video_condition(path, encoder, num_frames, fps=pipe.settings.fps, detect=False)
-        e = cond.e_v.mean(0)
+        cond = video_condition(path, encoder, num_frames, fps=pipe.settings.fps, detect=False,
+                               codebook=pipe.bundle.codebook)
+        a = cond.detail
+        return cond, {"kind": kind, "from": other.name, "identity": other.identity_id, "chosen": a["keyword"],
+                      "method": "nearest codebook row (mean e_v), anchored", "intensity": a["intensity"],
+                      "offset": a["offset"], "distances": a["distances"]}
     else:
         raise ValueError(f"unknown emotion source {kind!r}; choose one of {', '.join(SOURCES)}")
     chosen, distances = nearest_row(pipe.bundle.codebook, e)
     return cond, {"kind": kind, "from": other.name, "identity": other.identity_id, "chosen": chosen,
-                  "method": "nearest codebook row" + (" (mean e_v)" if kind == "video" else ""),
-                  "distances": distances}
+                  "method": "nearest codebook row", "distances": distances}
