@@ -11,7 +11,8 @@ Pairs (latent, the bundle's full decoder output on it), decoded exactly as the p
 * noisy: the same latents plus Gaussian noise, per clip a sigma uniform in [0, `noise`]
   (unscaled latent units; the latents' std is about 1), decoded again;
 * sampled: the latents the pipeline itself produces (its own sampler, 1 and 2 steps
-  alternately) for `sampled` training clips, with the clip's portrait, speech and emotion.
+  alternately) for `sampled` training clips, with the clip's portrait, speech (its first
+  `SAMPLED_FRAMES` frames: one length, one compile) and emotion.
 
 Validation: the same sources from test-split clips `VAL_FIRST ..` (held-out identities, clear
 of the clips `bench-synthetic` scores, 0-31). The decoder trains full-batch-in-memory with AdamW
@@ -43,6 +44,7 @@ from emotivetalk_jax.models.fast_decoder import FastDecoder, FastDecoderConfig, 
 FAST_DECODER_COMMANDS = ("fast-decoder",)
 VAL_FIRST = 64  # validation clips: test-split clips from here (bench-synthetic scores 0..31)
 SAMPLED_STEPS = (1, 2)
+SAMPLED_FRAMES = 48  # every clip of the domain is longer (2 s at least)
 
 
 class FastDecoderError(ValueError):
@@ -104,7 +106,7 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             lm = clip.portrait_landmarks(r)
             pipe.decode = recording_decode
             try:
-                res = pipe(clip.portrait(r), clip.audio[: clip.num_frames * SAMPLES_PER_FRAME], emotion=clip.emotion,
+                res = pipe(clip.portrait(r), clip.audio[: SAMPLED_FRAMES * SAMPLES_PER_FRAME], emotion=clip.emotion,
                            seed=seed + i, steps=SAMPLED_STEPS[n % len(SAMPLED_STEPS)], crop=False,
                            boxes=(facelib.lip_box(lm), facelib.face_box(lm)), mark=False)
             finally:
