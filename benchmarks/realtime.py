@@ -1,7 +1,7 @@
 """Real time: the teacher (its DDIM steps, two guidance branches) against the distilled student
 (1, 2 and 4 consistency steps, one branch), on the same inputs in one process, warm.
 
-    python benchmarks/realtime.py [--teacher DIR] [--student DIR] [--seconds 4] [--repeats 2]
+    python benchmarks/realtime.py [--teacher DIR] [--student DIR] [--seconds 4] [--repeats 2] [--fast-decode]
 
 Defaults: the student is the shipped demo bundle (`emotivetalk_jax/assets/demo`, sampler
 "consistency"), the teacher `benchmarks/teacher` when present (`--teacher` otherwise: the
@@ -12,7 +12,9 @@ Per run: compute seconds per second of video, by stage (portrait, audio, lip, ex
 denoise, decode), the best of `--repeats` warm runs after a cold one; the ratios of the
 teacher's denoise and total to the student's; and streaming (`EmotiveTalkPipeline.stream`,
 0.2 s chunks, all available at once) at the student's default steps: the time to the first
-frame and the whole stream, warm. One JSON object on stdout.
+frame and the whole stream, warm. `--fast-decode`: each student run again with the bundle's fast
+decoder (`fast_decoder/`, `EmotiveTalkPipeline.fast_decode`), as `student_S_fast`, in the same
+process, and the stream with it too (`stream_fast`). One JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def _inputs(seconds: float) -> tuple[str, np.ndarray]:
 
 
 def _runs(pipe, portrait, wave, steps, repeats: int) -> dict:
+    """The warm compute seconds per video second of `pipe` at `steps`, by stage."""
     runs = []
     for _ in range(1 + repeats):
         r = pipe(portrait, wave, emotion="happy", seed=0, steps=steps)
@@ -46,6 +49,7 @@ def _runs(pipe, portrait, wave, steps, repeats: int) -> dict:
     video_s = r.info["num_frames"] / pipe.settings.fps
     warm = min(runs[1:] or runs, key=lambda t: sum(t.values()))
     return {"steps": steps or pipe.settings.steps, "sampler": pipe.settings.sampler,
+            "decoder": "fast" if pipe.fast_decode else "full",
             "branches": 1 if pipe.settings.lip_scale == pipe.settings.expr_scale == 1.0 else 2,
             "seconds_per_video_second": {k: round(v / video_s, 4) for k, v in warm.items()},
             "total": round(sum(warm.values()) / video_s, 4), "cold_total_s": round(sum(runs[0].values()), 2)}
@@ -72,6 +76,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--student-steps", default="1,2,4")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="each student run also with the student bundle's fast decoder (fast_decoder/)")
     a = p.parse_args()
 
     import jax
@@ -88,7 +94,12 @@ def main() -> None:
         out["teacher_bundle"] = a.teacher
         out["teacher"] = _runs(teacher, portrait, wave, None, a.repeats)
     for s in (int(x) for x in a.student_steps.split(",")):
+        student.fast_decode = False
         out[f"student_{s}"] = _runs(student, portrait, wave, s, a.repeats)
+        if a.fast_decode:
+            student.fast_decode = True  # one-line error where the bundle has no fast_decoder/
+            out[f"student_{s}_fast"] = _runs(student, portrait, wave, s, a.repeats)
+    student.fast_decode = False
     if "teacher" in out:
         t = out["teacher"]
         for s in a.student_steps.split(","):
@@ -98,6 +109,9 @@ def main() -> None:
                                  2),
                 "total": round(t["total"] / st["total"], 2)}
     out["stream"] = _stream(student, portrait, wave, a.repeats)
+    if a.fast_decode:
+        student.fast_decode = True
+        out["stream_fast"] = _stream(student, portrait, wave, a.repeats)
     print(json.dumps(out, indent=1))
 
 

@@ -9,6 +9,8 @@ Layout:
     face_encoders/    the same layout, component "face_encoders" (`emotion.sources.save_expression_encoder`)
     codebook/         `emotion.codebook.save_codebook` layout
     speech_head/      optional, `emotion.speech.save_speech_head` layout
+    fast_decoder/     optional, `train.fast_decoder.save_fast_decoder` layout: a small frame-wise
+                      decoder distilled from vae/'s (`generate --fast-decode`)
 
     manifest.json     size and sha256 of every file; per part its component, variant and
                       parameter shapes (`emotivetalk_jax.manifest`)
@@ -56,6 +58,7 @@ from emotivetalk_jax.models.vaid_variants import DiCTEConfig, get_vaid_variant
 from emotivetalk_jax.models.variants import BASE_AUDIO, TINY_AUDIO
 from emotivetalk_jax.train import stages as S
 from emotivetalk_jax.train.checkpoint import restore_model_arrays
+from emotivetalk_jax.train.fast_decoder import FastDecoderError, load_fast_decoder, save_fast_decoder
 
 FORMAT = "emotivetalk_jax"
 COMPONENT = "pipeline"
@@ -179,6 +182,7 @@ class Bundle:
     codebook: Any
     speech_head: Any = None
     path: Path | None = None
+    fast_decoder: Any = None
 
 
 # ----------------------------------------------------------------------------- V-AID component
@@ -244,6 +248,8 @@ def save_bundle(bundle: Bundle, out: str | os.PathLike) -> Path:
         save_codebook(bundle.codebook, tmp / "codebook")
         if bundle.speech_head is not None:
             save_speech_head(bundle.speech_head, tmp / "speech_head")
+        if bundle.fast_decoder is not None:
+            save_fast_decoder(bundle.fast_decoder, tmp / "fast_decoder")
         (tmp / "config.json").write_text(json.dumps(s.to_json(), indent=2, sort_keys=True) + "\n")
         manifest.write_manifest(tmp, _components(bundle))
     return out
@@ -260,6 +266,8 @@ def _components(b: Bundle) -> dict[str, dict]:
              "codebook": ("codebook", None, {"means": list(np.shape(b.codebook.means))})}
     if b.speech_head is not None:
         parts["speech_head"] = ("speech_head", None, model_shapes(b.speech_head))
+    if b.fast_decoder is not None:
+        parts["fast_decoder"] = ("fast_decoder", None, model_shapes(b.fast_decoder))
     return {k: component_entry(*v) for k, v in parts.items()}
 
 
@@ -267,29 +275,53 @@ def add_speech_head(path: str | os.PathLike, head, *, replace: bool = False) -> 
     """Put a speech-emotion head into the bundle at `path` as speech_head/ and rewrite its
     manifest (the other parts untouched). The bundle is checked first; a head on encoder
     features must match the width of the bundle's audio encoder, which it will read."""
-    import shutil
-    import secrets
-
     folder = Path(path)
     read_settings(folder)
     meta = verify_bundle(folder, hashes=True)
-    dest = folder / "speech_head"
-    if dest.exists() and not replace:
-        raise BundleError(f"{folder} already has a speech_head/; pass --replace to replace it")
     width = _read_json(folder / "audio" / "config.json", "audio encoder")["config"]["hidden_size"]
     if head.cfg.feature == "wavlm" and head.cfg.encoder_width not in (None, width):
         raise BundleError(f"the speech-emotion head reads a {head.cfg.encoder_width}-wide encoder; the audio encoder "
                           f"of {folder} is {width} wide")
-    tmp = folder / f".speech_head.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    return _add_part(folder, meta, "speech_head", head, save_speech_head, replace)
+
+
+def add_fast_decoder(path: str | os.PathLike, decoder, *, replace: bool = False) -> Path:
+    """Put a fast decoder (`train.fast_decoder`) into the bundle at `path` as fast_decoder/ and
+    rewrite its manifest (the other parts untouched). Its latent channels and upsampling must be
+    the bundle's VAE's (it should be distilled from that VAE's decoder: nothing here can tell)."""
+    folder = Path(path)
+    read_settings(folder)
+    meta = verify_bundle(folder, hashes=True)
+    vae = _read_json(folder / "vae" / "config.json", "VAE")["config"]
+    _check_fast_decoder(decoder, int(vae["latent_channels"]), 2 ** (len(vae["block_out_channels"]) - 1), folder)
+    return _add_part(folder, meta, "fast_decoder", decoder, save_fast_decoder, replace)
+
+
+def _check_fast_decoder(decoder, latent_channels: int, factor: int, where) -> None:
+    cfg = decoder.cfg
+    if (cfg.latent_channels, cfg.factor) != (latent_channels, factor):
+        raise BundleError(f"{where}: the fast decoder reads {cfg.latent_channels} latent channels and upsamples "
+                          f"{cfg.factor}x, the VAE has {latent_channels} and {factor}x; distil one from this VAE")
+
+
+def _add_part(folder: Path, meta: dict | None, name: str, model, save, replace: bool) -> Path:
+    """Write `model` with `save` into `folder/name` (replacing one only with `replace`), then the manifest."""
+    import shutil
+    import secrets
+
+    dest = folder / name
+    if dest.exists() and not replace:
+        raise BundleError(f"{folder} already has a {name}/; pass --replace to replace it")
+    tmp = folder / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        save_speech_head(head, tmp)
+        save(model, tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.rename(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     components = dict((meta or {}).get("components") or {})
-    components["speech_head"] = manifest.component_entry("speech_head", None, manifest.model_shapes(head))
+    components[name] = manifest.component_entry(name, None, manifest.model_shapes(model))
     manifest.write_manifest(folder, components)
     verify_bundle(folder, hashes=True)
     return folder
@@ -352,6 +384,8 @@ def _check_parts(b: Bundle) -> None:
     factor = vae_factor(b.vae)
     if s.resolution % (factor * 2 ** (len(b.ethd.config["block_out_channels"]) - 1)):
         raise BundleError(f"{where}: resolution {s.resolution} does not divide into the VAE and UNet levels")
+    if b.fast_decoder is not None:
+        _check_fast_decoder(b.fast_decoder, int(b.vae.config["latent_channels"]), factor, where)
 
 
 def vae_factor(vae: nnx.Module) -> int:
@@ -379,12 +413,13 @@ def load_bundle(path: str | os.PathLike, *, variant: str | None = None, resoluti
             head = None
             if (folder / "speech_head").is_dir():
                 head = load_speech_head(folder / "speech_head")
-    except (ConversionError, BundleError) as e:
+            fast = load_fast_decoder(folder / "fast_decoder") if (folder / "fast_decoder").is_dir() else None
+    except (ConversionError, BundleError, FastDecoderError) as e:
         raise BundleError(str(e).splitlines()[0]) from None
     except (ValueError, KeyError, FileNotFoundError) as e:  # orbax shape / tree mismatches
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"checkpoint {folder} does not load ({first[:200]})") from None
-    b = Bundle(settings, models["ethd"], models["vae"], models["audio"], vaid, face, book, head, folder)
+    b = Bundle(settings, models["ethd"], models["vae"], models["audio"], vaid, face, book, head, folder, fast)
     _check_parts(b)
     return b
 
@@ -583,6 +618,7 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
 
 __all__ = [
     "Bundle", "BundleError", "BundleSettings", "load_bundle", "save_bundle", "verify_bundle", "read_settings",
+    "add_speech_head", "add_fast_decoder",
     "check_request", "ethd_has_pose",
     "random_bundle", "make_random_bundle", "save_vaid", "load_vaid", "vae_factor", "bundle_from_training",
     "synthetic_codebook", "training_config", "parse_settings",

@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.emotion.speech_train import add_speech_commands
 
     add_speech_commands(sub)
+    from emotivetalk_jax.train.fast_decoder import add_fast_decoder_commands
+
+    add_fast_decoder_commands(sub)
     return p
 
 
@@ -157,6 +160,10 @@ def _run(args: argparse.Namespace) -> object:
         from emotivetalk_jax.emotion.speech_train import run_speech_command
 
         return run_speech_command(args)
+    if args.command == "fast-decoder":
+        from emotivetalk_jax.train.fast_decoder import run_fast_decoder_command
+
+        return run_fast_decoder_command(args)
     if args.command == "generate":
         from emotivetalk_jax.pipeline import generate_main
 
@@ -221,7 +228,7 @@ def _outputs(args: argparse.Namespace):
     cmd = args.command
     paths = {"convert": "out", "random-svd": "out", "random-bundle": "out", "export-bundle": "out",
              "codebook": "out", "prepare": "out_dir", "synth": "out_dir", "train": "workdir",
-             "speech-head": "out"}
+             "speech-head": "out", "fast-decoder": "out"}
     if cmd == "generate":
         return Outputs([Path(args.out).parent])
     attr = paths.get(cmd)

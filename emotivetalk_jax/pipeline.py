@@ -17,7 +17,9 @@ Stages (each a method, each timed in `result.timings`, each with a progress bar)
    codebook's neutral entry (or e_ref if the codebook has none) through Di-CTE;
 5. `denoise`: the ETHD backbone sampled over the whole length with overlapping windows
    fused every step (`diffusion.sampler`), one sampler step per call so the bar can move;
-6. `decode`: the temporal VAE in chunks of frames (all chunks one size: one compile);
+6. `decode`: the temporal VAE in chunks of frames (all chunks one size: one compile); with
+   `fast_decode`, the bundle's small frame-wise decoder distilled from it instead (`fast_decoder/`,
+   `models/fast_decoder.py`: about a seventh of the cost, issue 29);
 7. optional paste-back into the original photo, the provenance watermark in the pixels, then
    an H.264 + AAC mp4 with the input audio muxed in (written to a temporary file and renamed:
    no partial output), labelled AI-generated and signed with C2PA content credentials
@@ -103,6 +105,19 @@ def _decode(vae, z, num_frames):
     return jax.vmap(lambda c: vae.decode(c, num_frames))(z)
 
 
+@nnx.jit
+def _fast_decode(decoder, z):
+    """z (K, h, w, 4) unscaled -> (K, R, R, 3) uint8, each frame alone."""
+    return jnp.clip(jnp.round((decoder(z).astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def no_fast_decoder(path) -> str:
+    """The one-line refusal of `fast_decode` for a bundle without fast_decoder/."""
+    return (f"checkpoint {path} has no fast decoder (fast_decoder/), which --fast-decode uses; train one "
+            f"(emotivetalk fast-decoder train OUT --checkpoint {path}, then emotivetalk fast-decoder add OUT "
+            f"{path}) or drop --fast-decode")
+
+
 class _Backbone(nnx.Module):
     """The sampler's keyword signature over ETHD's positional one (module level: one class, so
     every pipeline's backbone has the same graph and reuses the compiled sampler)."""
@@ -117,23 +132,27 @@ class _Backbone(nnx.Module):
 # ----------------------------------------------------------------------------- the pipeline
 
 
-_PRECISION_PARTS = ("ethd", "vae", "audio", "vaid", "face_encoders")
+_PRECISION_PARTS = ("ethd", "vae", "audio", "vaid", "face_encoders", "fast_decoder")
 
 
 class EmotiveTalkPipeline:
     """Everything to generate from one bundle; stage methods are public for tests and benchmarks."""
 
     def __init__(self, bundle: Bundle, *, progress: bool = True, text_options: dict | None = None,
-                 precision: str = "auto", attention: str | None = None):
+                 precision: str = "auto", attention: str | None = None, fast_decode: bool = False):
         """`precision`: auto (bf16 on an accelerator, float32 on CPU) | float32 | bfloat16, applied to
         the bundle's models in place (`accelerators.apply_precision`). `attention`: auto | xla | cudnn |
-        pallas for every attention layer (`models/attention.py`); None keeps the process default."""
+        pallas for every attention layer (`models/attention.py`); None keeps the process default.
+        `fast_decode`: decode with the bundle's fast decoder (GenerationError if it has none; the
+        attribute can be switched later)."""
         from emotivetalk_jax.accelerators import apply_precision, resolve_precision
         from emotivetalk_jax.models.attention import set_attention
 
         self.dtype = resolve_precision(precision)
         for name in _PRECISION_PARTS:
             part = getattr(bundle, name)
+            if part is None:
+                continue
             if self.dtype != jnp.float32:
                 apply_precision(part, self.dtype)
             if attention is not None:
@@ -145,6 +164,7 @@ class EmotiveTalkPipeline:
         self.timings: dict[str, float] = {}
         self._backbone = _Backbone(bundle.ethd)
         self._speech = None
+        self.fast_decode = fast_decode
         # provenance: the checkpoint named in every video's label and credential, and who signs
         # (None: `provenance.identity()`, the environment's certificate or the tool's own key)
         self.checkpoint_sha256 = label.checkpoint_hash(bundle.path)
@@ -153,13 +173,13 @@ class EmotiveTalkPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, variant: str | None = None, resolution: int | None = None,
                         progress: bool = True, text_options: dict | None = None,
-                        verify: bool = False, precision: str = "auto",
-                        attention: str | None = None) -> "EmotiveTalkPipeline":
+                        verify: bool = False, precision: str = "auto", attention: str | None = None,
+                        fast_decode: bool = False) -> "EmotiveTalkPipeline":
         """Load a bundle folder; `variant` / `resolution` if given must match it (else a BundleError).
         `verify`: check every file's sha256 against the bundle's manifest (sizes are always checked).
-        `precision`, `attention`: as in `__init__`."""
+        `precision`, `attention`, `fast_decode`: as in `__init__`."""
         return cls(load_bundle(path, variant=variant, resolution=resolution, verify=verify), progress=progress,
-                   text_options=text_options, precision=precision, attention=attention)
+                   text_options=text_options, precision=precision, attention=attention, fast_decode=fast_decode)
 
     # -- helpers
 
@@ -176,6 +196,17 @@ class EmotiveTalkPipeline:
                 bar.update(1)
             bar.close()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    @property
+    def fast_decode(self) -> bool:
+        """Whether `decode` uses the bundle's fast decoder instead of its VAE's decoder."""
+        return self._fast_decode
+
+    @fast_decode.setter
+    def fast_decode(self, on: bool) -> None:
+        if on and self.bundle.fast_decoder is None:
+            raise GenerationError(no_fast_decoder(self.bundle.path or "in use"))
+        self._fast_decode = bool(on)
 
     @property
     def resolution(self) -> int:
@@ -356,6 +387,8 @@ class EmotiveTalkPipeline:
         vae = self.bundle.vae
         z = latents[0] / self.latent_scale
         n = z.shape[0]
+        if self.fast_decode:
+            return self._decode_fast(z)
         c = max(1, min(self.settings.decode_chunk, n))
         starts = list(range(0, n - c + 1, c))
         if starts[-1] + c < n:
@@ -373,6 +406,23 @@ class EmotiveTalkPipeline:
                     out[done:s0 + c] = chunk[done - s0:]
                     bar.update(s0 + c - done)
                     done = s0 + c
+                interrupts.check()
+        return out
+
+    def _decode_fast(self, z: jax.Array) -> np.ndarray:
+        """Unscaled latents (N, h, w, 4) -> frames (N, R, R, 3) uint8 by the fast decoder, frame by
+        frame, in calls of decode_chunk x decode_batch frames (the last padded: one compile)."""
+        n = z.shape[0]
+        k = max(1, self.settings.decode_chunk * self.settings.decode_batch)
+        out = np.empty((n, self.resolution, self.resolution, 3), np.uint8)
+        with self._stage("decode", total=n, unit="frame") as bar:
+            for s0 in range(0, n, k):
+                group = z[s0:s0 + k]
+                m = group.shape[0]
+                if m < k:
+                    group = jnp.concatenate([group, jnp.broadcast_to(group[-1:], (k - m, *group.shape[1:]))])
+                out[s0:s0 + m] = np.asarray(_fast_decode(self.bundle.fast_decoder, group))[:m]
+                bar.update(m)
                 interrupts.check()
         return out
 
@@ -547,6 +597,9 @@ def add_generate_arguments(p) -> None:
     p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 before loading")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="weights and compute: auto = bfloat16 on GPU/TPU, float32 on CPU")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode with the checkpoint's small frame-wise decoder (fast_decoder/): several times "
+                        "cheaper than its VAE decoder, a little less faithful")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn", "pallas"), default="auto",
                    help="attention kernels: auto = cuDNN flash on NVIDIA, Pallas flash on TPU, XLA otherwise; "
                         "a call a kernel does not take falls back to XLA (logged once)")
@@ -620,6 +673,9 @@ def generate_main(args) -> dict:
     validate.check_folder(ckpt, "checkpoint", error=BundleError)
     settings = read_settings(ckpt)
     check_request(settings, ckpt, args.variant)
+    fast = bool(getattr(args, "fast_decode", False))
+    if fast and not (Path(ckpt) / "fast_decoder").is_dir():
+        raise GenerationError(no_fast_decoder(ckpt))
     motion = check_motion_level(getattr(args, "motion", None), settings.motion_conditioning)
     validate.check_image_file(args.portrait, "portrait", error=PortraitError)
     wave = audio_lib.check_audio_file(args.audio, "audio", sr=SR, fps=settings.fps)
@@ -650,7 +706,7 @@ def generate_main(args) -> dict:
         speech_head = load_speech_head(args.speech_head)
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, variant=args.variant, progress=not args.quiet, text_options=text,
                                                verify=args.verify, precision=getattr(args, "precision", "auto"),
-                                               attention=getattr(args, "attention", None))
+                                               attention=getattr(args, "attention", None), fast_decode=fast)
     if codebook is not None:
         pipe.bundle.codebook = codebook
     if speech_head is not None:

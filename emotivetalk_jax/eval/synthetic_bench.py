@@ -29,7 +29,9 @@ bundle was trained on (`synthetic_head_motion` in its settings) unless `--head-m
 `--emotion-source text|image|video|audio` says where the asked emotion comes from (text, the
 default: the keyword; image and video: another held-out identity showing it; audio: a held-out
 utterance of it by another voice, read by the bundle's speech-emotion head; `bench_sources`);
-each clip's `emotion_source` records how the emotion was chosen.
+each clip's `emotion_source` records how the emotion was chosen. `--fast-decode` decodes with the
+bundle's fast decoder (`fast_decoder/`, issue 29), the generated frames and the ceiling's
+reconstruction alike (the ceiling is then the fast decoder's).
 
 Head motion (beyond the paper; issue 30): the domain is `MOVING_HEADS` where the bundle was
 trained on it (`synthetic_moving_heads`) or `--moving-heads` says. Every generated frame's pose
@@ -46,6 +48,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from flax import nnx
@@ -92,15 +95,15 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
                     progress: bool = True, pipeline=None, head_motion: float | None = None,
                     first_clip: int = 0, stream: bool = False, emotion_source: str = "text",
                     mark: bool = True, motion: float | None = None, pose_from_video: bool = False,
-                    moving_heads: bool | None = None) -> dict:
+                    moving_heads: bool | None = None, fast_decode: bool = False) -> dict:
     """Generate `clips` held-out clips (test clips first_clip .. first_clip + clips - 1) and score
     them (see the module docstring). `stream`: generate through `EmotiveTalkPipeline.stream` (the
     clip's speech in 0.2 s chunks) instead of the offline pipeline. `emotion_source`: where the
     asked emotion comes from (`eval.bench_sources`). `mark`: the frames scored carry the provenance
     watermark, as every generated video does (False: `--no-mark`, to measure what it costs).
-    `motion`, `pose_from_video`, `moving_heads`: head motion (see the module docstring)."""
+    `motion`, `pose_from_video`, `moving_heads`: head motion (see the module docstring). `fast_decode`:
+    decode with the bundle's fast decoder."""
     import tempfile
-    from pathlib import Path
 
     from emotivetalk_jax.eval.bench_sources import DESCRIPTION, SOURCES, source_emotion
     from emotivetalk_jax.data import face as facelib
@@ -122,6 +125,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
     if emotion_source not in SOURCES:
         raise GenerationError(f"unknown --emotion-source {emotion_source!r}; choose one of {', '.join(SOURCES)}")
     pipe = pipeline or EmotiveTalkPipeline.from_pretrained(checkpoint, progress=progress)
+    pipe.fast_decode = fast_decode  # GenerationError where the bundle has no fast_decoder/
     if emotion_source == "audio" and pipe.bundle.speech_head is None:
         raise GenerationError(f"checkpoint {checkpoint} has no speech-emotion head (speech_head/), which "
                               "--emotion-source audio reads; add one (emotivetalk speech-head train HEAD, then "
@@ -225,7 +229,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
                      "frames": frames, "steps": steps or pipe.settings.steps, "emotion_source": emotion_source,
                      "emotion": DESCRIPTION[emotion_source],
                      "head_motion": head, "moving_heads": moving, "motion": motion,
-                     "pose_from_video": pose_from_video},
+                     "pose_from_video": pose_from_video, "decoder": "fast" if fast_decode else "full"},
         "clips": per_clip,
         "seconds": round(time.perf_counter() - t0, 2),
         "seconds_per_video_second": round(gen_s / max(video_s, 1e-9), 3),
@@ -271,6 +275,8 @@ def add_bench_arguments(p) -> None:
                         "checkpoint's speech-emotion head)")
     p.add_argument("--no-mark", action="store_true",
                    help="score frames without the provenance watermark (to measure what it costs)")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode with the checkpoint's fast decoder (fast_decoder/) instead of its VAE's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -284,6 +290,10 @@ def bench_main(args) -> dict:
     from emotivetalk_jax.data.pose import check_motion_level
 
     check_motion_level(getattr(args, "motion", None), read_settings(ckpt).motion_conditioning)  # before any model
+    if getattr(args, "fast_decode", False) and not (Path(ckpt) / "fast_decoder").is_dir():
+        from emotivetalk_jax.pipeline import no_fast_decoder
+
+        raise GenerationError(no_fast_decoder(ckpt))
     if getattr(args, "pose_from_video", False) and not ethd_has_pose(ckpt):
         raise GenerationError(f"checkpoint {ckpt} has no pose condition (stage 2 trained without pose_condition): "
                               "--pose-from-video needs one")
@@ -293,4 +303,5 @@ def bench_main(args) -> dict:
                            stream=getattr(args, "stream", False), emotion_source=args.emotion_source,
                            mark=not getattr(args, "no_mark", False),
                            motion=getattr(args, "motion", None), pose_from_video=getattr(args, "pose_from_video", False),
-                           moving_heads=getattr(args, "moving_heads", None))
+                           moving_heads=getattr(args, "moving_heads", None),
+                           fast_decode=getattr(args, "fast_decode", False))

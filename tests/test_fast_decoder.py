@@ -1,0 +1,124 @@
+"""The fast decoder (issue 29): shapes and cost, a training step that learns, the safetensors round
+trip, `fast-decoder train | add` into a tiny random bundle, `fast_decode` in the pipeline and the
+one-line refusal for a bundle without one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from emotivetalk_jax import cli
+from emotivetalk_jax.models.fast_decoder import FastDecoder, FastDecoderConfig, conv_flops
+from emotivetalk_jax.train import fast_decoder as fd
+
+ASSETS = Path(__file__).resolve().parents[1] / "emotivetalk_jax" / "assets"
+PORTRAIT, SPEECH = ASSETS / "portrait.png", ASSETS / "speech.wav"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from emotivetalk_jax.bundle import make_random_bundle
+
+    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "tiny", 0, resolution=32, window=16,
+                              overlap=4, steps=2, dicte_steps=2, decode_chunk=4, decode_batch=2)
+
+
+def _widths(bundle: Path) -> str:
+    """Fast decoder widths with as many levels as the bundle's VAE."""
+    levels = len(json.loads((bundle / "vae" / "config.json").read_text())["config"]["block_out_channels"])
+    return ",".join(str(8 * 2 ** (levels - 1 - i)) for i in range(levels))
+
+
+def test_shapes_and_cost():
+    m = FastDecoder(FastDecoderConfig(widths=(16, 8, 4)), rngs=nnx.Rngs(0))
+    assert m(jnp.zeros((2, 8, 8, 4))).shape == (2, 32, 32, 3)
+    assert m.cfg.factor == 4
+    # the demo's: 16 x 16 x 4 latents -> 64 px frames, about a seventh of its VAE decoder's 1.35 GFLOP
+    assert 0.15e9 < conv_flops(FastDecoderConfig(), 16) < 0.2e9
+    with pytest.raises(ValueError, match="bad fast decoder config"):
+        FastDecoderConfig(widths=())
+
+
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch():
+    cfg = FastDecoderConfig(widths=(16, 8))
+    teacher = FastDecoder(cfg, rngs=nnx.Rngs(1))
+    z = jax.random.normal(jax.random.key(0), (8, 8, 8, 4))
+    frames = np.clip(np.round((np.asarray(teacher(z)) * 4 + 1) * 127.5), 0, 255).astype(np.uint8)
+    model = FastDecoder(cfg, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+    step = fd.make_train_step()
+    losses = [float(step(model, opt, z, jnp.asarray(frames))) for _ in range(20)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_safetensors_round_trip(tmp_path):
+    m = FastDecoder(FastDecoderConfig(widths=(8, 4)), rngs=nnx.Rngs(3))
+    folder = fd.save_fast_decoder(m, tmp_path / "dec")
+    assert sorted(p.name for p in folder.iterdir()) == ["fast_decoder.json", "fast_decoder.safetensors"]
+    back = fd.load_fast_decoder(folder)
+    assert back.cfg == m.cfg
+    z = jax.random.normal(jax.random.key(1), (3, 4, 4, 4))
+    np.testing.assert_array_equal(np.asarray(back(z)), np.asarray(m(z)))
+    with pytest.raises(fd.FastDecoderError, match="no fast decoder at"):
+        fd.load_fast_decoder(tmp_path)
+
+
+def test_missing_decoder_is_one_line(bundle, tmp_path, capsys):
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline, GenerationError
+
+    pipe = EmotiveTalkPipeline.from_pretrained(bundle, progress=False)
+    assert pipe.bundle.fast_decoder is None and not pipe.fast_decode  # bundles without one load as before
+    with pytest.raises(GenerationError, match="has no fast decoder") as e:
+        pipe.fast_decode = True
+    assert "\n" not in str(e.value)
+    rc = cli.main(["generate", "--portrait", str(PORTRAIT), "--audio", str(SPEECH), "--checkpoint", str(bundle),
+                   "--fast-decode", "--out", str(tmp_path / "x.mp4"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "has no fast decoder (fast_decoder/)" in err[0], err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_train_add_and_generate_with_fast_decode(bundle, tmp_path, capsys):
+    """`fast-decoder train` (two clips, two steps) writes the decoder and its report, `add` puts it
+    into a copy of the bundle (manifest rewritten), the pipeline decodes with it when asked."""
+    from emotivetalk_jax.bundle import load_bundle, verify_bundle
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+
+    dec = tmp_path / "dec"
+    rc = cli.main(["fast-decoder", "train", str(dec), "--checkpoint", str(bundle), "--clips", "2", "--frames", "4",
+                   "--sampled", "1", "--val-clips", "1", "--steps", "2", "--eval-every", "1", "--batch", "4",
+                   "--widths", _widths(bundle), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    report = json.loads((dec / "report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [1, 2] and out["step"] == 2
+    assert report["train_pairs"]["clean"] == report["train_pairs"]["noisy"] == 8
+    assert report["train_pairs"]["sampled"] > 0 and report["val_pairs"]["sampled"] > 0
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(bundle, ckpt)
+    assert cli.main(["fast-decoder", "add", str(dec), str(ckpt)]) == 0
+    capsys.readouterr()
+    assert verify_bundle(ckpt, hashes=True)["components"]["fast_decoder"]["component"] == "fast_decoder"
+    assert load_bundle(ckpt).fast_decoder.cfg.widths == tuple(int(w) for w in _widths(bundle).split(","))
+    assert cli.main(["fast-decoder", "add", str(dec), str(ckpt)]) == 2  # already there: --replace
+    assert "already has a fast_decoder/" in capsys.readouterr().err
+
+    pipe = EmotiveTalkPipeline.from_pretrained(ckpt, progress=False, fast_decode=True)
+    z = jax.random.normal(jax.random.key(0), (1, 11, pipe.latent_size, pipe.latent_size, 4))  # a padded last call
+    fast = pipe.decode(z)
+    pipe.fast_decode = False
+    full = pipe.decode(z)
+    assert fast.shape == full.shape == (11, 32, 32, 3) and fast.dtype == np.uint8
+    assert not np.array_equal(fast, full)
+    pipe.fast_decode = True
+    r = pipe(str(PORTRAIT), str(SPEECH), seed=0, steps=1, mark=False)
+    assert r.frames.shape[1:] == (32, 32, 3) and "decode" in r.timings
