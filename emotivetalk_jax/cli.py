@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     from emotivetalk_jax.emotion.speech_train import add_speech_commands
 
     add_speech_commands(sub)
-    from emotivetalk_jax.train.fast_decoder import add_fast_decoder_commands
+    from emotivetalk_jax.train.fast_decoder_command import add_fast_decoder_commands
 
     add_fast_decoder_commands(sub)
     return p
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> object:
 
         return run_speech_command(args)
     if args.command == "fast-decoder":
-        from emotivetalk_jax.train.fast_decoder import run_fast_decoder_command
+        from emotivetalk_jax.train.fast_decoder_command import run_fast_decoder_command
 
         return run_fast_decoder_command(args)
     if args.command == "generate":

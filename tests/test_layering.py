@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("train", "emotion", "provenance"),  # provenance: the marks every generated video carries
     ("bundle", "pipeline", "streaming"),
-    ("eval", "emotion.speech_train"),  # benchmarks, probes and commands that run the pipeline or edit bundles
+    ("eval", "emotion.speech_train", "train.fast_decoder_command"),  # benchmarks, probes and commands that run the pipeline or edit bundles
     ("info", "smoke", "cli", "web"),
 ]
 
