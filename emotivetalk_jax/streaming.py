@@ -139,11 +139,11 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
         frames_out: list[np.ndarray] = []
         emitted = 0
         ws = 0
-        warned: list[bool] = []
+        warned = False  # that the driving pose ran out
         n_windows = 0
 
         def make_window(ws: int, we: int, avail: int, ended: bool) -> np.ndarray:
-            nonlocal aw, e_all, lat, emitted
+            nonlocal aw, e_all, lat, emitted, warned
             # 1. audio windows for frames [len(aw), we)
             if len(aw) < we:
                 a = max(0, len(aw) - ctx)
@@ -174,7 +174,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
             e_dri = e_all[:, ws:we]
             # 3. the window, its emitted frames held
             if pose is not None and we > len(pose) and not warned:
-                warned.append(True)
+                warned = True
                 validate.warn(f"the driving pose has {len(pose)} frames and the stream has passed them; it plays "
                               "forward and back until the speech ends")
             branches = pipe.conditions(l_a, e_dri, e_ref, ref_latent, p, motion=motion,

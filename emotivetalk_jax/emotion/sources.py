@@ -132,6 +132,14 @@ def resample_frames(e: np.ndarray, num_frames: int) -> np.ndarray:
     return (1 - w) * e[lo] + w * e[hi]
 
 
+def nearest_row(codebook, e: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The keyword whose codebook mean (of the rows with images) is nearest `e` (E,), and every
+    such row's distance."""
+    d = np.linalg.norm(np.asarray(codebook.means, np.float32) - np.asarray(e, np.float32)[None], axis=-1)
+    d = np.where(np.asarray(codebook.counts) > 0, d, np.inf)
+    return KEYWORDS[int(d.argmin())], {k: round(float(v), 4) for k, v in zip(KEYWORDS, d) if np.isfinite(v)}
+
+
 def anchor_to_codebook(e: np.ndarray, codebook) -> tuple[np.ndarray, dict]:
     """A driving video's e_v (Fv, E) with its mean moved onto the codebook, and how (the keyword,
     the intensity, the offset removed, the mean's distance to every row).
@@ -150,8 +158,8 @@ def anchor_to_codebook(e: np.ndarray, codebook) -> tuple[np.ndarray, dict]:
     if not have.any():
         raise EmotionError("the codebook has no images; rebuild it before driving with a video")
     m = e.mean(0)
-    dist = np.where(have, np.linalg.norm(means - m, axis=-1), np.inf)
-    k = int(dist.argmin())
+    keyword, distances = nearest_row(codebook, m)
+    k = KEYWORDS.index(keyword)
     row, neutral = means[k], KEYWORDS.index("neutral")
     if k == neutral or not have[neutral]:
         t, anchor = 1.0, row
@@ -159,8 +167,8 @@ def anchor_to_codebook(e: np.ndarray, codebook) -> tuple[np.ndarray, dict]:
         axis = row - means[neutral]
         t = float(np.clip((m - means[neutral]) @ axis / (axis @ axis), 0.0, 1.0))
         anchor = means[neutral] + t * axis
-    detail = {"keyword": KEYWORDS[k], "intensity": round(t, 4), "offset": round(float(np.linalg.norm(m - anchor)), 4),
-              "distances": {w: round(float(d), 4) for w, d in zip(KEYWORDS, dist) if np.isfinite(d)}}
+    detail = {"keyword": keyword, "intensity": round(t, 4), "offset": round(float(np.linalg.norm(m - anchor)), 4),
+              "distances": distances}
     return e - m + anchor, detail
 
 

@@ -273,16 +273,14 @@ def load_speech_head(path: str | os.PathLike) -> SpeechEmotionHead:
     if meta.get("keywords") != list(KEYWORDS):
         raise EmotionError(f"{folder / 'speech_head.json'} lists keywords {meta.get('keywords')}; expected {list(KEYWORDS)}")
     cfg = SpeechHeadConfig(**meta["config"])
-    head = nnx.eval_shape(lambda: SpeechEmotionHead(cfg, rngs=nnx.Rngs(0)))
-    tensors = load_file(str(folder / "speech_head.safetensors"))
-    graphdef, state = nnx.split(head)
-    flat = []
-    for path, var in nnx.to_flat_state(state):
-        key = ".".join(str(q) for q in path)
-        if key not in tensors or tuple(tensors[key].shape) != tuple(var.shape):
-            raise EmotionError(f"{folder / 'speech_head.safetensors'} lacks {key} {tuple(var.shape)}; re-save the head")
-        flat.append((path, var.replace(jnp.asarray(tensors[key]))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    from emotivetalk_jax.convert.engine import ConversionError, fill_from_arrays
+
+    weights = folder / "speech_head.safetensors"
+    try:
+        return fill_from_arrays(nnx.eval_shape(lambda: SpeechEmotionHead(cfg, rngs=nnx.Rngs(0))),
+                                load_file(str(weights)), str(weights))
+    except ConversionError as e:
+        raise EmotionError(f"{e}; re-save the head") from None
 
 
 def load_speech_recognizer(head_path: str | os.PathLike, encoder=None) -> SpeechEmotionRecognizer:

@@ -54,20 +54,11 @@ def other_clip(domain: SyntheticDomain, clip: Clip, index: int, *, emotion: str 
     raise RuntimeError(f"no held-out clip of {emotion or 'any emotion'} by another identity in {_SEARCH} tries")
 
 
-def nearest_row(codebook, e: np.ndarray) -> tuple[str, dict[str, float]]:
-    """The codebook keyword whose mean is nearest `e` (E,), and every row's distance."""
-    from emotivetalk_jax.emotion.keywords import KEYWORDS
-
-    d = np.linalg.norm(np.asarray(codebook.means) - np.asarray(e)[None], axis=-1)
-    d = np.where(np.asarray(codebook.counts) > 0, d, np.inf)
-    return KEYWORDS[int(d.argmin())], {k: round(float(v), 4) for k, v in zip(KEYWORDS, d) if np.isfinite(v)}
-
-
 def source_emotion(pipe, domain: SyntheticDomain, clip: Clip, index: int, kind: str, num_frames: int,
                    folder: Path):
     """(what to pass as `emotion=`, how it was chosen) for bench clip `index` from source `kind`;
     the source files are written under `folder`."""
-    from emotivetalk_jax.emotion.sources import EmotionSource, image_condition, video_condition
+    from emotivetalk_jax.emotion.sources import EmotionSource, image_condition, nearest_row, video_condition
 
     r = pipe.resolution
     if kind == "text":

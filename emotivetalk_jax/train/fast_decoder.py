@@ -218,16 +218,14 @@ def load_fast_decoder(path: str | os.PathLike) -> FastDecoder:
         cfg = FastDecoderConfig(**json.loads((folder / "fast_decoder.json").read_text())["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise FastDecoderError(f"{folder / 'fast_decoder.json'} is not a fast decoder config ({e})") from None
-    model = nnx.eval_shape(lambda: FastDecoder(cfg, rngs=nnx.Rngs(0)))
-    tensors = load_file(str(folder / "fast_decoder.safetensors"))
-    graphdef, state = nnx.split(model)
-    flat = []
-    for p, var in nnx.to_flat_state(state):
-        key = ".".join(str(q) for q in p)
-        if key not in tensors or tuple(tensors[key].shape) != tuple(var.shape):
-            raise FastDecoderError(f"{folder / 'fast_decoder.safetensors'} lacks {key} {tuple(var.shape)}; re-save it")
-        flat.append((p, var.replace(jnp.asarray(tensors[key]))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    from emotivetalk_jax.convert.engine import ConversionError, fill_from_arrays
+
+    weights = folder / "fast_decoder.safetensors"
+    try:
+        return fill_from_arrays(nnx.eval_shape(lambda: FastDecoder(cfg, rngs=nnx.Rngs(0))), load_file(str(weights)),
+                                str(weights))
+    except ConversionError as e:
+        raise FastDecoderError(f"{e}; re-save it") from None
 
 
 __all__ = ["DecoderPairs", "FastDecoderError", "decoder_pairs", "train_fast_decoder", "save_fast_decoder",
