@@ -106,9 +106,11 @@ def _decode(vae, z, num_frames):
 
 
 @nnx.jit
-def _fast_decode(decoder, z):
-    """z (K, h, w, 4) unscaled -> (K, R, R, 3) uint8, each frame alone."""
-    return jnp.clip(jnp.round((decoder(z).astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+def _fast_decode(decoder, z, x_ref, z_ref):
+    """z (K, h, w, 4) unscaled -> (K, R, R, 3) uint8, each frame alone (x_ref, z_ref: the portrait,
+    read by a decoder with `reference` on; None for one without)."""
+    x = decoder(z, x_ref, z_ref) if decoder.cfg.reference else decoder(z)
+    return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def no_fast_decoder(path) -> str:
@@ -382,13 +384,23 @@ class EmotiveTalkPipeline:
         interrupts.check()
         return x
 
-    def decode(self, latents: jax.Array) -> np.ndarray:
-        """Latents (1, N, h, w, 4) (scaled) -> frames (N, R, R, 3) uint8, in equal chunks of frames."""
+    def decode_reference(self, x_ref: jax.Array):
+        """What `decode` needs of the portrait x_ref (1, R, R, 3) in [-1, 1]: (x_ref, its unscaled VAE
+        encoder mean) when the fast decoder in use reads the portrait, else None. Once per video."""
+        if not (self.fast_decode and self.bundle.fast_decoder.cfg.reference):
+            return None
+        from emotivetalk_jax.train.fast_decoder import encode_mean
+
+        return x_ref, encode_mean(self.bundle.vae, x_ref)
+
+    def decode(self, latents: jax.Array, reference=None) -> np.ndarray:
+        """Latents (1, N, h, w, 4) (scaled) -> frames (N, R, R, 3) uint8, in equal chunks of frames.
+        `reference`: `decode_reference(x_ref)`, which a fast decoder that reads the portrait needs."""
         vae = self.bundle.vae
         z = latents[0] / self.latent_scale
         n = z.shape[0]
         if self.fast_decode:
-            return self._decode_fast(z)
+            return self._decode_fast(z, reference)
         c = max(1, min(self.settings.decode_chunk, n))
         starts = list(range(0, n - c + 1, c))
         if starts[-1] + c < n:
@@ -409,9 +421,13 @@ class EmotiveTalkPipeline:
                 interrupts.check()
         return out
 
-    def _decode_fast(self, z: jax.Array) -> np.ndarray:
+    def _decode_fast(self, z: jax.Array, reference) -> np.ndarray:
         """Unscaled latents (N, h, w, 4) -> frames (N, R, R, 3) uint8 by the fast decoder, frame by
         frame, in calls of decode_chunk x decode_batch frames (the last padded: one compile)."""
+        if self.bundle.fast_decoder.cfg.reference and reference is None:
+            raise GenerationError("this checkpoint's fast decoder reads the portrait; pass "
+                                  "decode(latents, pipe.decode_reference(x_ref))")
+        x_ref, z_ref = reference if self.bundle.fast_decoder.cfg.reference else (None, None)
         n = z.shape[0]
         k = max(1, self.settings.decode_chunk * self.settings.decode_batch)
         out = np.empty((n, self.resolution, self.resolution, 3), np.uint8)
@@ -421,7 +437,7 @@ class EmotiveTalkPipeline:
                 m = group.shape[0]
                 if m < k:
                     group = jnp.concatenate([group, jnp.broadcast_to(group[-1:], (k - m, *group.shape[1:]))])
-                out[s0:s0 + m] = np.asarray(_fast_decode(self.bundle.fast_decoder, group))[:m]
+                out[s0:s0 + m] = np.asarray(_fast_decode(self.bundle.fast_decoder, group, x_ref, z_ref))[:m]
                 bar.update(m)
                 interrupts.check()
         return out
@@ -470,7 +486,7 @@ class EmotiveTalkPipeline:
         pose = None if pose is None else play_to(pose, a.num_frames)
         branches = self.conditions(l_a, e_dri, e_ref, ref_latent, p, motion=motion, pose=pose)
         latents = self.denoise(branches, a.num_frames, k_noise, steps=steps)
-        frames = self.decode(latents)
+        frames = self.decode(latents, self.decode_reference(x_ref))
         if paste:
             from emotivetalk_jax.data.portrait import paste_back
 

@@ -119,6 +119,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
     try:
         p = pipe.prepare_portrait(portrait, face_box=face_box, crop=crop, boxes=boxes)
         x_ref, e_ref, ref_latent = pipe.reference(p, k_ref)
+        decode_ref = pipe.decode_reference(x_ref)
         if getattr(emotion, "kind", None) == "video":
             cond = emotion
         else:
@@ -192,7 +193,7 @@ def stream(pipe, portrait, audio_chunks: Iterable, *, emotion=None, seed: int = 
             # 4. decode the new frames (VAE chunks that end at the window's end)
             c = max(1, min(s.decode_chunk, we))
             d0 = max(0, we - -(-(we - emitted) // c) * c)
-            px = pipe.decode(lat[:, d0:we])[emitted - d0:]
+            px = pipe.decode(lat[:, d0:we], decode_ref)[emitted - d0:]
             if paste:
                 from emotivetalk_jax.data.portrait import paste_back
 

@@ -64,7 +64,8 @@ def test_shipped_fast_decoder_follows_the_vae_decoder():
     clip = SyntheticDomain(0, domain_config(pipe.settings.synthetic_head_motion)).clip(40, "test")
     x = jnp.asarray(clip.frames(0, 8, size=pipe.resolution).astype(np.float32) / 127.5 - 1.0)
     z = pipe.bundle.vae.encode(x)[0][None] * pipe.latent_scale
-    fast = pipe.decode(z)
+    x_ref = jnp.asarray(clip.portrait(pipe.resolution).astype(np.float32) / 127.5 - 1.0)[None]
+    fast = pipe.decode(z, pipe.decode_reference(x_ref))  # the portrait, which it reads
     pipe.fast_decode = False
     full = pipe.decode(z)
     assert np.mean([psnr(a, b) for a, b in zip(fast, full)]) >= PSNR_MIN

@@ -1,6 +1,7 @@
 """The fast decoder (issue 29): shapes and cost, a training step that learns, the safetensors round
-trip, `fast-decoder train | add` into a tiny random bundle, `fast_decode` in the pipeline and the
-one-line refusal for a bundle without one."""
+trip, the portrait-reading kind (an untrained one returns the portrait), `fast-decoder train | add`
+into a tiny random bundle, `fast_decode` in the pipeline and the one-line refusal for a bundle
+without one."""
 
 from __future__ import annotations
 
@@ -45,28 +46,50 @@ def test_shapes_and_cost():
     assert 0.15e9 < conv_flops(FastDecoderConfig(), 16) < 0.2e9
     with pytest.raises(ValueError, match="bad fast decoder config"):
         FastDecoderConfig(widths=())
+    # reading the portrait costs per frame only the first convolution's four more input channels
+    assert conv_flops(FastDecoderConfig(reference=True), 16) - conv_flops(FastDecoderConfig(), 16) == 2 * 9 * 4 * 64 * 256
 
 
-def test_a_training_step_lowers_the_loss_on_a_fixed_batch():
-    cfg = FastDecoderConfig(widths=(16, 8))
-    teacher = FastDecoder(cfg, rngs=nnx.Rngs(1))
+def test_a_reference_decoder_starts_as_the_portrait():
+    """Its last convolution starts at zero, so before training it draws the portrait on every frame;
+    the portrait is (1, ...) and broadcasts over the frames; a missing portrait is refused."""
+    m = FastDecoder(FastDecoderConfig(widths=(16, 8, 4), reference=True), rngs=nnx.Rngs(0))
+    x_ref = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+    z = jax.random.normal(jax.random.key(1), (3, 8, 8, 4))
+    out = m(z, x_ref, jnp.zeros((1, 8, 8, 4)))
+    assert out.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(np.asarray(x_ref), out.shape))
+    with pytest.raises(ValueError, match="reads the portrait"):
+        m(z)
+    with pytest.raises(ValueError, match="does not read the portrait"):
+        FastDecoder(FastDecoderConfig(widths=(8, 4)), rngs=nnx.Rngs(0))(z, x_ref, z)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(reference):
+    teacher = FastDecoder(FastDecoderConfig(widths=(16, 8)), rngs=nnx.Rngs(1))
     z = jax.random.normal(jax.random.key(0), (8, 8, 8, 4))
     frames = np.clip(np.round((np.asarray(teacher(z)) * 4 + 1) * 127.5), 0, 255).astype(np.uint8)
-    model = FastDecoder(cfg, rngs=nnx.Rngs(0))
+    model = FastDecoder(FastDecoderConfig(widths=(16, 8), reference=reference), rngs=nnx.Rngs(0))
+    x_ref, z_ref = jnp.asarray(frames[:1], jnp.float32) / 127.5 - 1, z[:1]
     opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     step = fd.make_train_step()
-    losses = [float(step(model, opt, z, jnp.asarray(frames))) for _ in range(20)]
+    losses = [float(step(model, opt, z, x_ref, z_ref, jnp.asarray(frames))) for _ in range(80)]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_safetensors_round_trip(tmp_path):
-    m = FastDecoder(FastDecoderConfig(widths=(8, 4)), rngs=nnx.Rngs(3))
+@pytest.mark.parametrize("reference", [False, True])
+def test_safetensors_round_trip(tmp_path, reference):
+    m = FastDecoder(FastDecoderConfig(widths=(8, 4), reference=reference), rngs=nnx.Rngs(3))
+    if reference:  # not the zero init: the round trip must carry a drawing last convolution
+        m.conv_out.kernel[...] = jax.random.normal(jax.random.key(2), m.conv_out.kernel[...].shape)
     folder = fd.save_fast_decoder(m, tmp_path / "dec")
     assert sorted(p.name for p in folder.iterdir()) == ["fast_decoder.json", "fast_decoder.safetensors"]
     back = fd.load_fast_decoder(folder)
     assert back.cfg == m.cfg
     z = jax.random.normal(jax.random.key(1), (3, 4, 4, 4))
-    np.testing.assert_array_equal(np.asarray(back(z)), np.asarray(m(z)))
+    args = (z, jax.random.normal(jax.random.key(4), (1, 8, 8, 3)), z[:1]) if reference else (z,)
+    np.testing.assert_array_equal(np.asarray(back(*args)), np.asarray(m(*args)))
     with pytest.raises(fd.FastDecoderError, match="no fast decoder at"):
         fd.load_fast_decoder(tmp_path)
 
@@ -88,9 +111,10 @@ def test_missing_decoder_is_one_line(bundle, tmp_path, capsys):
 
 def test_train_add_and_generate_with_fast_decode(bundle, tmp_path, capsys):
     """`fast-decoder train` (two clips, two steps) writes the decoder and its report, `add` puts it
-    into a copy of the bundle (manifest rewritten), the pipeline decodes with it when asked."""
+    into a copy of the bundle (manifest rewritten), the pipeline decodes with it when asked, with
+    the portrait it reads (`decode_reference`; without it, one line)."""
     from emotivetalk_jax.bundle import load_bundle, verify_bundle
-    from emotivetalk_jax.pipeline import EmotiveTalkPipeline
+    from emotivetalk_jax.pipeline import EmotiveTalkPipeline, GenerationError
 
     dec = tmp_path / "dec"
     rc = cli.main(["fast-decoder", "train", str(dec), "--checkpoint", str(bundle), "--clips", "2", "--frames", "4",
@@ -108,17 +132,28 @@ def test_train_add_and_generate_with_fast_decode(bundle, tmp_path, capsys):
     assert cli.main(["fast-decoder", "add", str(dec), str(ckpt)]) == 0
     capsys.readouterr()
     assert verify_bundle(ckpt, hashes=True)["components"]["fast_decoder"]["component"] == "fast_decoder"
-    assert load_bundle(ckpt).fast_decoder.cfg.widths == tuple(int(w) for w in _widths(bundle).split(","))
+    cfg = load_bundle(ckpt).fast_decoder.cfg
+    assert cfg.widths == tuple(int(w) for w in _widths(bundle).split(",")) and cfg.reference  # the default kind
     assert cli.main(["fast-decoder", "add", str(dec), str(ckpt)]) == 2  # already there: --replace
     assert "already has a fast_decoder/" in capsys.readouterr().err
 
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, progress=False, fast_decode=True)
     z = jax.random.normal(jax.random.key(0), (1, 11, pipe.latent_size, pipe.latent_size, 4))  # a padded last call
-    fast = pipe.decode(z)
+    with pytest.raises(GenerationError, match="reads the portrait") as e:
+        pipe.decode(z)
+    assert "\n" not in str(e.value)
+    x_ref = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3), minval=-1, maxval=1)
+    ref = pipe.decode_reference(x_ref)
+    assert ref[0] is x_ref and ref[1].shape == (1, pipe.latent_size, pipe.latent_size, 4)
+    fast = pipe.decode(z, ref)
     pipe.fast_decode = False
+    assert pipe.decode_reference(x_ref) is None  # the VAE decoder reads no portrait
     full = pipe.decode(z)
     assert fast.shape == full.shape == (11, 32, 32, 3) and fast.dtype == np.uint8
     assert not np.array_equal(fast, full)
     pipe.fast_decode = True
     r = pipe(str(PORTRAIT), str(SPEECH), seed=0, steps=1, mark=False)
     assert r.frames.shape[1:] == (32, 32, 3) and "decode" in r.timings
+    wave = (0.3 * np.sin(np.arange(20 * 640) * 0.05)).astype(np.float32)  # 20 frames of speech, two chunks
+    streamed = list(pipe.stream(str(PORTRAIT), [wave[:9000], wave[9000:]], seed=0, steps=1, mark=False))
+    assert sum(len(f) for f in streamed) == 20 and streamed[0].shape[1:] == (32, 32, 3)

@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
 
 from emotivetalk_jax.data.measure import lag_correlations, psnr
 from emotivetalk_jax.data.measure import read_opening_and_emotion as _measure
@@ -73,21 +72,20 @@ def _clean(v):
     return v
 
 
-@nnx.jit
-def _vae_mean(vae, x):
-    return vae.encode(x)[0]
-
-
-def vae_reconstruction(pipe, frames: np.ndarray) -> np.ndarray:
+def vae_reconstruction(pipe, frames: np.ndarray, portrait: np.ndarray | None = None) -> np.ndarray:
     """(N, R, R, 3) uint8 -> the bundle VAE's reconstruction (posterior mean, decoded in the
-    pipeline's chunks), uint8."""
+    pipeline's chunks), uint8. `portrait` (R, R, 3) uint8: the one a fast decoder that reads the
+    portrait is given."""
     import jax.numpy as jnp
+
+    from emotivetalk_jax.train.fast_decoder import encode_mean
 
     vae = pipe.bundle.vae
     x = jnp.asarray(frames.astype(np.float32) / 127.5 - 1.0)
-    means = [np.asarray(_vae_mean(vae, x[i : i + 1])) for i in range(len(x))]  # one frame a call: one compile
+    means = [np.asarray(encode_mean(vae, x[i : i + 1])) for i in range(len(x))]  # one frame a call: one compile
     z = jnp.asarray(np.concatenate(means))[None] * float(vae.config.get("scaling_factor", 0.18215))
-    return pipe.decode(z)
+    ref = None if portrait is None else pipe.decode_reference(jnp.asarray(portrait, jnp.float32)[None] / 127.5 - 1.0)
+    return pipe.decode(z, ref)
 
 
 def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | None = None,
@@ -189,7 +187,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         gt = sf.render(clip.identity, states, r)
         per_frame = [psnr(a, b) for a, b in zip(video, gt)]
         id_psnr.append(float(np.mean(per_frame)))
-        rec = vae_reconstruction(pipe, gt)
+        rec = vae_reconstruction(pipe, gt, portrait)
         ceiling.append(float(np.mean([psnr(a, b) for a, b in zip(rec, gt)])))
         rec_opening, rec_emo = _measure(rec, clip.identity)
         rec_measured.append(rec_opening)

@@ -8,6 +8,14 @@ costs 1.35 GFLOP per 64 px frame of the demo; this one is plain 3x3 convolutions
 residual pair per level, nearest-neighbour upsampling between levels (about 0.19 GFLOP per
 frame at the default widths 64 / 32 / 16). It decodes each frame alone (no temporal layers) and
 is trained to reproduce the full decoder's output on the same latents (`train/fast_decoder.py`).
+
+With `reference` on, it also reads the portrait the video animates (x_ref, R x R pixels, and its
+VAE latent z_ref): the first convolution sees z and z - z_ref, each level adds a 1x1 projection of
+the portrait's pixels folded to that level's size (space-to-depth; computed once per call, not per
+frame), and the output is x_ref plus what the network draws (its last convolution starts at zero,
+so an untrained one returns the portrait). Most of a talking-head frame is the portrait, so the
+network's few channels go to what moves; at about the same cost per frame it follows the full
+decoder several dB closer (benchmarks/README.md, "A fast decoder").
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from emotivetalk_jax.models.layers import conv
@@ -26,6 +35,7 @@ class FastDecoderConfig:
     latent_channels: int = 4
     out_channels: int = 3
     widths: tuple[int, ...] = (64, 32, 16)  # per level, coarsest first; len = the VAE's levels
+    reference: bool = False  # reads the portrait (x_ref, z_ref) and draws on top of it (module docstring)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(c) for c in self.widths))
@@ -62,30 +72,57 @@ class FastUp(nnx.Module):
 
 
 class FastDecoder(nnx.Module):
-    """Unscaled VAE latents (N, h, w, L) -> frames (N, H, W, 3) in about [-1, 1], each frame alone."""
+    """Unscaled VAE latents (N, h, w, L) -> frames (N, H, W, 3) in about [-1, 1], each frame alone.
+
+    With `cfg.reference`: also the portrait x_ref (1 or N, H, W, 3) in [-1, 1] and its unscaled
+    latent z_ref (1 or N, h, w, L), the VAE encoder's mean of x_ref."""
 
     def __init__(self, cfg: FastDecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         w = cfg.widths
-        self.conv_in = conv(cfg.latent_channels, w[0], 3, padding=1, rngs=rngs)
+        latent_in = cfg.latent_channels * (2 if cfg.reference else 1)
+        self.conv_in = conv(latent_in, w[0], 3, padding=1, rngs=rngs)
         self.blocks = nnx.List([FastResBlock(c, rngs=rngs) for c in w])
         self.ups = nnx.List([FastUp(a, b, rngs=rngs) for a, b in zip(w[:-1], w[1:])])
         self.conv_out = conv(w[-1], cfg.out_channels, 3, padding=1, rngs=rngs)
+        if cfg.reference:
+            folds = [2 ** (len(w) - 1 - i) for i in range(len(w))]
+            self.ref_proj = nnx.List([conv(cfg.out_channels * f * f, c, 1, rngs=rngs) for f, c in zip(folds, w)])
+            self.conv_out.kernel[...] = jnp.zeros_like(self.conv_out.kernel[...])
 
-    def __call__(self, z: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.conv_in(z))
+    def reference_features(self, x_ref: jax.Array) -> list[jax.Array]:
+        """x_ref (B, H, W, 3) -> per level (B, H / f, W / f, C): its pixels folded f x f, projected."""
+        out = []
+        for i, proj in enumerate(self.ref_proj):
+            f = 2 ** (len(self.ref_proj) - 1 - i)
+            out.append(proj(rearrange(x_ref, "b (h p) (w q) c -> b h w (p q c)", p=f, q=f)))
+        return out
+
+    def __call__(self, z: jax.Array, x_ref: jax.Array | None = None, z_ref: jax.Array | None = None) -> jax.Array:
+        if self.cfg.reference != (x_ref is not None and z_ref is not None):
+            raise ValueError("this fast decoder reads the portrait: pass x_ref and z_ref" if self.cfg.reference
+                             else "this fast decoder does not read the portrait: pass z alone")
+        if not self.cfg.reference:
+            x = jax.nn.relu(self.conv_in(z))
+            feats = [None] * len(self.blocks)
+        else:
+            feats = self.reference_features(x_ref)
+            x = jax.nn.relu(self.conv_in(jnp.concatenate([z, z - jnp.broadcast_to(z_ref, z.shape)], -1)) + feats[0])
         for i, block in enumerate(self.blocks):
+            if i and feats[i] is not None:
+                x = x + feats[i]
             x = block(x)
             if i < len(self.ups):
                 x = self.ups[i](x)
-        return self.conv_out(x)
+        return self.conv_out(x) + (0.0 if x_ref is None else x_ref)
 
 
 def conv_flops(cfg: FastDecoderConfig, latent_size: int) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one frame from an (latent_size, latent_size) latent."""
+    """Multiply-add FLOPs (2 per MAC) of one frame from an (latent_size, latent_size) latent (with
+    `reference`, not counting the portrait's features: computed once per call, not per frame)."""
     w, total, side = cfg.widths, 0, latent_size
     mac = lambda cin, cout, s: 9 * cin * cout * s * s
-    total += mac(cfg.latent_channels, w[0], side)
+    total += mac(cfg.latent_channels * (2 if cfg.reference else 1), w[0], side)
     for i, c in enumerate(w):
         total += 2 * mac(c, c, side)
         if i + 1 < len(w):

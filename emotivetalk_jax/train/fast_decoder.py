@@ -14,6 +14,10 @@ Pairs (latent, the bundle's full decoder output on it), decoded exactly as the p
   alternately) for `sampled` training clips, with the clip's portrait, speech (its first
   `SAMPLED_FRAMES` frames: one length, one compile) and emotion.
 
+Each pair also keeps its clip's portrait (the pipeline's x_ref, uint8) and that portrait's VAE
+encoder mean (z_ref, unscaled), which a decoder with `reference` on reads (`models/fast_decoder.py`);
+the pipeline gives it the same two (`EmotiveTalkPipeline.decode_reference`).
+
 Validation: the same sources from test-split clips `VAL_FIRST ..` (held-out identities, clear
 of the clips `bench-synthetic` scores, 0-31). The decoder trains full-batch-in-memory with AdamW
 and an L1 loss on pixels in [-1, 1]; its PSNR against the full decoder on the validation pairs
@@ -49,19 +53,33 @@ class FastDecoderError(ValueError):
 
 @dataclasses.dataclass
 class DecoderPairs:
-    """Latents (M, h, w, L) unscaled, the full decoder's frames (M, R, R, 3) uint8, and the source of each."""
+    """Latents (M, h, w, L) unscaled, the full decoder's frames (M, R, R, 3) uint8, the source of
+    each, and the portraits they animate: K clips' x_ref (K, R, R, 3) uint8 and z_ref (K, h, w, L)
+    unscaled, `portrait` (M,) the index of each pair's."""
 
     latents: np.ndarray
     frames: np.ndarray
     source: np.ndarray  # (M,) "clean" | "noisy" | "sampled"
+    portrait: np.ndarray
+    x_ref: np.ndarray
+    z_ref: np.ndarray
+
+    FIELDS = ("latents", "frames", "source", "portrait", "x_ref", "z_ref")
 
     def subset(self, kind: str) -> "DecoderPairs":
         keep = self.source == kind
-        return DecoderPairs(self.latents[keep], self.frames[keep], self.source[keep])
+        return DecoderPairs(self.latents[keep], self.frames[keep], self.source[keep], self.portrait[keep],
+                            self.x_ref, self.z_ref)
+
+    def inputs(self, idx) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(z, x_ref in [-1, 1], z_ref) of pairs `idx`, as `FastDecoder` takes them."""
+        k = self.portrait[idx]
+        return jnp.asarray(self.latents[idx]), _to_unit(self.x_ref[k]), jnp.asarray(self.z_ref[k])
 
 
 @nnx.jit
-def _encode_mean(vae, x):
+def encode_mean(vae, x):
+    """The VAE encoder's posterior mean of frames x (N, R, R, 3) in [-1, 1]: unscaled latents."""
     return vae.encode(x)[0]
 
 
@@ -78,21 +96,25 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
     domain = SyntheticDomain(data_seed, domain_config(s.synthetic_head_motion, s.synthetic_moving_heads))
     rng = np.random.default_rng(seed)
     scale = pipe.latent_scale
-    lat, img, src = [], [], []
+    lat, img, src, who, x_refs, z_refs = [], [], [], [], [], []
     recorded: list[np.ndarray] = []
     full_decode = pipe.decode
 
-    def recording_decode(latents):
+    def recording_decode(latents, reference=None):
         recorded.append(np.asarray(latents[0]) / scale)
-        return full_decode(latents)
+        return full_decode(latents, reference)
 
     items = range(first, first + clips)
     for n, i in enumerate(progress(items) if progress else items):
         clip = domain.clip(i, split)
+        portrait = clip.portrait(r)
+        x_refs.append(portrait)
+        z_refs.append(np.asarray(encode_mean(pipe.bundle.vae, _to_unit(portrait)[None]))[0])
+        before = len(src)
         k = min(frames, clip.num_frames)
         start = int(rng.integers(0, clip.num_frames - k + 1))
         x = jnp.asarray(clip.frames(start, start + k, size=r).astype(np.float32) / 127.5 - 1.0)
-        z = np.asarray(_encode_mean(pipe.bundle.vae, x))
+        z = np.asarray(encode_mean(pipe.bundle.vae, x))
         z_noisy = z + rng.uniform(0, noise) * rng.standard_normal(z.shape).astype(np.float32)
         for kind, zz in (("clean", z), ("noisy", z_noisy)):
             lat.append(zz)
@@ -102,7 +124,7 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             lm = clip.portrait_landmarks(r)
             pipe.decode = recording_decode
             try:
-                res = pipe(clip.portrait(r), clip.audio[: SAMPLED_FRAMES * SAMPLES_PER_FRAME], emotion=clip.emotion,
+                res = pipe(portrait, clip.audio[: SAMPLED_FRAMES * SAMPLES_PER_FRAME], emotion=clip.emotion,
                            seed=seed + i, steps=SAMPLED_STEPS[n % len(SAMPLED_STEPS)], crop=False,
                            boxes=(facelib.lip_box(lm), facelib.face_box(lm)), mark=False)
             finally:
@@ -110,7 +132,9 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             lat.append(recorded.pop())
             img.append(res.frames)
             src += ["sampled"] * len(res.frames)
-    return DecoderPairs(np.concatenate(lat).astype(np.float32), np.concatenate(img), np.asarray(src))
+        who += [n] * (len(src) - before)
+    return DecoderPairs(np.concatenate(lat).astype(np.float32), np.concatenate(img), np.asarray(src),
+                        np.asarray(who, np.int32), np.stack(x_refs), np.stack(z_refs).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- training
@@ -120,16 +144,21 @@ def _to_unit(frames) -> jax.Array:
     return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
 
 
+def apply(model: FastDecoder, z, x_ref, z_ref) -> jax.Array:
+    """The decoder on z, with the portrait when it reads one."""
+    return model(z, x_ref, z_ref) if model.cfg.reference else model(z)
+
+
 @nnx.jit
-def _decode(model, z):
-    return model(z)
+def _decode(model, z, x_ref, z_ref):
+    return apply(model, z, x_ref, z_ref)
 
 
-def decoded_uint8(model: FastDecoder, latents: np.ndarray, batch: int = 64) -> np.ndarray:
-    """(M, h, w, L) unscaled latents -> (M, R, R, 3) uint8, `batch` frames a call."""
+def decoded_uint8(model: FastDecoder, pairs: DecoderPairs, batch: int = 64) -> np.ndarray:
+    """The pairs' latents decoded -> (M, R, R, 3) uint8, `batch` frames a call."""
     out = []
-    for i in range(0, len(latents), batch):
-        x = np.asarray(_decode(model, jnp.asarray(latents[i:i + batch])))
+    for i in range(0, len(pairs.latents), batch):
+        x = np.asarray(_decode(model, *pairs.inputs(np.arange(i, min(i + batch, len(pairs.latents))))))
         out.append(np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
@@ -138,19 +167,20 @@ def psnr_to(model: FastDecoder, pairs: DecoderPairs) -> float:
     """Mean per-frame PSNR (dB) of the fast decoder's frames against the full decoder's."""
     from emotivetalk_jax.data.measure import psnr
 
-    got = decoded_uint8(model, pairs.latents)
+    got = decoded_uint8(model, pairs)
     return float(np.mean([psnr(a, b) for a, b in zip(got, pairs.frames)]))
 
 
 def make_train_step():
-    """(model, optimizer, z (B, h, w, L), frames (B, R, R, 3) uint8) -> L1 loss before the update."""
+    """(model, optimizer, z (B, h, w, L), x_ref (B, R, R, 3) in [-1, 1], z_ref (B, h, w, L), frames
+    (B, R, R, 3) uint8) -> L1 loss before the update (x_ref, z_ref unread by a decoder without `reference`)."""
 
     @nnx.jit
-    def step(model, optimizer, z, frames):
+    def step(model, optimizer, z, x_ref, z_ref, frames):
         target = _to_unit(frames)
 
         def loss_fn(m):
-            return jnp.abs(m(z) - target).mean()
+            return jnp.abs(apply(m, z, x_ref, z_ref) - target).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
@@ -177,7 +207,7 @@ def train_fast_decoder(train: DecoderPairs, cfg: FastDecoderConfig | None = None
     losses = []
     for i in range(1, steps + 1):
         idx = rng.integers(0, len(train.latents), min(batch, len(train.latents)))
-        losses.append(step(model, opt, jnp.asarray(train.latents[idx]), jnp.asarray(train.frames[idx])))
+        losses.append(step(model, opt, *train.inputs(idx), jnp.asarray(train.frames[idx])))
         if on_eval is not None and ((eval_every and i % eval_every == 0) or i == steps):
             on_eval(i, model, float(np.mean([float(v) for v in losses[-50:]])))
     return model
@@ -229,4 +259,4 @@ def load_fast_decoder(path: str | os.PathLike) -> FastDecoder:
 
 
 __all__ = ["DecoderPairs", "FastDecoderError", "decoder_pairs", "train_fast_decoder", "save_fast_decoder",
-           "load_fast_decoder", "decoded_uint8", "psnr_to", "make_train_step"]
+           "load_fast_decoder", "decoded_uint8", "psnr_to", "make_train_step", "apply", "encode_mean"]

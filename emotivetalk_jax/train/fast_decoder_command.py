@@ -32,6 +32,8 @@ def add_fast_decoder_commands(sub) -> None:
     t.add_argument("--noise", type=float, default=0.2, help="largest sigma of the noise added to the noisy latents")
     t.add_argument("--val-clips", type=int, default=8, help=f"validation clips (test split, from clip {VAL_FIRST})")
     t.add_argument("--widths", default="64,32,16", help="channels per level, coarsest first")
+    t.add_argument("--no-reference", action="store_true",
+                   help="a decoder that does not read the portrait (several dB further from the full decoder)")
     t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -56,13 +58,13 @@ def _pairs(pipe, args, cache: Path, progress) -> tuple[DecoderPairs, DecoderPair
     """Training and validation pairs, read from `cache` when it exists (else made and written there)."""
     if cache.is_file():
         with np.load(cache) as z:
-            return tuple(DecoderPairs(z[f"{k}_latents"], z[f"{k}_frames"], z[f"{k}_source"]) for k in ("train", "val"))
+            return tuple(DecoderPairs(*(z[f"{k}_{f}"] for f in DecoderPairs.FIELDS)) for k in ("train", "val"))
     train = decoder_pairs(pipe, args.clips, frames=args.frames, noise=args.noise, sampled=args.sampled,
                           data_seed=args.data_seed, seed=args.seed, progress=progress)
     val = decoder_pairs(pipe, args.val_clips, split="test", first=VAL_FIRST, frames=args.frames, noise=args.noise,
                         sampled=args.val_clips, data_seed=args.data_seed, seed=args.seed + 1, progress=progress)
     np.savez(cache, **{f"{k}_{f}": getattr(p, f) for k, p in (("train", train), ("val", val))
-                       for f in ("latents", "frames", "source")})
+                       for f in DecoderPairs.FIELDS})
     return train, val
 
 
@@ -87,11 +89,11 @@ def run_fast_decoder_command(args) -> dict:
         raise FastDecoderError("no --checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
     pipe = EmotiveTalkPipeline.from_pretrained(ckpt, progress=False, precision="float32")
     cfg = FastDecoderConfig(latent_channels=int(pipe.bundle.vae.config["latent_channels"]),
-                            widths=_parse_widths(args.widths))
+                            widths=_parse_widths(args.widths), reference=not args.no_reference)
     if cfg.factor != vae_factor(pipe.bundle.vae):
         raise FastDecoderError(f"--widths {args.widths} has {len(cfg.widths)} levels; the checkpoint's VAE has "
                                f"{len(pipe.bundle.vae.config['block_out_channels'])}")
-    key = json.dumps([str(Path(ckpt).resolve()), args.clips, args.frames, args.sampled, args.noise, args.val_clips,
+    key = json.dumps(["pairs with portraits", str(Path(ckpt).resolve()), args.clips, args.frames, args.sampled, args.noise, args.val_clips,
                       args.data_seed, args.seed])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cache = Path(args.out) / f".pairs-{zlib.crc32(key.encode()):08x}.npz"  # reruns with other training settings reuse it
