@@ -72,10 +72,28 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch(reference):
     frames = np.clip(np.round((np.asarray(teacher(z)) * 4 + 1) * 127.5), 0, 255).astype(np.uint8)
     model = FastDecoder(FastDecoderConfig(widths=(16, 8), reference=reference), rngs=nnx.Rngs(0))
     x_ref, z_ref = jnp.asarray(frames[:1], jnp.float32) / 127.5 - 1, z[:1]
+    face = jnp.zeros((8, 16, 16)).at[:, 4:12, 4:12].set(1.0)
     opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
-    step = fd.make_train_step()
-    losses = [float(step(model, opt, z, x_ref, z_ref, jnp.asarray(frames))) for _ in range(80)]
+    step = fd.make_train_step(face_weight=8.0, edge_weight=2.0)
+    losses = [float(step(model, opt, z, x_ref, z_ref, jnp.asarray(frames), face)) for _ in range(80)]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_the_training_loss_weighs_the_face_and_the_edges():
+    """Known answer: an untrained portrait-reading decoder draws the portrait (black, -1); the
+    target is white (+1) on a 4 x 4 face box of an 8 x 8 frame. Weighted L1: 2 x 16 x 8 / (16 x 8
+    + 48) = 16/11; each axis' forward differences: 2 at the box's two edges in 4 rows, weighted by
+    their first pixel (1 outside, 8 inside), over the 56 differences' weights (16 x 8 + 40):
+    (4 x 2 + 4 x 16) / 168 = 3/7. The loss: 16/11 + 2 x 3/7."""
+    m = FastDecoder(FastDecoderConfig(widths=(8, 4), reference=True), rngs=nnx.Rngs(0))
+    face = np.zeros((1, 8, 8), np.float32)
+    face[:, 2:6, 2:6] = 1.0
+    frames = np.repeat((face[..., None] * 255).astype(np.uint8), 3, axis=-1)
+    step = fd.make_train_step(face_weight=8.0, edge_weight=2.0)
+    opt = nnx.Optimizer(m, optax.sgd(0.0), wrt=nnx.Param)
+    loss = step(m, opt, jnp.zeros((1, 4, 4, 4)), -jnp.ones((1, 8, 8, 3)), jnp.zeros((1, 4, 4, 4)),
+                jnp.asarray(frames), jnp.asarray(face))
+    assert float(loss) == pytest.approx(16 / 11 + 2 * 3 / 7, rel=1e-6)
 
 
 @pytest.mark.parametrize("reference", [False, True])

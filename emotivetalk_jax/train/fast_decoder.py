@@ -16,11 +16,16 @@ Pairs (latent, the bundle's full decoder output on it), decoded exactly as the p
 
 Each pair also keeps its clip's portrait (the pipeline's x_ref, uint8) and that portrait's VAE
 encoder mean (z_ref, unscaled), which a decoder with `reference` on reads (`models/fast_decoder.py`);
-the pipeline gives it the same two (`EmotiveTalkPipeline.decode_reference`).
+the pipeline gives it the same two (`EmotiveTalkPipeline.decode_reference`), and the portrait's
+face box as a mask, which weights the loss.
 
 Validation: the same sources from test-split clips `VAL_FIRST ..` (held-out identities, clear
 of the clips `bench-synthetic` scores, 0-31). The decoder trains full-batch-in-memory with AdamW
-and an L1 loss on pixels in [-1, 1]; its PSNR against the full decoder on the validation pairs
+and an L1 loss on pixels in [-1, 1], optionally `face_weight` times inside the face box plus
+`edge_weight` times an L1 on image gradients (as the demo's VAE decoder fine-tune,
+`train.stages.vae`; off by default: 8 and 2 moved neither the PSNR nor the expression read back
+from the portrait-reading decoder's frames in a 1000-step gate); its PSNR against the full decoder
+on the validation pairs
 is logged every `eval_every` steps (`OUT/report.json`). The result is saved as
 `fast_decoder.safetensors` + `fast_decoder.json` (no pickle) and put into a bundle as
 `fast_decoder/` by `add` (`bundle.add_fast_decoder`).
@@ -54,8 +59,8 @@ class FastDecoderError(ValueError):
 @dataclasses.dataclass
 class DecoderPairs:
     """Latents (M, h, w, L) unscaled, the full decoder's frames (M, R, R, 3) uint8, the source of
-    each, and the portraits they animate: K clips' x_ref (K, R, R, 3) uint8 and z_ref (K, h, w, L)
-    unscaled, `portrait` (M,) the index of each pair's."""
+    each, and the portraits they animate: K clips' x_ref (K, R, R, 3) uint8, z_ref (K, h, w, L)
+    unscaled and face box mask `face` (K, R, R) in {0, 1}, `portrait` (M,) the index of each pair's."""
 
     latents: np.ndarray
     frames: np.ndarray
@@ -63,13 +68,14 @@ class DecoderPairs:
     portrait: np.ndarray
     x_ref: np.ndarray
     z_ref: np.ndarray
+    face: np.ndarray
 
-    FIELDS = ("latents", "frames", "source", "portrait", "x_ref", "z_ref")
+    FIELDS = ("latents", "frames", "source", "portrait", "x_ref", "z_ref", "face")
 
     def subset(self, kind: str) -> "DecoderPairs":
         keep = self.source == kind
         return DecoderPairs(self.latents[keep], self.frames[keep], self.source[keep], self.portrait[keep],
-                            self.x_ref, self.z_ref)
+                            self.x_ref, self.z_ref, self.face)
 
     def inputs(self, idx) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(z, x_ref in [-1, 1], z_ref) of pairs `idx`, as `FastDecoder` takes them."""
@@ -96,7 +102,7 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
     domain = SyntheticDomain(data_seed, domain_config(s.synthetic_head_motion, s.synthetic_moving_heads))
     rng = np.random.default_rng(seed)
     scale = pipe.latent_scale
-    lat, img, src, who, x_refs, z_refs = [], [], [], [], [], []
+    lat, img, src, who, x_refs, z_refs, faces = [], [], [], [], [], [], []
     recorded: list[np.ndarray] = []
     full_decode = pipe.decode
 
@@ -110,6 +116,8 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
         portrait = clip.portrait(r)
         x_refs.append(portrait)
         z_refs.append(np.asarray(encode_mean(pipe.bundle.vae, _to_unit(portrait)[None]))[0])
+        lm = clip.portrait_landmarks(r)
+        faces.append(facelib.box_mask(facelib.face_box(lm), r, r)[..., 0])
         before = len(src)
         k = min(frames, clip.num_frames)
         start = int(rng.integers(0, clip.num_frames - k + 1))
@@ -121,7 +129,6 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             img.append(pipe.decode(jnp.asarray(zz)[None] * scale))
             src += [kind] * len(zz)
         if n < sampled:
-            lm = clip.portrait_landmarks(r)
             pipe.decode = recording_decode
             try:
                 res = pipe(portrait, clip.audio[: SAMPLED_FRAMES * SAMPLES_PER_FRAME], emotion=clip.emotion,
@@ -134,7 +141,8 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             src += ["sampled"] * len(res.frames)
         who += [n] * (len(src) - before)
     return DecoderPairs(np.concatenate(lat).astype(np.float32), np.concatenate(img), np.asarray(src),
-                        np.asarray(who, np.int32), np.stack(x_refs), np.stack(z_refs).astype(np.float32))
+                        np.asarray(who, np.int32), np.stack(x_refs), np.stack(z_refs).astype(np.float32),
+                        np.stack(faces).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- training
@@ -171,16 +179,22 @@ def psnr_to(model: FastDecoder, pairs: DecoderPairs) -> float:
     return float(np.mean([psnr(a, b) for a, b in zip(got, pairs.frames)]))
 
 
-def make_train_step():
+def make_train_step(face_weight: float = 1.0, edge_weight: float = 0.0):
     """(model, optimizer, z (B, h, w, L), x_ref (B, R, R, 3) in [-1, 1], z_ref (B, h, w, L), frames
-    (B, R, R, 3) uint8) -> L1 loss before the update (x_ref, z_ref unread by a decoder without `reference`)."""
+    (B, R, R, 3) uint8, face (B, R, R) mask) -> the loss before the update: L1 weighted
+    `face_weight` x inside the face, plus `edge_weight` x the same on image gradients (x_ref, z_ref
+    unread by a decoder without `reference`)."""
+    from emotivetalk_jax.train.stages.vae import edge_l1, reconstruction_l1
 
     @nnx.jit
-    def step(model, optimizer, z, x_ref, z_ref, frames):
+    def step(model, optimizer, z, x_ref, z_ref, frames, face):
         target = _to_unit(frames)
+        w = 1.0 + (face_weight - 1.0) * face[..., None]
 
         def loss_fn(m):
-            return jnp.abs(apply(m, z, x_ref, z_ref) - target).mean()
+            rec = apply(m, z, x_ref, z_ref)
+            loss = reconstruction_l1(rec, target, w)
+            return loss + edge_weight * edge_l1(rec, target, w) if edge_weight else loss
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
@@ -191,7 +205,7 @@ def make_train_step():
 
 def train_fast_decoder(train: DecoderPairs, cfg: FastDecoderConfig | None = None, *, steps: int = 4000,
                        batch: int = 32, learning_rate: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
-                       eval_every: int = 0,
+                       face_weight: float = 1.0, edge_weight: float = 0.0, eval_every: int = 0,
                        on_eval: Callable[[int, FastDecoder, float], None] | None = None) -> FastDecoder:
     """Fit a fast decoder to `train` pairs: AdamW, cosine schedule with warmup, random batches.
     `on_eval(step, model, recent_loss)` every `eval_every` steps and after the last."""
@@ -202,12 +216,13 @@ def train_fast_decoder(train: DecoderPairs, cfg: FastDecoderConfig | None = None
     sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps,
                                                learning_rate * 0.02)
     opt = nnx.Optimizer(model, optax.adamw(sched, weight_decay=weight_decay), wrt=nnx.Param)
-    step = make_train_step()
+    step = make_train_step(face_weight, edge_weight)
     rng = np.random.default_rng(seed)
     losses = []
     for i in range(1, steps + 1):
         idx = rng.integers(0, len(train.latents), min(batch, len(train.latents)))
-        losses.append(step(model, opt, *train.inputs(idx), jnp.asarray(train.frames[idx])))
+        losses.append(step(model, opt, *train.inputs(idx), jnp.asarray(train.frames[idx]),
+                           jnp.asarray(train.face[train.portrait[idx]])))
         if on_eval is not None and ((eval_every and i % eval_every == 0) or i == steps):
             on_eval(i, model, float(np.mean([float(v) for v in losses[-50:]])))
     return model

@@ -37,6 +37,9 @@ def add_fast_decoder_commands(sub) -> None:
     t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--face-weight", type=float, default=1.0, help="weight of the L1 inside the portrait's face box")
+    t.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight of the L1 on image gradients (the expression's lines)")
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--data-seed", type=int, default=0, help="the synthetic domain (the checkpoint's training data's)")
     t.add_argument("--seed", type=int, default=0)
@@ -82,6 +85,8 @@ def run_fast_decoder_command(args) -> dict:
         validate.check_int(getattr(args, name), f"--{name.replace('_', '-')}", lo, 1_000_000, error=FastDecoderError)
     validate.check_float(args.noise, "--noise", 0.0, 10.0, error=FastDecoderError)
     validate.check_float(args.lr, "--lr", 0.0, 1.0, lo_open=True, error=FastDecoderError)
+    validate.check_float(args.face_weight, "--face-weight", 0.0, 1000.0, lo_open=True, error=FastDecoderError)
+    validate.check_float(args.edge_weight, "--edge-weight", 0.0, 1000.0, error=FastDecoderError)
     validate.check_seed(args.data_seed, "--data-seed")
     validate.check_seed(args.seed)
     ckpt = args.checkpoint or default_checkpoint()
@@ -93,7 +98,7 @@ def run_fast_decoder_command(args) -> dict:
     if cfg.factor != vae_factor(pipe.bundle.vae):
         raise FastDecoderError(f"--widths {args.widths} has {len(cfg.widths)} levels; the checkpoint's VAE has "
                                f"{len(pipe.bundle.vae.config['block_out_channels'])}")
-    key = json.dumps(["pairs with portraits", str(Path(ckpt).resolve()), args.clips, args.frames, args.sampled, args.noise, args.val_clips,
+    key = json.dumps(["pairs with portraits and face boxes", str(Path(ckpt).resolve()), args.clips, args.frames, args.sampled, args.noise, args.val_clips,
                       args.data_seed, args.seed])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cache = Path(args.out) / f".pairs-{zlib.crc32(key.encode()):08x}.npz"  # reruns with other training settings reuse it
@@ -109,7 +114,8 @@ def run_fast_decoder_command(args) -> dict:
               "val_pairs": {k: int((val.source == k).sum()) for k in ("clean", "noisy", "sampled")},
               "validation": f"test clips {VAL_FIRST}..{VAL_FIRST + args.val_clips - 1}, PSNR (dB) against the "
                             "checkpoint's full decoder", "history": [], "steps": args.steps,
-              "batch": args.batch, "lr": args.lr, "noise": args.noise, "seed": args.seed,
+              "batch": args.batch, "lr": args.lr, "face_weight": args.face_weight, "edge_weight": args.edge_weight,
+              "noise": args.noise, "seed": args.seed,
               "data_seconds": round(data_s, 1)}
     t0 = time.perf_counter()
 
@@ -125,7 +131,8 @@ def run_fast_decoder_command(args) -> dict:
             print(json.dumps(row), file=sys.stderr, flush=True)
 
     train_fast_decoder(train, cfg, steps=args.steps, batch=args.batch, learning_rate=args.lr, seed=args.seed,
-                       eval_every=args.eval_every, on_eval=on_eval)
+                       face_weight=args.face_weight, edge_weight=args.edge_weight, eval_every=args.eval_every,
+                       on_eval=on_eval)
     return {"decoder": str(args.out), **report["history"][-1], "gflop_per_frame": round(report["gflop_per_frame"], 3)}
 
 
