@@ -15,7 +15,7 @@ import grain
 from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, clip_frames
 from emotivetalk_jax.data.synthetic import domain_config
 
-KEEP = ("frames", "reference", "audio", "emotion", "landmarks")  # emotion: () int32, -1 unlabelled
+KEEP = ("frames", "reference", "audio", "emotion", "landmarks", "reference_landmarks")  # emotion: () int32, -1 unlabelled
 
 
 class _ProcessRows(grain.MapDataset):
