@@ -251,6 +251,15 @@ def clip_frames(record, size: int | None) -> np.ndarray:
     return np.stack([_resize(decode_jpeg(record["frames"][i]), size) for i in range(n)])
 
 
+def clip_landmarks(record, size: int | None) -> np.ndarray:
+    """Every frame's landmarks (N, 68, 2) float32 of a clip at `size`, as `clip_frames` gives its frames."""
+    if isinstance(record, syn.Clip):
+        return record.landmarks(size=size or record.size)
+    n = min(len(record["frames"]), int(record["num_frames"]))
+    native = int(record["lip_mask"].shape[0])
+    return (np.asarray(record["landmarks"], np.float32)[:n] * ((size or native) / native)).astype(np.float32)
+
+
 def shard_options(shard: tuple[int, int] | None = None):
     """grain shard options: explicit (index, count), or one shard per JAX process."""
     if shard is None:

@@ -11,7 +11,7 @@ backbone runs once per branch. Our backbone is a small residual conv net, not FA
 port here); PD-FGC's BatchNorm1d in the heads is a LayerNorm (no batch statistics).
 
 Aligned encoders (`FaceEncoderConfig.aligned`, issue 30): every image is first warped so its
-face's rigid landmarks sit on the canonical face's (`data.align.align_faces`), so the latents
+face's rigid landmarks sit on the canonical face's (`models.face_align.align_faces`), so the latents
 carry the mouth and the expression, not the head's roll, shift or scale. They then need each
 image's 68 landmarks (pixel (x, y) in the image as given), and refuse to run without them;
 encoders with `aligned` off ignore landmarks and run exactly as before.
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from emotivetalk_jax.data.align import align_faces
+from emotivetalk_jax.models.face_align import align_faces
 from emotivetalk_jax.models.layers import conv, group_norm, layer_norm, linear
 from emotivetalk_jax.models.vaid_variants import DecoderConfig, FaceEncoderConfig
 

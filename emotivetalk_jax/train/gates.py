@@ -277,6 +277,7 @@ def _denoiser_batch(encoder, ev: ProbeClips, *, frames: int, context: int, laten
         lip, face = facelib.box_mask(facelib.lip_box(lm), s, latent), facelib.box_mask(facelib.face_box(lm), s, latent)
         for start in _window_starts(c, frames, windows):
             row = dict(frames=vid[start : start + frames], reference=c.portrait(s),
+                       landmarks=c.landmarks(start, start + frames, size=s), reference_landmarks=lm.astype(np.float32),
                        frame_features=feature_window(f, start, frames, context),
                        **{f"mask_lip_{latent}": lip, f"mask_face_{latent}": face})
             if neutral:

@@ -32,7 +32,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
 
     v = get_vaid_variant(cfg.variant)
-    v = v.override(v.name, face=dict(aligned=face_config(cfg, v).aligned))
+    v = v.override(v.name, face={"aligned": face_config(cfg, v).aligned})
     aligned = v.face.aligned
     size = int(cfg.image_size or v.face.image_size)
     label_weight, opening_weight = float(v.loss.emotion_label_weight), float(v.loss.lip_opening_weight)
