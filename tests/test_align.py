@@ -171,3 +171,112 @@ def test_emotion_image_needs_landmarks_for_aligned_encoders(tmp_path):
         image_condition(path, enc, detect=False)
     cond = image_condition(path, enc, detect=False, landmarks=sf.landmarks(ident, st[0], 32))
     assert cond.e_cond.shape == (4,) and np.isfinite(cond.e_cond).all()
+
+
+def test_emotion_video_reads_its_sidecar_landmarks(tmp_path):
+    from emotivetalk_jax.emotion.sources import video_expressions
+
+    clip = syn.SyntheticDomain(0, syn.SynthConfig(min_seconds=0.4, max_seconds=0.4, **syn.MOVING_HEADS)).clip(0)
+    paths = syn.write_clip(clip, tmp_path, 64)
+    enc = _encoders(True)
+    e_side, detail = video_expressions(paths["mp4"], enc, detect=False)
+    e_given, _ = video_expressions(paths["mp4"], enc, detect=False, landmarks=clip.landmarks(size=64))
+    assert e_side.shape == (clip.num_frames, 4) and detail["video_frames"] == clip.num_frames
+    # the sidecar's landmarks, rounded to 0.01 px, move the random encoders' e_v by ~1e-2; landmarks
+    # 3 px off move it by much more
+    np.testing.assert_allclose(e_side, e_given, atol=0.03)
+    e_off, _ = video_expressions(paths["mp4"], enc, detect=False, landmarks=clip.landmarks(size=64) + 3.0)
+    assert np.abs(e_off - e_given).max() > 0.1
+
+
+def test_portrait_boxes_may_carry_the_landmarks():
+    from emotivetalk_jax.data.portrait import PortraitError, prepare_portrait
+
+    clip = syn.SyntheticDomain(0).clip(0)
+    img, lm = clip.portrait(128), clip.portrait_landmarks(128)
+    boxes = (facelib.lip_box(lm), facelib.face_box(lm))
+    plain = prepare_portrait(img, 64, crop=False, boxes=boxes)
+    with_lm = prepare_portrait(img, 64, crop=False, boxes=(*boxes, lm))
+    assert plain.landmarks is None
+    np.testing.assert_array_equal(plain.image, with_lm.image)  # the same crop either way
+    np.testing.assert_allclose(with_lm.landmarks, lm / 2, atol=1e-4)
+    with pytest.raises(PortraitError, match="68"):
+        prepare_portrait(img, 64, crop=False, boxes=(*boxes, lm[:10]))
+
+
+# ----------------------------------------------------------------------------- training paths (long)
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_aligned_stage0_feeds_stage1(tmp_path):
+    """Stage 0 with face_aligned (tiny, 2 steps) trains and logs its gates; stage 1 on that workdir
+    rebuilds the encoders aligned (from the workdir's config) and runs on the frames' landmarks."""
+    from emotivetalk_jax.train import stages as S
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.loop import train
+
+    def run(stage, **init):
+        c = load_config(f"configs/train.py:stage={stage},variant=tiny")
+        c.total_steps, c.log_every, c.checkpoint.every, c.gate_clips = 2, 1, 2, 2
+        c.data.num_clips, c.progress, c.checkpoint.async_save = 4, False, False
+        c.data.moving_heads = True
+        c.compiler_options = {"xla_backend_optimization_level": 0}
+        if stage == "encoders":
+            c.face_aligned = True
+        else:
+            c.frames = 6
+        for k, v in init.items():
+            c.init[k] = str(v)
+        out = train(c, tmp_path / stage)
+        rows = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        return c, out, {k: v for r in rows for k, v in r.items() if k.startswith("gate/")}
+
+    _, out0, g0 = run("encoders")
+    assert out0["status"] == "done" and np.isfinite(out0["metrics"]["loss"])
+    assert {"gate/l_v_r", "gate/e_v_acc"} <= set(g0)
+    c1, out1, _ = run("vaid", face_encoders=tmp_path / "encoders")
+    assert out1["status"] == "done" and np.isfinite(out1["metrics"]["loss"])
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+
+    assert S.face_encoders(c1, get_vaid_variant("tiny"), 0).cfg.aligned
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_stage2_cache_reads_aligned_encoders_with_landmarks(tmp_path):
+    """Stage 2 on aligned face encoders: the frozen cache's e_v (each clip's landmarks) equals the
+    per-step e_v of the same frames, and a cached batch without landmarks is not silently unaligned."""
+    from configs.train import get_config
+    from emotivetalk_jax.data import frozen_cache
+    from emotivetalk_jax.data.audio_cache import source_features
+    from emotivetalk_jax.data.pipeline import ClipWindow, SyntheticClips, clip_frames, clip_landmarks
+    from emotivetalk_jax.emotion.sources import save_expression_encoder
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+    from emotivetalk_jax.train.stages import build_stage
+
+    face = dataclasses.replace(get_vaid_variant("tiny").face, aligned=True)
+    folder = save_expression_encoder(FaceEncoders(face, rngs=nnx.Rngs(5)), tmp_path / "fe")
+    cfg = get_config("stage=ethd,variant=tiny")
+    cfg.frozen_cache, cfg.e_a_steps = True, 1
+    cfg.init.face_encoders = str(folder)
+    stage = build_stage(cfg)
+    assert stage.frozen_outputs.landmarks
+    source = SyntheticClips(0, "train", 2, syn.SynthConfig(min_seconds=0.2, max_seconds=0.3, **syn.MOVING_HEADS))
+    feats = source_features(stage.audio_encoder, source)
+    with pytest.raises(ValueError, match="clip_landmarks"):
+        frozen_cache.source_outputs(stage.frozen_outputs, source, feats, clip_frames=clip_frames)
+    frozen = frozen_cache.source_outputs(stage.frozen_outputs, source, feats, clip_frames=clip_frames,
+                                         clip_landmarks=clip_landmarks)
+    d = stage.data
+    window = ClipWindow(frames=d["frames"], size=d["size"], mask_sizes=d["mask_sizes"],
+                        audio_context=d["audio_context"], features=feats, frozen=frozen)
+    ex = window.random_map(source[0], np.random.default_rng(0))
+    batch = {k: np.asarray(v)[None] for k, v in ex.items()}
+    prepare = jax.jit(lambda fs, b: stage.prepare(nnx.merge(stage.frozen_graphdef, fs), b, jax.random.key(0))["eb"])
+    cached = prepare(stage.frozen_state, batch)
+    fresh = prepare(stage.frozen_state, {k: v for k, v in batch.items() if not k.startswith("frozen_")})
+    np.testing.assert_allclose(cached.e_v, fresh.e_v, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="landmark-aligned"):
+        prepare(stage.frozen_state, {k: v for k, v in batch.items() if not k.startswith("frozen_")
+                                     and k != "landmarks"})
