@@ -34,9 +34,9 @@ def moved():
     i = int(np.argmax(np.abs(clip.states[:, 8])))
     still = clip.states[i : i + 1].copy()
     still[:, 6:9] = 0.0
-    return dict(frame=clip.frames(i, i + 1, size=SIZE), landmarks=clip.landmarks(i, i + 1, size=SIZE),
-                still=sf.render(clip.identity, still, SIZE), reference=sf.landmarks(clip.identity, still[0], SIZE),
-                roll=float(clip.states[i, 8]))
+    return {"frame": clip.frames(i, i + 1, size=SIZE), "landmarks": clip.landmarks(i, i + 1, size=SIZE),
+            "still": sf.render(clip.identity, still, SIZE), "reference": sf.landmarks(clip.identity, still[0], SIZE),
+            "roll": float(clip.states[i, 8])}
 
 
 def _face_region(reference):
@@ -124,7 +124,10 @@ def test_aligned_encoders_read_the_aligned_crop_and_refuse_without_landmarks():
 
 
 def test_aligned_is_recorded_and_old_configs_load_unaligned(tmp_path):
-    from emotivetalk_jax.emotion.sources import load_expression_encoder, save_expression_encoder
+    from emotivetalk_jax.emotion.sources import (
+        load_expression_encoder,
+        save_expression_encoder,
+    )
 
     folder = save_expression_encoder(_encoders(True), tmp_path / "fe")
     meta = json.loads((folder / "config.json").read_text())
@@ -250,7 +253,12 @@ def test_stage2_cache_reads_aligned_encoders_with_landmarks(tmp_path):
     from configs.train import get_config
     from emotivetalk_jax.data import frozen_cache
     from emotivetalk_jax.data.audio_cache import source_features
-    from emotivetalk_jax.data.pipeline import ClipWindow, SyntheticClips, clip_frames, clip_landmarks
+    from emotivetalk_jax.data.pipeline import (
+        ClipWindow,
+        SyntheticClips,
+        clip_frames,
+        clip_landmarks,
+    )
     from emotivetalk_jax.emotion.sources import save_expression_encoder
     from emotivetalk_jax.models.vaid_variants import get_vaid_variant
     from emotivetalk_jax.train.stages import build_stage
