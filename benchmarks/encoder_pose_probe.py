@@ -9,6 +9,10 @@ and scored on `--clips` held-out test clips (the stage-0 gates, `train.gates`):
   shift x, shift y) relative to the portrait (bar for e_v: <= 0.3 on each).
 The still domain's figures are given beside them (`--still` off: moving only).
 
+`--checkpoint`: a bundle (default: the shipped demo), a stage-0 (encoders) workdir, or a native
+face_encoders folder; aligned encoders (`FaceEncoderConfig.aligned`) read each frame with the
+renderer's landmarks.
+
     python benchmarks/encoder_pose_probe.py [--checkpoint DIR] [--clips 32] [--no-still]
 """
 
@@ -40,6 +44,24 @@ def probe(face, clips: int, size: int, moving: bool) -> dict:
     return {k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def load_face(path: str):
+    """The face encoders of a bundle, a stage-0 workdir or a native face_encoders folder."""
+    from pathlib import Path
+
+    from emotivetalk_jax import bundle as B
+    from emotivetalk_jax.models.vaid_variants import get_vaid_variant
+    from emotivetalk_jax.train import stages as S
+    from emotivetalk_jax.train.commands import load_config
+    from emotivetalk_jax.train.stages.frozen import workdir_config
+
+    if (Path(path) / "face_encoders").is_dir():
+        return B.load_bundle(path).face_encoders
+    variant = workdir_config(path).get("variant", "demo") if S.is_workdir(path) else "demo"
+    cfg = load_config(f"configs/train.py:stage=vaid,variant={variant}")
+    cfg.init.face_encoders = path
+    return S.face_encoders(cfg, get_vaid_variant(variant), 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="bundle (default: the shipped demo)")
@@ -51,9 +73,10 @@ def main() -> None:
     t0 = time.perf_counter()
     from emotivetalk_jax.pipeline import default_checkpoint
 
-    face = B.load_bundle(a.checkpoint or default_checkpoint()).face_encoders
+    face = load_face(a.checkpoint) if a.checkpoint else B.load_bundle(default_checkpoint()).face_encoders
     size = int(face.cfg.image_size)  # the stage-0 gates render at the encoders' input size
-    out = {"checkpoint": str(a.checkpoint or "shipped demo"), "clips": a.clips, "size": size,
+    out = {"checkpoint": str(a.checkpoint or "shipped demo"), "aligned": bool(getattr(face.cfg, "aligned", False)),
+           "clips": a.clips, "size": size,
            "moving": probe(face, a.clips, size, True)}
     if not a.no_still:
         out["still"] = probe(face, a.clips, size, False)

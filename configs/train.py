@@ -51,6 +51,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 2 if tiny else d["batch_size"]  # global batch (all processes)
     c.frames = 0  # 0 = the stage's default (stage 0: 1; V-AID: Di-CTE train_frames; ETHD: train.frames)
     c.image_size = 0  # 0 = the stage's default
+    # Stage 0: face encoders that read landmark-aligned faces (`FaceEncoderConfig.aligned`, issue 30:
+    # head motion out of l_v / e_v). Later stages take it from their init.face_encoders, not from here.
+    c.face_aligned = False
     c.compute_dtype = "float32" if tiny else "bfloat16"
     c.remat = "none" if tiny else "blocks"  # none | blocks | layers | comma-separated class names
     c.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing

@@ -500,12 +500,14 @@ def synthetic_codebook(face_encoders, resolution: int, *, data_seed: int = 0, cl
     domain = SyntheticDomain(data_seed)
     sums = np.zeros((len(KEYWORDS), face_encoders.cfg.expr_dim), np.float64)
     counts = np.zeros(len(KEYWORDS), np.int64)
-    encode = nnx.jit(lambda m, x: m.encode_expression(x))
+    aligned = bool(getattr(face_encoders.cfg, "aligned", False))
+    encode = nnx.jit(lambda m, x, lm: m.encode_expression(x, lm))
     for i in range(clips):
         clip = domain.clip(i, "train")
         idx = np.linspace(0, clip.num_frames - 1, frames_per_clip).round().astype(int)
         x = jnp.asarray(clip.frames(size=resolution)[idx], jnp.float32) / 127.5 - 1.0
-        e = np.asarray(encode(face_encoders, x))
+        lm = jnp.asarray(clip.landmarks(size=resolution)[idx]) if aligned else None  # aligned encoders read them
+        e = np.asarray(encode(face_encoders, x, lm))
         k = KEYWORDS.index(clip.emotion)
         sums[k] += e.sum(0)
         counts[k] += len(e)
@@ -575,7 +577,8 @@ def bundle_from_training(out: str | os.PathLike, ethd_workdir: str | os.PathLike
         vae_model = _with_decoder_from(vae_model, vae, cfg.init.vae or cfg.init.svd or "a random VAE")
     audio = S.audio_encoder(cfg, seed + 1)
     if cfg.init.face_encoders and S.is_workdir(cfg.init.face_encoders):
-        face = _fill(shape(lambda: FaceEncoders(vv.face, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
+        fcfg = S.face_config(cfg, vv)  # aligned as stage 0 trained them
+        face = _fill(shape(lambda: FaceEncoders(fcfg, rngs=nnx.Rngs(0))), _workdir_arrays(cfg.init.face_encoders),
                      f"{cfg.init.face_encoders} (face encoders)", "encoders")
     else:
         face = S.face_encoders(cfg, vv, seed + 2)

@@ -80,9 +80,10 @@ class Result:
 
 
 @nnx.jit
-def _ref_encode(face, vae, x_ref, noise):
-    """x_ref (1, R, R, 3) in [-1, 1] -> (e_ref (1, E), reference latent (1, h, w, 4), unscaled)."""
-    e_ref = face.encode_expression(x_ref)
+def _ref_encode(face, vae, x_ref, noise, landmarks=None):
+    """x_ref (1, R, R, 3) in [-1, 1] -> (e_ref (1, E), reference latent (1, h, w, 4), unscaled);
+    `landmarks` (1, 68, 2) the portrait's, for aligned face encoders."""
+    e_ref = face.encode_expression(x_ref, landmarks)
     mean, _ = vae.encode(x_ref + noise)
     return e_ref, mean
 
@@ -255,7 +256,14 @@ class EmotiveTalkPipeline:
         """(x_ref (1, R, R, 3) in [-1, 1], e_ref (1, E), reference latent (1, h, w, 4)); SVD's noise augmentation."""
         x_ref = jnp.asarray(portrait.image, jnp.float32)[None] / 127.5 - 1.0
         noise = self.settings.noise_aug * jax.random.normal(key, x_ref.shape)
-        e_ref, ref_latent = _ref_encode(self.bundle.face_encoders, self.bundle.vae, x_ref, noise)
+        lm = None
+        if getattr(self.bundle.face_encoders.cfg, "aligned", False):  # they read the face aligned by its landmarks
+            if portrait.landmarks is None:
+                raise GenerationError("this checkpoint's face encoders read landmark-aligned faces, and the portrait "
+                                      "has no landmarks (given as boxes only); pass the photo and let the face be "
+                                      "detected, or a face box")
+            lm = jnp.asarray(portrait.landmarks, jnp.float32)[None]
+        e_ref, ref_latent = _ref_encode(self.bundle.face_encoders, self.bundle.vae, x_ref, noise, lm)
         return x_ref, e_ref, ref_latent
 
     def resolve_emotion(self, emotion, num_frames: int):

@@ -101,12 +101,15 @@ COMMON=(--config.data.num_clips="${CLIPS:-512}" --config.checkpoint.every=250 --
 # MOVING=1 (issue 30; not yet run): every stage on the moving-heads domain (data.moving_heads:
 # 4% / 3% / 6 degrees at level 1, each clip at its own level in [0, 2]) and stage 2 with the motion
 # knob (motion_conditioning) and the pose condition (pose_condition). Off: the shipped demo's
-# recipe, unchanged. Stage 0's encoders then see moving heads: issue 30's aligned-crop encoders
-# are still to do (without them e_v learned pose, see below).
+# recipe, unchanged. Stage 0's encoders then read landmark-aligned faces (face_aligned, issue 30
+# item 2: without them e_v learned pose, see below); later stages take that from their
+# init.face_encoders.
 MOTION=()
+ENC_ALIGN=()
 if [ "${MOVING:-0}" = 1 ]; then
   COMMON+=(--config.data.head_motion=1 --config.data.moving_heads=True)
   MOTION=(--config.motion_conditioning=True --config.pose_condition=True)
+  ENC_ALIGN=(--config.face_aligned=True)
 fi
 gate() { python -m emotivetalk_jax.eval.probes --check "$1" || [ "${GATES:-strict}" = report ]; }
 mkdir -p "$W"
@@ -125,7 +128,8 @@ train_vae &
 vae=$!
 $ET train --config configs/train.py:stage=encoders,variant=demo --workdir "$W/encoders" "${COMMON[@]}" \
   --config.total_steps="${ENC_STEPS:-1500}" --config.batch_size=16 --config.optim.lr=1e-3 --config.data.reference_neutral=1 \
-  --config.data.num_clips=4096 --config.optim.schedule=cosine --config.optim.warmup_steps=50 > "$W/encoders.log" 2>&1
+  --config.data.num_clips=4096 --config.optim.schedule=cosine --config.optim.warmup_steps=50 "${ENC_ALIGN[@]}" \
+  > "$W/encoders.log" 2>&1
 gate "$W/encoders"
 
 $ET train --config configs/train.py:stage=audio,variant=demo --workdir "$W/audio" "${COMMON[@]}" \

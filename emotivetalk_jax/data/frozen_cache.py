@@ -39,8 +39,10 @@ class FrozenOutputs:
     (R, ...) array}`, `digest` of everything the values depend on, `size` the frames' side."""
 
     digest: str
-    compute: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    compute: Callable[..., dict[str, np.ndarray]]
     size: int
+    # compute also takes the clip's landmarks (N, 68, 2) at `size` (aligned face encoders read them)
+    landmarks: bool = False
 
 
 def state_digest(h, module) -> None:
@@ -82,10 +84,12 @@ def _load(path: Path, key: str, n: int) -> list[dict[str, np.ndarray]] | None:
 
 def source_outputs(outputs: FrozenOutputs, source, features: Sequence[np.ndarray], *,
                    clip_frames: Callable[[object, int], np.ndarray], cache_dir: str | os.PathLike | None = None,
-                   progress: bool = False) -> list[dict[str, np.ndarray]]:
+                   progress: bool = False,
+                   clip_landmarks: Callable[[object, int], np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
     """`outputs.compute` of every clip of a random-access `source` (index order), from
     `cache_dir`'s cache when it holds the same digest over the same source, else computed and
-    saved. `clip_frames(record, size)`: a clip's frames (`data.pipeline.clip_frames`)."""
+    saved. `clip_frames(record, size)`: a clip's frames (`data.pipeline.clip_frames`);
+    `clip_landmarks(record, size)` its landmarks, for outputs that read them (`outputs.landmarks`)."""
     from tqdm import tqdm
 
     key = f"{outputs.digest}:{outputs.size}:{source!r}:{len(source)}"
@@ -96,8 +100,15 @@ def source_outputs(outputs: FrozenOutputs, source, features: Sequence[np.ndarray
             log.info("frozen-model outputs of %d clips from %s", len(out), path)
             return out
     t0 = time.perf_counter()
-    out = [outputs.compute(clip_frames(source[i], outputs.size), features[i])
-           for i in tqdm(range(len(source)), desc="frozen outputs", unit="clip", disable=not progress)]
+    if outputs.landmarks and clip_landmarks is None:
+        raise ValueError("these frozen outputs read each clip's landmarks (aligned face encoders): pass clip_landmarks")
+
+    def one(i):
+        rec = source[i]
+        extra = (clip_landmarks(rec, outputs.size),) if outputs.landmarks else ()
+        return outputs.compute(clip_frames(rec, outputs.size), features[i], *extra)
+
+    out = [one(i) for i in tqdm(range(len(source)), desc="frozen outputs", unit="clip", disable=not progress)]
     log.info("frozen-model outputs of %d clips computed in %.1f s", len(out), time.perf_counter() - t0)
     if path is not None:
         names = sorted(out[0]) if out else []

@@ -15,6 +15,7 @@ Two random-access sources, one transform:
 Example keys (per example; batching adds a leading B):
   frames (F, S, S, 3) uint8, reference (S, S, 3) uint8, audio (640 (F + 2 c),) float32
   (c = audio_context frames each side, zero-padded at clip edges), landmarks (F, 68, 2),
+  reference_landmarks (68, 2) float32 (the reference's: aligned face encoders align it),
   valid (F,) bool (False on frames repeated to pad a short clip), emotion () int32 (-1
   unknown), start () int32, clip () int32, mask_lip_{s} / mask_face_{s} (s, s, 1) float32
   for every s in mask_sizes (from the reference frame's boxes), and for synthetic
@@ -190,7 +191,7 @@ class ClipWindow(grain.transforms.RandomMap):
             "reference": reference,
             "audio": _audio_window(clip.audio, start, self.frames, self.audio_context),
             "valid": valid, "emotion": np.int32(clip.emotion_id), "start": np.int32(start),
-            "clip": np.int32(clip.index), "identity": np.int32(clip.identity_id),
+            "clip": np.int32(clip.index), "identity": np.int32(clip.identity_id), "reference_landmarks": np.asarray(ref_lm, np.float32),
             "opening": states[:, 0].copy(), "width": states[:, 1].copy(),
             "expression": states[:, 2:6].copy(), "intensity": clip.intensity[idx],
         }
@@ -220,6 +221,7 @@ class ClipWindow(grain.transforms.RandomMap):
             "audio": _audio_window(np.asarray(rec["audio"]), start, self.frames, self.audio_context),
             "valid": valid, "emotion": np.int32(rec["emotion"]), "start": np.int32(start),
             "clip": np.int32(rec.get("_index", -1)),
+            "reference_landmarks": (np.asarray(rec["landmarks"])[ref] * scale).astype(np.float32),
         }
         if self.pixels:
             ex["frames"] = np.stack([dec[i] for i in idx])
@@ -247,6 +249,15 @@ def clip_frames(record, size: int | None) -> np.ndarray:
     n = min(len(record["frames"]), int(record["num_frames"]))
     size = size or int(record["lip_mask"].shape[0])
     return np.stack([_resize(decode_jpeg(record["frames"][i]), size) for i in range(n)])
+
+
+def clip_landmarks(record, size: int | None) -> np.ndarray:
+    """Every frame's landmarks (N, 68, 2) float32 of a clip at `size`, as `clip_frames` gives its frames."""
+    if isinstance(record, syn.Clip):
+        return record.landmarks(size=size or record.size)
+    n = min(len(record["frames"]), int(record["num_frames"]))
+    native = int(record["lip_mask"].shape[0])
+    return (np.asarray(record["landmarks"], np.float32)[:n] * ((size or native) / native)).astype(np.float32)
 
 
 def shard_options(shard: tuple[int, int] | None = None):

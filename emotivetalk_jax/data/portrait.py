@@ -16,7 +16,8 @@ generated frame into the original photo with a feathered edge.
 
 `crop=False` uses the whole image (centre square if it is not square) as the model input;
 `boxes=(lip_box, face_box)` in source pixels skips detection (e.g. synthetic portraits
-whose landmarks are known).
+whose landmarks are known); `boxes=(lip_box, face_box, landmarks (68, 2))` gives the landmarks
+too, which face encoders that read aligned faces need (`Portrait.landmarks`, in crop pixels).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Portrait:
     source: np.ndarray  # (H, W, 3) uint8, the image as given
     to_source: np.ndarray  # (2, 3) affine: crop pixel (u, v, 1) -> source pixel (x, y)
     detail: dict = dataclasses.field(default_factory=dict)
+    landmarks: np.ndarray | None = None  # (68, 2) in crop pixels; None where only boxes were given
 
     @property
     def resolution(self) -> int:
@@ -104,9 +106,15 @@ def prepare_portrait(image: str | os.PathLike | np.ndarray, resolution: int, *, 
     src = read_image(image)
     h, w = src.shape[:2]
     detail: dict = {}
+    given = None
     if boxes is not None:
-        lip_src, face_src = (np.asarray(b, np.float32) for b in boxes)
-        face = facelib.Face(face_src, None)
+        if len(boxes) not in (2, 3):
+            raise PortraitError("boxes must be (lip_box, face_box) or (lip_box, face_box, landmarks)")
+        lip_src, face_src = (np.asarray(b, np.float32) for b in boxes[:2])
+        given = np.asarray(boxes[2], np.float32) if len(boxes) == 3 else None
+        if given is not None and given.shape != (68, 2):
+            raise PortraitError(f"the landmarks given with the boxes must be (68, 2), got shape {given.shape}")
+        face = facelib.Face(face_src, None)  # cropped by the boxes alone, with or without landmarks
         detail["faces"] = "given"
     else:
         try:
@@ -144,7 +152,9 @@ def prepare_portrait(image: str | os.PathLike | np.ndarray, resolution: int, *, 
     else:
         lip, fbox = _boxes_in_crop(face, to_crop, resolution)
     out = _resample_crop(src, to_source, resolution)
-    return Portrait(out, lip, fbox, src, to_source, detail)
+    lm = face.landmarks if given is None else given
+    lm = None if lm is None else _apply(to_crop, lm).astype(np.float32)
+    return Portrait(out, lip, fbox, src, to_source, detail, lm)
 
 
 def _resample_crop(src: np.ndarray, to_source: np.ndarray, resolution: int) -> np.ndarray:

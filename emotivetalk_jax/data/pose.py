@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from emotivetalk_jax import validate
+from emotivetalk_jax.models.face_align import RIGID
 
 POSE_KEYS = ("roll", "dx", "dy", "scale")
-RIGID = np.array([0, 1, 2, 3, 4, 12, 13, 14, 15, 16, *range(27, 36), 36, 39, 42, 45])
+# RIGID (imported): the points a pose is fitted on, which the aligned face encoders align by too.
 PIVOT = slice(27, 31)
 # A face's half-width as a fraction of the image: `prepare` crops 1.8 x the face box, the
 # synthetic domain draws 0.25-0.31. The unit of shifts in `motion_level`.
@@ -163,14 +164,14 @@ def _sidecar_landmarks(path: Path) -> np.ndarray | None:
     return None
 
 
-def pose_from_video(path: str | os.PathLike, fps: float = 25.0, *, max_frames: int | None = None,
-                    detector=None) -> np.ndarray:
-    """The pose (F, 4) of a driving video's face relative to its first frame, at `fps`.
+def video_landmarks(path: str | os.PathLike, fps: float = 25.0, *, max_frames: int | None = None,
+                    detector=None, what: str = "pose video") -> tuple[np.ndarray, object]:
+    """A video's face landmarks (F, 68, 2) in its pixels at `fps`, and its `video.probe` info.
 
     Landmarks come from a sidecar NAME.json beside the video with "landmarks" for every frame
     (`emotivetalk synth` writes one: the exact landmarks, where dlib reads cartoon faces poorly,
-    benchmarks/README.md), else from dlib (`face.track_landmarks`). Raises PoseError (one line)
-    when neither gives a face."""
+    benchmarks/README.md), else from dlib (`face.track_landmarks`). Raises PoseError (one line,
+    naming the video as `what`) when neither gives a face."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import video as vid
 
@@ -179,18 +180,25 @@ def pose_from_video(path: str | os.PathLike, fps: float = 25.0, *, max_frames: i
         info = vid.probe(p)
         frames = vid.read_frames(p, fps, max_frames=max_frames, info=info)
     except vid.VideoError as e:
-        raise PoseError(f"pose video {p}: {e}") from None
+        raise PoseError(f"{what} {p}: {e}") from None
     if len(frames) < 1:
-        raise PoseError(f"pose video {p} has no frames")
+        raise PoseError(f"{what} {p} has no frames")
     lms = _sidecar_landmarks(p)
     if lms is not None and len(lms) >= len(frames):
-        lms = lms[: len(frames)]
-    else:
-        det = detector or facelib.DlibDetector(upsample=1 if min(info.width, info.height) < 400 else 0)
-        lms = facelib.track_landmarks(frames, det, every=5)
-        if lms is None:
-            raise PoseError(f"no face found in the pose video {p} (dlib found none on its frames); give a video "
-                            "of a face seen from the front")
+        return lms[: len(frames)], info
+    det = detector or facelib.DlibDetector(upsample=1 if min(info.width, info.height) < 400 else 0)
+    lms = facelib.track_landmarks(frames, det, every=5)
+    if lms is None:
+        raise PoseError(f"no face found in the {what} {p} (dlib found none on its frames); give a video "
+                        "of a face seen from the front")
+    return lms, info
+
+
+def pose_from_video(path: str | os.PathLike, fps: float = 25.0, *, max_frames: int | None = None,
+                    detector=None) -> np.ndarray:
+    """The pose (F, 4) of a driving video's face relative to its first frame, at `fps`; landmarks
+    as `video_landmarks` finds them. Raises PoseError (one line) when there is no face."""
+    lms, info = video_landmarks(path, fps, max_frames=max_frames, detector=detector)
     return pose_from_landmarks(lms, lms[0], info.width)
 
 
@@ -245,4 +253,4 @@ def play_to(pose: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 __all__ = ["check_motion_level", "check_pose", "driving_pose", "play_to", "POSE_KEYS", "RIGID", "STILL", "PoseError", "similarity_fit", "pose_from_landmarks", "apply_pose",
-           "relative_pose", "motion_level", "motion_bucket", "fit_length", "pose_from_video"]
+           "relative_pose", "motion_level", "motion_bucket", "fit_length", "pose_from_video", "video_landmarks"]

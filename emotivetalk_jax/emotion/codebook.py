@@ -10,6 +10,8 @@ Preprocessing (`prepare_face`): the largest face dlib finds is cropped as the tr
 data is (a square of 1.8 x the face box, `data/prepare.py`'s default) and resized to the
 encoder's input size; when no face is found (small, stylised or tightly cropped images)
 the image is centre-cropped to a square and resized instead. Pixels go to [-1, 1].
+Encoders that read landmark-aligned faces (`FaceEncoderConfig.aligned`) also get the face's 68
+landmarks in the crop (`face_crop`: dlib's, or the caller's); an image without them is refused.
 
 On disk a codebook is a folder with `codebook.safetensors` (`means` (8, E) float32,
 `counts` (8,) int64, rows in `KEYWORDS` order) and `codebook.json` (keywords, counts,
@@ -85,19 +87,24 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def prepare_face(image: np.ndarray, size: int, detect: bool = True) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 -> ((size, size, 3) float32 in [-1, 1], "face" | "center")."""
+def face_crop(image: np.ndarray, size: int, detect: bool = True,
+              landmarks: np.ndarray | None = None) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(H, W, 3) uint8 -> ((size, size, 3) float32 in [-1, 1], "face" | "center", the face's 68
+    landmarks (68, 2) in the crop's pixels or None): `landmarks` (the image's pixels) when given,
+    else those of the face dlib found."""
     from emotivetalk_jax.data import face as facelib
 
     img = np.asarray(image)
     h, w = img.shape[:2]
     method = "center"
     crop = None
+    lm = None if landmarks is None else np.asarray(landmarks, np.float32)
     if detect:
         try:
             found = facelib.analyze_face(img)
             crop = facelib.crop_box(found.box, (w, h), CROP_SCALE)
             method = "face"
+            lm = found.landmarks if lm is None else lm
         except (facelib.NoFaceError, ValueError):
             crop = None
     if crop is None:
@@ -105,18 +112,44 @@ def prepare_face(image: np.ndarray, size: int, detect: bool = True) -> tuple[np.
         crop = ((w - side) // 2, (h - side) // 2, side, side)
     x, y, cw, ch = crop
     out = _resize(np.ascontiguousarray(img[y : y + ch, x : x + cw]), size)
-    return out.astype(np.float32) / 127.5 - 1.0, method
+    if lm is not None:
+        lm = ((lm - np.array([x, y], np.float32)) * np.array([size / cw, size / ch], np.float32)).astype(np.float32)
+    return out.astype(np.float32) / 127.5 - 1.0, method, lm
 
 
-def expression_fn(encoder) -> Callable[[np.ndarray], np.ndarray]:
-    """A jitted `images (N, S, S, 3) -> e (N, E)` for a `FaceEncoders` (or anything with
-    `encode_expression`)."""
+def prepare_face(image: np.ndarray, size: int, detect: bool = True) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 -> ((size, size, 3) float32 in [-1, 1], "face" | "center")."""
+    x, method, _ = face_crop(image, size, detect)
+    return x, method
+
+
+def encoder_aligned(encoder) -> bool:
+    """Whether a face encoder reads landmark-aligned faces (`FaceEncoderConfig.aligned`)."""
+    return bool(getattr(getattr(encoder, "cfg", None), "aligned", False))
+
+
+def require_landmarks(encoder, landmarks, what: str) -> None:
+    """EmotionError (one line) when an aligned `encoder` would read `what` without its landmarks."""
+    if encoder_aligned(encoder) and landmarks is None:
+        raise EmotionError(f"this checkpoint's expression encoder reads landmark-aligned faces, and no face "
+                           f"landmarks were found for {what}; give a photo or video of a face seen from the front "
+                           "(dlib must find it)")
+
+
+def expression_fn(encoder) -> Callable[..., np.ndarray]:
+    """A jitted `images (N, S, S, 3), landmarks (N, 68, 2) or None -> e (N, E)` for a `FaceEncoders`
+    (or anything with `encode_expression`); landmarks are read by aligned encoders only."""
     import jax
     from flax import nnx
 
     graphdef, state = nnx.split(encoder)
-    run = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode_expression(x))
-    return lambda images: np.asarray(run(state, np.asarray(images, np.float32)))
+    run = jax.jit(lambda st, x, lm: nnx.merge(graphdef, st).encode_expression(x, lm))
+
+    def expressions(images, landmarks=None):
+        lm = None if landmarks is None else np.asarray(landmarks, np.float32)
+        return np.asarray(run(state, np.asarray(images, np.float32), lm))
+
+    return expressions
 
 
 def encoder_image_size(encoder) -> int:
@@ -134,17 +167,22 @@ def encode_images(images: Iterable[np.ndarray], encoder, *, detect: bool = True,
     """
     size = encoder_image_size(encoder)
     run = expression_fn(encoder)
-    out, methods, batch = [], [], []
+    aligned = encoder_aligned(encoder)
+    out, methods, batch, marks = [], [], [], []
 
     def flush():
         x = np.stack(batch + [batch[-1]] * (batch_size - len(batch)))
-        out.append(run(x)[: len(batch)])
+        lm = np.stack(marks + [marks[-1]] * (batch_size - len(marks))) if aligned else None
+        out.append(run(x, lm)[: len(batch)])
         batch.clear()
+        marks.clear()
 
     items = list(images)
-    for img in progress(items) if progress else items:
-        x, m = prepare_face(img, size, detect)
+    for i, img in enumerate(progress(items) if progress else items):
+        x, m, lm = face_crop(img, size, detect)
+        require_landmarks(encoder, lm, f"image {i} (detection {'off' if not detect else 'found no face'})")
         batch.append(x)
+        marks.append(lm)
         methods.append(m)
         if len(batch) == batch_size:
             flush()

@@ -15,6 +15,9 @@ fps), Fv frames of a driving video, E expression latent width.
 
 Faces in images and videos are cropped as in `codebook.prepare_face` (dlib face box x
 1.8, else a centre square). A video is cropped once, around the face of its first frame.
+An expression encoder that reads landmark-aligned faces (`FaceEncoderConfig.aligned`) also gets
+every image's 68 landmarks: the caller's, else dlib's (an image), else a video's sidecar
+NAME.json or dlib's tracked ones (`data.pose.video_landmarks`); it refuses a face without them.
 The expression encoder checkpoint is a folder: `config.json` ({"format": "emotivetalk_jax",
 "component": "face_encoders", "config": FaceEncoderConfig fields}) + `state/` (orbax).
 """
@@ -29,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from emotivetalk_jax.convert import native
-from emotivetalk_jax.emotion.codebook import CROP_SCALE, encoder_image_size, expression_fn, prepare_face, read_image
+from emotivetalk_jax.emotion.codebook import (CROP_SCALE, encoder_aligned, encoder_image_size, expression_fn, face_crop,
+                                              read_image, require_landmarks)
 from emotivetalk_jax.emotion.keywords import KEYWORDS, EmotionError
 
 SOURCE_KINDS = ("text", "image", "audio", "video")
@@ -111,10 +115,13 @@ def load_expression_encoder(folder: str | os.PathLike):
 # ----------------------------------------------------------------------------- image and video
 
 
-def image_condition(path: str | os.PathLike, encoder, *, detect: bool = True) -> EmotionCondition:
-    """A face image -> e_cond (E,) from the expression encoder."""
-    x, method = prepare_face(read_image(path), encoder_image_size(encoder), detect)
-    e = expression_fn(encoder)(x[None])[0]
+def image_condition(path: str | os.PathLike, encoder, *, detect: bool = True,
+                    landmarks: np.ndarray | None = None) -> EmotionCondition:
+    """A face image -> e_cond (E,) from the expression encoder; `landmarks` (68, 2) the face's in
+    the image's pixels, if known (aligned encoders; else dlib's)."""
+    x, method, lm = face_crop(read_image(path), encoder_image_size(encoder), detect, landmarks)
+    require_landmarks(encoder, lm, f"the emotion image {Path(path).name}")
+    e = expression_fn(encoder)(x[None], lm[None] if encoder_aligned(encoder) else None)[0]
     return EmotionCondition("image", e_cond=e, detail={"crop": method})
 
 
@@ -172,9 +179,25 @@ def anchor_to_codebook(e: np.ndarray, codebook) -> tuple[np.ndarray, dict]:
     return e - m + anchor, detail
 
 
+def _video_landmarks(path, fps: float, max_frames: int | None, landmarks) -> np.ndarray:
+    """An emotion video's landmarks (Fv, 68, 2) in its pixels: `landmarks` when given, else
+    `data.pose.video_landmarks` (sidecar NAME.json, else dlib); EmotionError when there are none."""
+    from emotivetalk_jax.data.pose import PoseError, video_landmarks
+
+    if landmarks is not None:
+        return np.asarray(landmarks, np.float32)
+    try:
+        return video_landmarks(path, fps, max_frames=max_frames, what="emotion video")[0]
+    except PoseError as e:
+        raise EmotionError(f"this checkpoint's expression encoder reads landmark-aligned faces: {e}") from None
+
+
 def video_expressions(path: str | os.PathLike, encoder, *, fps: float = 25.0, detect: bool = True,
-                      batch_size: int = 16, max_frames: int | None = None) -> tuple[np.ndarray, dict]:
-    """A driving video -> per-frame expression latents (Fv, E) at `fps`, and how it was cropped."""
+                      batch_size: int = 16, max_frames: int | None = None,
+                      landmarks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """A driving video -> per-frame expression latents (Fv, E) at `fps`, and how it was cropped.
+    Aligned encoders read every frame with its landmarks: `landmarks` (Fv, 68, 2) in the video's
+    pixels when known, else found (`_video_landmarks`)."""
     from emotivetalk_jax.data import face as facelib
     from emotivetalk_jax.data import video as vid
 
@@ -199,20 +222,31 @@ def video_expressions(path: str | os.PathLike, encoder, *, fps: float = 25.0, de
         raise EmotionError(f"emotion video: {e}") from None
     if len(frames) == 0:
         raise EmotionError(f"emotion video {path} has no frames")
+    lms = None
+    if encoder_aligned(encoder):  # into the crop's pixels, a row per frame read
+        src = _video_landmarks(path, fps, max_frames, landmarks)
+        src = src[np.minimum(np.arange(len(frames)), len(src) - 1)]
+        x0, y0, cw, ch = crop
+        lms = ((src - np.array([x0, y0], np.float32)) * np.array([size / cw, size / ch], np.float32)).astype(np.float32)
     run = expression_fn(encoder)
     out = []
+
+    def padded(a, n):
+        return np.concatenate([a, np.repeat(a[-1:], n - len(a), 0)]) if len(a) < n else a
+
     for a in range(0, len(frames), batch_size):
         chunk = frames[a : a + batch_size].astype(np.float32) / 127.5 - 1.0
-        pad = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)]) if len(chunk) < batch_size else chunk
-        out.append(run(pad)[: len(chunk)])
+        lm = None if lms is None else padded(lms[a : a + batch_size], batch_size)
+        out.append(run(padded(chunk, batch_size), lm)[: len(chunk)])
     return np.concatenate(out), {"crop": method, "video_frames": int(len(frames))}
 
 
 def video_condition(path: str | os.PathLike, encoder, num_frames: int, *, fps: float = 25.0,
-                    detect: bool = True, codebook=None) -> EmotionCondition:
+                    detect: bool = True, codebook=None, landmarks: np.ndarray | None = None) -> EmotionCondition:
     """A driving video -> e_v (num_frames, E), the video's expression track (anchored to
-    `codebook` when given and not empty: `anchor_to_codebook`) stretched to the audio."""
-    e, detail = video_expressions(path, encoder, fps=fps, detect=detect)
+    `codebook` when given and not empty: `anchor_to_codebook`) stretched to the audio; `landmarks`
+    as `video_expressions` reads them."""
+    e, detail = video_expressions(path, encoder, fps=fps, detect=detect, landmarks=landmarks)
     if codebook is not None and np.asarray(codebook.counts).sum() > 0:
         e, anchor = anchor_to_codebook(e, codebook)
         detail = {**detail, **anchor}

@@ -82,7 +82,7 @@ def source_emotion(pipe, domain: SyntheticDomain, clip: Clip, index: int, kind: 
         state[:, 2:6] = sf.expression(clip.emotion, 1.0)
         path = folder / f"{other.name}_{clip.emotion}.png"
         Image.fromarray(sf.render(other.identity, state, r)[0]).save(path)
-        cond = image_condition(path, encoder, detect=False)
+        cond = image_condition(path, encoder, detect=False, landmarks=sf.landmarks(other.identity, state[0], r))
         e = cond.e_cond
     elif kind == "video":
         from emotivetalk_jax.data.video import write_mp4
@@ -93,7 +93,8 @@ def source_emotion(pipe, domain: SyntheticDomain, clip: Clip, index: int, kind: 
         write_mp4(path, sf.render(other.identity, states, r), FPS,
                   other.audio[: len(states) * SAMPLES_PER_FRAME], SR)
         cond = video_condition(path, encoder, num_frames, fps=pipe.settings.fps, detect=False,
-                               codebook=pipe.bundle.codebook)
+                               codebook=pipe.bundle.codebook,
+                               landmarks=np.stack([sf.landmarks(other.identity, s, r) for s in states]))
         a = cond.detail
         return cond, {"kind": kind, "from": other.name, "identity": other.identity_id, "chosen": a["keyword"],
                       "method": "nearest codebook row (mean e_v), anchored", "intensity": a["intensity"],

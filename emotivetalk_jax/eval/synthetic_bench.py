@@ -154,7 +154,7 @@ def bench_synthetic(checkpoint, *, seed: int = 0, clips: int = 8, ablate: str | 
         states = clip.states[np.arange(n) % clip.num_frames]
         audio = _loop(clip.audio[: clip.num_frames * SAMPLES_PER_FRAME], n * SAMPLES_PER_FRAME)
         lm = clip.portrait_landmarks(r)
-        boxes = (facelib.lip_box(lm), facelib.face_box(lm))
+        boxes = (facelib.lip_box(lm), facelib.face_box(lm), lm)  # the landmarks: for aligned face encoders
         portrait = clip.portrait(r)
         emotion, how = source_emotion(pipe, domain, clip, i, emotion_source, n, Path(sources.name))
         driving = None

@@ -10,6 +10,12 @@ residual conv adapter on the image per branch (`lip_adapter`, `expression_adapte
 backbone runs once per branch. Our backbone is a small residual conv net, not FAN (no FAN
 port here); PD-FGC's BatchNorm1d in the heads is a LayerNorm (no batch statistics).
 
+Aligned encoders (`FaceEncoderConfig.aligned`, issue 30): every image is first warped so its
+face's rigid landmarks sit on the canonical face's (`models.face_align.align_faces`), so the latents
+carry the mouth and the expression, not the head's roll, shift or scale. They then need each
+image's 68 landmarks (pixel (x, y) in the image as given), and refuse to run without them;
+encoders with `aligned` off ignore landmarks and run exactly as before.
+
 Pretraining (self-driven dropout reconstruction, Fig. 8): the paper renders with the ETHD
 backbone; we use `ReconstructionDecoder`, a small conv net that reconstructs the driving
 frame from the reference frame, FiLM-modulated by the (possibly dropped) latents; a dropped
@@ -24,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from emotivetalk_jax.models.face_align import align_faces
 from emotivetalk_jax.models.layers import conv, group_norm, layer_norm, linear
 from emotivetalk_jax.models.vaid_variants import DecoderConfig, FaceEncoderConfig
 
@@ -105,8 +112,13 @@ class Head(nnx.Module):
         return self.fc2(self.norm(jax.nn.relu(self.fc1(x))))
 
 
+NEEDS_LANDMARKS = ("these face encoders read landmark-aligned faces (aligned in their config) and need the 68 "
+                   "landmarks of every image they encode; none were given")
+
+
 class FaceEncoders(nnx.Module):
-    """Images (..., H, W, 3) -> l_v (..., Dl), e_v (..., De); e_ref = encode_expression(x_ref)."""
+    """Images (..., H, W, 3) -> l_v (..., Dl), e_v (..., De); e_ref = encode_expression(x_ref).
+    `landmarks` (..., 68, 2): each image's, required when `cfg.aligned`, ignored otherwise."""
 
     def __init__(self, cfg: FaceEncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -122,25 +134,29 @@ class FaceEncoders(nnx.Module):
     def from_config(cls, cfg: FaceEncoderConfig, *, rngs: nnx.Rngs) -> "FaceEncoders":
         return cls(cfg, rngs=rngs)
 
-    def _prepare(self, images: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    def _prepare(self, images: jax.Array, landmarks: jax.Array | None) -> tuple[jax.Array, tuple[int, ...]]:
         lead = images.shape[:-3]
         x = images.reshape(-1, *images.shape[-3:])
+        if getattr(self.cfg, "aligned", False):
+            if landmarks is None:
+                raise ValueError(NEEDS_LANDMARKS)
+            x = align_faces(x, jnp.reshape(landmarks, (-1, 68, 2))).astype(x.dtype)
         s = self.cfg.image_size
         if x.shape[1:3] != (s, s):
             x = jax.image.resize(x, (x.shape[0], s, s, x.shape[-1]), "bilinear")
         return x, lead
 
-    def encode_lip(self, images: jax.Array) -> jax.Array:
-        x, lead = self._prepare(images)
+    def encode_lip(self, images: jax.Array, landmarks: jax.Array | None = None) -> jax.Array:
+        x, lead = self._prepare(images, landmarks)
         return self.to_mouth(self.backbone(self.lip_adapter(x))).reshape(*lead, -1)
 
-    def encode_expression(self, images: jax.Array) -> jax.Array:
-        x, lead = self._prepare(images)
+    def encode_expression(self, images: jax.Array, landmarks: jax.Array | None = None) -> jax.Array:
+        x, lead = self._prepare(images, landmarks)
         feat = self.to_emo(self.backbone(self.expression_adapter(x)))
         return self.emo_embed(jax.nn.relu(feat)).reshape(*lead, -1)
 
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.encode_lip(images), self.encode_expression(images)
+    def __call__(self, images: jax.Array, landmarks: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        return self.encode_lip(images, landmarks), self.encode_expression(images, landmarks)
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -205,9 +221,11 @@ class EncoderPretrainer(nnx.Module):
     def from_config(cls, variant, *, emotions: int = 0, opening_head: bool = False, rngs: nnx.Rngs) -> "EncoderPretrainer":
         return cls(variant.face, variant.decoder, emotions=emotions, opening_head=opening_head, rngs=rngs)
 
-    def reconstruct(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array):
-        """(driving frame prediction, emotion logits or None, mouth opening or None)."""
-        l, e = self.encoders(x_drv)
+    def reconstruct(self, x_ref: jax.Array, x_drv: jax.Array, configs: jax.Array, landmarks: jax.Array | None = None):
+        """(driving frame prediction, emotion logits or None, mouth opening or None); `landmarks`
+        (B, 68, 2) the driving frames' (aligned encoders; the renderer's frames are then the
+        aligned ones: `x_ref` aligned, the prediction compared with the aligned driving frame)."""
+        l, e = self.encoders(x_drv, landmarks)
         keep_lip, keep_expr = dropout_keep(configs)
         logits = self.emotion_head(e) if self.emotion_head is not None else None
         opening = self.opening_head(l)[..., 0] if self.opening_head is not None else None

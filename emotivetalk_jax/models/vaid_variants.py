@@ -99,6 +99,10 @@ class FaceEncoderConfig:
     # pooling) or "flatten" (a linear map of the whole map, which keeps where things are: the
     # demo's expressions move a brow by one or two pixels, and a global mean loses that).
     pool: str = "mean"
+    # Read landmark-aligned faces (`data.align`, issue 30): each image's roll, shift and scale undone
+    # before the adapters, so that head motion does not reach l_v / e_v; the encoders then need
+    # every image's 68 landmarks. Off in every variant and in bundles saved before it existed.
+    aligned: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

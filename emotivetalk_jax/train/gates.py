@@ -73,6 +73,11 @@ class ProbeClips:
     def all_opening(self) -> np.ndarray:
         return np.concatenate(self.opening)
 
+    @functools.cached_property
+    def all_landmarks(self) -> np.ndarray:
+        """(N, 68, 2) every frame's landmarks at `size` (what aligned face encoders read)."""
+        return np.concatenate([c.landmarks(size=self.size) for c in self.clips]).astype(np.float32)
+
 
 @functools.lru_cache(maxsize=8)
 def probe_clips(split: str, clips: int, size: int, data_seed: int = 0, head_motion: float = 1.0,
@@ -132,15 +137,16 @@ def nearest_mean_accuracy(fit_x: np.ndarray, fit_labels: np.ndarray, eval_x: np.
     return float(np.mean(pred == eval_labels))
 
 
-def _chunked(fn, x: np.ndarray) -> np.ndarray:
-    """fn over rows of x in fixed chunks of _CHUNK (the last one padded), concatenated."""
+def _chunked(fn, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+    """fn over rows of x (and of `more`, row for row) in fixed chunks of _CHUNK (the last one
+    padded), concatenated."""
     out = []
     for i in range(0, len(x), _CHUNK):
-        piece = x[i : i + _CHUNK]
-        pad = _CHUNK - len(piece)
+        pieces = [a[i : i + _CHUNK] for a in (x, *more)]
+        pad = _CHUNK - len(pieces[0])
         if pad:
-            piece = np.concatenate([piece, np.repeat(piece[-1:], pad, 0)])
-        out.append(np.asarray(fn(jnp.asarray(piece)))[: _CHUNK - pad])
+            pieces = [np.concatenate([p, np.repeat(p[-1:], pad, 0)]) for p in pieces]
+        out.append(np.asarray(fn(*(jnp.asarray(p) for p in pieces)))[: _CHUNK - pad])
     return np.concatenate(out)
 
 
@@ -152,13 +158,14 @@ def _images(frames: np.ndarray) -> np.ndarray:
 
 
 def face_latents(face, clips: ProbeClips) -> tuple[np.ndarray, np.ndarray]:
-    """(l_v (N, Dl), e_v (N, E)) of every frame."""
+    """(l_v (N, Dl), e_v (N, E)) of every frame (aligned encoders: with its known landmarks)."""
     from flax import nnx
 
     x = _images(np.concatenate(clips.frames))
-    lip = nnx.jit(lambda m, v: m.encode_lip(v))
-    expr = nnx.jit(lambda m, v: m.encode_expression(v))
-    return _chunked(lambda v: lip(face, v), x), _chunked(lambda v: expr(face, v), x)
+    lm = clips.all_landmarks if getattr(face.cfg, "aligned", False) else np.zeros((len(x), 68, 2), np.float32)
+    lip = nnx.jit(lambda m, v, p: m.encode_lip(v, p))
+    expr = nnx.jit(lambda m, v, p: m.encode_expression(v, p))
+    return _chunked(lambda v, p: lip(face, v, p), x, lm), _chunked(lambda v, p: expr(face, v, p), x, lm)
 
 
 def face_gates(face, fit: ProbeClips, ev: ProbeClips, *, latents=face_latents) -> dict[str, float]:
@@ -270,6 +277,7 @@ def _denoiser_batch(encoder, ev: ProbeClips, *, frames: int, context: int, laten
         lip, face = facelib.box_mask(facelib.lip_box(lm), s, latent), facelib.box_mask(facelib.face_box(lm), s, latent)
         for start in _window_starts(c, frames, windows):
             row = dict(frames=vid[start : start + frames], reference=c.portrait(s),
+                       landmarks=c.landmarks(start, start + frames, size=s), reference_landmarks=lm.astype(np.float32),
                        frame_features=feature_window(f, start, frames, context),
                        **{f"mask_lip_{latent}": lip, f"mask_face_{latent}": face})
             if neutral:

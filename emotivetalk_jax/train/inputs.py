@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import grain
 
-from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, clip_frames
+from emotivetalk_jax.data.pipeline import ClipWindow, PreparedClips, SyntheticClips, clip_frames, clip_landmarks
 from emotivetalk_jax.data.synthetic import domain_config
 
-KEEP = ("frames", "reference", "audio", "emotion", "landmarks")  # emotion: () int32, -1 unlabelled
+KEEP = ("frames", "reference", "audio", "emotion", "landmarks", "reference_landmarks")  # emotion: () int32, -1 unlabelled
 
 
 class _ProcessRows(grain.MapDataset):
@@ -84,7 +84,7 @@ def make_dataset(data_cfg, spec: dict, *, batch_size: int, seed: int, process: i
 
         if features is None:
             raise ValueError("frozen_outputs reads the clips' audio features: pass the stage's audio_encoder too")
-        frozen = source_outputs(frozen_outputs, source, features, clip_frames=clip_frames,
+        frozen = source_outputs(frozen_outputs, source, features, clip_frames=clip_frames, clip_landmarks=clip_landmarks,
                                 cache_dir=cache_dir if process == 0 else None)
     p_neutral = float(data_cfg.get("reference_neutral", 0.0))
     if not 0.0 <= p_neutral <= 1.0:

@@ -40,7 +40,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
     lw = v.loss
 
     def prepare(frozen, batch, key):
-        return dict(l_v=frozen.face.encode_lip(to_float_image(batch["frames"])), wave=batch["audio"])
+        return dict(l_v=frozen.face.encode_lip(to_float_image(batch["frames"]), batch.get("landmarks")), wave=batch["audio"])
 
     def loss(model, inp, key, aux):
         feats = audio_frames(model.encoder, inp["wave"], frames + 2 * ctx)

@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 FROZEN_CHUNK = 8  # windows of F frames per call of the cache's encoder (one compile for every clip)
 
 
-def _frame_parts(frozen, x: jax.Array, windows: jax.Array, scaling: float) -> dict:
+def _frame_parts(frozen, x: jax.Array, windows: jax.Array, scaling: float, landmarks: jax.Array | None = None) -> dict:
     """Frames x (B, F, S, S, 3) in [-1, 1], A_w (B, F, W, D) -> latents (B, F, h, w, L) (the VAE's
     mean x scaling), e_v (B, F, E), l_a (B, F, Dl), and with an expression reader its reading
-    r_v (B, F, P): what depends on one frame and its window."""
+    r_v (B, F, P): what depends on one frame and its window. `landmarks` (B, F, 68, 2): the
+    frames', which aligned face encoders read."""
     b, f = x.shape[:2]
     mean, _ = frozen.vae.encode(x.reshape(-1, *x.shape[2:]))
-    _, e_v = frozen.face(x)
+    e_v = frozen.face.encode_expression(x, landmarks)
     out = dict(latents=(mean * scaling).reshape(b, f, *mean.shape[1:]), e_v=e_v, l_a=frozen.vaid.lip(windows))
     if frozen.reader is not None:
         out["r_v"] = frozen.reader(x)
@@ -61,22 +62,27 @@ def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, con
 
     dtype = jnp.dtype(compute_dtype)
 
+    aligned = bool(getattr(modules.face.cfg, "aligned", False))
+
     @jax.jit
-    def encode(frozen_state, x, feats):  # (G, F, S, S, 3) uint8, (G, F + 2 c, D)
+    def encode(frozen_state, x, feats, lm):  # (G, F, S, S, 3) uint8, (G, F + 2 c, D), (G, F, 68, 2) or None
         fz = nnx.merge(fgraph, cast_floating(frozen_state, dtype))
         return _frame_parts(fz, to_float_image(x), batch_windows(dict(frame_features=feats), frames, context),
-                            scaling)
+                            scaling, lm)
 
-    def compute(clip_frames, feats):
+    def compute(clip_frames, feats, landmarks=None):
         n = len(clip_frames)
         g = FROZEN_CHUNK * frames
         total = -(-(n + context) // g) * g  # rows N + c, padded to whole chunks
-        x = clip_frames[np.minimum(np.arange(total), n - 1)].reshape(-1, frames, *clip_frames.shape[1:])
+        rows_idx = np.minimum(np.arange(total), n - 1)
+        x = clip_frames[rows_idx].reshape(-1, frames, *clip_frames.shape[1:])
+        lm = None if landmarks is None else np.asarray(landmarks, np.float32)[rows_idx].reshape(-1, frames, 68, 2)
         rows = feature_window(np.asarray(feats, np.float32), 0, total, context)
         win = np.stack([rows[k * frames : (k + 1) * frames + 2 * context] for k in range(len(x))])
         parts = []
         for i in range(0, len(x), FROZEN_CHUNK):
-            out = encode(fstate, x[i : i + FROZEN_CHUNK], win[i : i + FROZEN_CHUNK])
+            out = encode(fstate, x[i : i + FROZEN_CHUNK], win[i : i + FROZEN_CHUNK],
+                         None if lm is None else lm[i : i + FROZEN_CHUNK])
             parts.append({k: np.asarray(a, np.float32).reshape(-1, *a.shape[2:]) for k, a in out.items()})
         return {k: np.concatenate([p[k] for p in parts])[:n + context if k == "l_a" else n] for k in parts[0]}
 
@@ -85,7 +91,7 @@ def frozen_outputs(fgraph, fstate, modules: Frozen, encoder, *, frames: int, con
              f"{face.cfg!r}:{vaid.projector.cfg!r}" + (":reader" if reader is not None else ""))
     readers = (reader,) if reader is not None else ()
     return FrozenOutputs(digest=modules_digest(vae, face, vaid.projector, *readers, extra=extra), compute=compute,
-                         size=size)
+                         size=size, landmarks=aligned)
 
 
 def stage_ethd_config(cfg, variant):
@@ -239,18 +245,20 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         if "frozen_latents" in batch:  # the loader's per-clip cache (cfg.frozen_cache)
             parts = {k: batch[f"frozen_{k}"] for k in ("latents", "e_v", "l_a", "r_v") if f"frozen_{k}" in batch}
         else:
-            parts = _frame_parts(frozen, to_float_image(batch["frames"]), windows, scaling)
+            parts = _frame_parts(frozen, to_float_image(batch["frames"]), windows, scaling, batch.get("landmarks"))
         latents, e_v, l_a = parts["latents"], parts["e_v"], parts["l_a"]
         b = latents.shape[0]
         ref = to_float_image(batch["reference"])
         ref_latent, _ = frozen.vae.encode(ref + ic.noise_aug * jax.random.normal(k_aug, ref.shape, ref.dtype))
-        e_ref = frozen.face.encode_expression(ref)
+        e_ref = frozen.face.encode_expression(ref, batch.get("reference_landmarks"))
         e_a = vaid_expression(frozen.vaid, windows, ref, e_v[:, 0], k_ea, steps=e_a_steps)
         ids, pose = motion_inputs(batch, time_ids, b, typical if motion_on else None, pose_on)
         out = dict(eb=ETHDBatch(latents, ref_latent, l_a, e_v, e_a, e_ref, ids,
                                 batch[f"mask_lip_{latent}"], batch[f"mask_face_{latent}"], pose))
         if frozen.reader is not None:  # the reader on the ground truth (B, F, P) and on the portrait (B, P)
             out.update(r_v=parts["r_v"], r_ref=frozen.reader(ref))
+        elif "landmarks" in batch:  # the expression term's aligned encoders read the generated frames with them
+            out["landmarks"] = batch["landmarks"]
         return out
 
     def loss(model, inp, key, aux, frozen=None):
@@ -267,7 +275,8 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
             if frozen.reader is not None:  # in the reader's units (init.expression_reader)
                 l_expr = expression_consistency(frozen.reader(x), inp["r_v"], inp["r_ref"], a["kept_expr"])
             else:
-                l_expr = expression_consistency(frozen.face.encode_expression(x), eb.e_v, eb.e_ref, a["kept_expr"])
+                e_x = frozen.face.encode_expression(x, inp.get("landmarks"))
+                l_expr = expression_consistency(e_x, eb.e_v, eb.e_ref, a["kept_expr"])
             out.update(loss_x0=l, loss_expr=l_expr)
             l = l + expr_weight * l_expr
         return l, out

@@ -81,12 +81,48 @@ def load_init(path: str, abstract: nnx.Module, component: str, subtree: str | No
     return model
 
 
+def face_config(cfg, variant):
+    """The `FaceEncoderConfig` of `cfg.init.face_encoders`: the variant's, with `aligned` as that
+    checkpoint was trained (a stage-0 workdir's `face_aligned`, a native folder's config; neither
+    says so before issue 30: off); with no checkpoint, `cfg.face_aligned` (stage 0's own setting)."""
+    import dataclasses
+    import json
+
+    path = cfg.init.get("face_encoders", "") if "init" in cfg else ""
+    if not path:
+        aligned = bool(cfg.get("face_aligned", False))
+    elif is_workdir(path):
+        aligned = bool(workdir_config(path).get("face_aligned", False))
+    else:
+        try:
+            aligned = bool(json.loads((Path(path) / "config.json").read_text())["config"].get("aligned", False))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            aligned = False  # load_init names what is wrong with the folder
+    return dataclasses.replace(variant.face, aligned=aligned)
+
+
+def workdir_config(workdir: str) -> dict:
+    """The config JSON saved with the latest checkpoint of a training workdir ({} when none)."""
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=("config",),
+                                 item_handlers={"config": ocp.JsonCheckpointHandler()})
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            return {}
+        return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    finally:
+        mngr.close()
+
+
 def face_encoders(cfg, variant, seed: int, *, abstract: bool = False) -> nnx.Module:
     """The face encoders of `cfg.init.face_encoders` (a stage-0 workdir or a native face_encoders
-    folder); random when unset."""
+    folder; aligned or not as it was trained, `face_config`); random when unset."""
     from emotivetalk_jax.models.face_encoders import FaceEncoders
 
-    model = abstract_model(lambda: FaceEncoders(variant.face, rngs=nnx.Rngs(0)))
+    face = face_config(cfg, variant)
+    model = abstract_model(lambda: FaceEncoders(face, rngs=nnx.Rngs(0)))
     if cfg.init.face_encoders:
         return load_init(cfg.init.face_encoders, model, "face_encoders", "encoders")
     log.info("no stage-0 workdir configured (init.face_encoders): random face encoders")

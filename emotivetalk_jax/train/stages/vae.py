@@ -99,8 +99,11 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         if masks:  # (B, S, S, 1) each
             inp["face"], inp["lip"] = batch[f"mask_face_{size}"], batch[f"mask_lip_{size}"]
         if expr_weight:  # the frames' expression (B, F, De) and the neutral portrait's (B, De)
-            inp["e_x"] = frozen.face.encode_expression(inp["x"])
-            inp["e_ref"] = frozen.face.encode_expression(to_float_image(batch["reference"]))
+            inp["e_x"] = frozen.face.encode_expression(inp["x"], batch.get("landmarks"))
+            inp["e_ref"] = frozen.face.encode_expression(to_float_image(batch["reference"]),
+                                                         batch.get("reference_landmarks"))
+            if "landmarks" in batch:  # aligned encoders read the reconstructions with the frames' landmarks
+                inp["landmarks"] = batch["landmarks"]
         return inp
 
     def loss(model, inp, key, aux, frozen=None):
@@ -125,7 +128,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         if expr_weight:
             from emotivetalk_jax.diffusion.ethd_loss import expression_consistency
 
-            e_rec = frozen.face.encode_expression(rec.reshape(inp["x"].shape))
+            e_rec = frozen.face.encode_expression(rec.reshape(inp["x"].shape), inp.get("landmarks"))
             keep = jnp.ones(e_rec.shape[:1], bool)
             expr = expression_consistency(e_rec, inp["e_x"], inp["e_ref"], keep)
             total, metrics = total + expr_weight * expr, dict(metrics, expr=expr)

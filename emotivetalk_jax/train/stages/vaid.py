@@ -43,7 +43,7 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
 
     def prepare(frozen, batch, key):
         frames_f = to_float_image(batch["frames"])
-        l_v, e_v = frozen.face(frames_f)
+        l_v, e_v = frozen.face(frames_f, batch.get("landmarks"))
         return dict(vb=VAIDBatch(batch_windows(batch, frames, ctx), to_float_image(batch["reference"]), l_v, e_v))
 
     def main(model, inp, key, aux):
@@ -59,8 +59,9 @@ def build(cfg, *, seed: int, abstract: bool = False) -> Stage:
         import jax
         import jax.numpy as jnp
 
-        expr = jax.jit(lambda st, x: nnx.merge(fgraph, st).face.encode_expression(x))
-        e = jnp.concatenate([expr(frozen_state, to_float_image(b["frames"]).reshape(-1, *b["frames"].shape[-3:]))
+        expr = jax.jit(lambda st, x, lm: nnx.merge(fgraph, st).face.encode_expression(x, lm))
+        e = jnp.concatenate([expr(frozen_state, to_float_image(b["frames"]).reshape(-1, *b["frames"].shape[-3:]),
+                                  None if "landmarks" not in b else b["landmarks"].reshape(-1, 68, 2))
                              for b in batches])
         mean, std = jnp.mean(e, axis=0), jnp.std(e, axis=0)
         return {**rest, "dicte": {**rest["dicte"], "stats": {"mean": mean, "scale": jnp.maximum(std, 1e-6)}}}
