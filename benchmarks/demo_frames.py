@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     clip = domain.clip(a.clip, "test")
     other = a.other or ("happy" if clip.emotion != "happy" else "sad")
     lm = clip.portrait_landmarks(r)
-    kw = dict(seed=a.seed, crop=False, boxes=(facelib.lip_box(lm), facelib.face_box(lm)))
+    kw = dict(seed=a.seed, crop=False, boxes=(facelib.lip_box(lm), facelib.face_box(lm), lm))
     portrait = clip.portrait(r)
     same = pipe(portrait, clip.audio, emotion=clip.emotion, **kw).frames
     diff = pipe(portrait, clip.audio, emotion=other, **kw).frames

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     for i in range(a.first, a.first + a.clips):
         clip = domain.clip(i, "test")
         lm = clip.portrait_landmarks(r)
-        kw = dict(seed=i, crop=False, boxes=(facelib.lip_box(lm), facelib.face_box(lm)))
+        kw = dict(seed=i, crop=False, boxes=(facelib.lip_box(lm), facelib.face_box(lm), lm))
         portrait = clip.portrait(r)
         audio = clip.audio[: clip.num_frames * SAMPLES_PER_FRAME]
         gt = sf.render(clip.identity, clip.states, r)

@@ -133,7 +133,7 @@ def decoder_pairs(pipe, clips: int, *, split: str = "train", first: int = 0, fra
             try:
                 res = pipe(portrait, clip.audio[: SAMPLED_FRAMES * SAMPLES_PER_FRAME], emotion=clip.emotion,
                            seed=seed + i, steps=SAMPLED_STEPS[n % len(SAMPLED_STEPS)], crop=False,
-                           boxes=(facelib.lip_box(lm), facelib.face_box(lm)), mark=False)
+                           boxes=(facelib.lip_box(lm), facelib.face_box(lm), lm), mark=False)
             finally:
                 del pipe.decode  # the class's method again
             lat.append(recorded.pop())
