@@ -77,6 +77,25 @@ def test_stream_emits_frames_that_never_change(pipe, tmp_path, monkeypatch):
     assert [len(g) for g in one] == [4]
 
 
+def test_stream_gives_a_portrait_reading_fast_decoder_its_portrait(pipe, monkeypatch):
+    """The stream hands the fast decoder the portrait (`decode_reference`, once per stream): an
+    untrained portrait-reading decoder draws exactly the portrait on every emitted frame."""
+    from flax import nnx
+
+    from emotivetalk_jax.models.fast_decoder import FastDecoder, FastDecoderConfig
+
+    levels = len(pipe.bundle.vae.config["block_out_channels"])
+    decoder = FastDecoder(FastDecoderConfig(widths=(4,) * levels, reference=True), rngs=nnx.Rngs(0))
+    monkeypatch.setattr(pipe.bundle, "fast_decoder", decoder)
+    pipe.fast_decode = True
+    try:
+        frames = np.concatenate(list(pipe.stream(PORTRAIT, [_speech(10)], crop=False, face_box=BOX, mark=False)))
+    finally:
+        pipe.fast_decode = False
+    portrait = pipe.prepare_portrait(PORTRAIT, face_box=BOX, crop=False).image
+    assert len(frames) == 10 and (frames == portrait[None]).all()
+
+
 @pytest.mark.parametrize("case", ["no chunks", "nan", "two rates"])
 def test_stream_bad_input_one_clear_error_nothing_written(pipe, tmp_path, case):
     from emotivetalk_jax.data.audio import AudioError
