@@ -110,8 +110,7 @@ def _decode(vae, z, num_frames):
 def _fast_decode(decoder, z, x_ref, z_ref):
     """z (K, h, w, 4) unscaled -> (K, R, R, 3) uint8, each frame alone (x_ref, z_ref: the portrait,
     read by a decoder with `reference` on; None for one without)."""
-    x = decoder(z, x_ref, z_ref) if decoder.cfg.reference else decoder(z)
-    return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return jnp.clip(jnp.round((decoder(z, x_ref, z_ref).astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def no_fast_decoder(path) -> str:
@@ -435,7 +434,7 @@ class EmotiveTalkPipeline:
         if self.bundle.fast_decoder.cfg.reference and reference is None:
             raise GenerationError("this checkpoint's fast decoder reads the portrait; pass "
                                   "decode(latents, pipe.decode_reference(x_ref))")
-        x_ref, z_ref = reference if self.bundle.fast_decoder.cfg.reference else (None, None)
+        x_ref, z_ref = reference or (None, None)
         n = z.shape[0]
         k = max(1, self.settings.decode_chunk * self.settings.decode_batch)
         out = np.empty((n, self.resolution, self.resolution, 3), np.uint8)

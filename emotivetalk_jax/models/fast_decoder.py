@@ -75,7 +75,7 @@ class FastDecoder(nnx.Module):
     """Unscaled VAE latents (N, h, w, L) -> frames (N, H, W, 3) in about [-1, 1], each frame alone.
 
     With `cfg.reference`: also the portrait x_ref (1 or N, H, W, 3) in [-1, 1] and its unscaled
-    latent z_ref (1 or N, h, w, L), the VAE encoder's mean of x_ref."""
+    latent z_ref (1 or N, h, w, L), the VAE encoder's mean of x_ref (without: both unread)."""
 
     def __init__(self, cfg: FastDecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -99,22 +99,22 @@ class FastDecoder(nnx.Module):
         return out
 
     def __call__(self, z: jax.Array, x_ref: jax.Array | None = None, z_ref: jax.Array | None = None) -> jax.Array:
-        if self.cfg.reference != (x_ref is not None and z_ref is not None):
-            raise ValueError("this fast decoder reads the portrait: pass x_ref and z_ref" if self.cfg.reference
-                             else "this fast decoder does not read the portrait: pass z alone")
         if not self.cfg.reference:
             x = jax.nn.relu(self.conv_in(z))
-            feats = [None] * len(self.blocks)
-        else:
-            feats = self.reference_features(x_ref)
-            x = jax.nn.relu(self.conv_in(jnp.concatenate([z, z - jnp.broadcast_to(z_ref, z.shape)], -1)) + feats[0])
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if i < len(self.ups):
+                    x = self.ups[i](x)
+            return self.conv_out(x)
+        if x_ref is None or z_ref is None:
+            raise ValueError("this fast decoder reads the portrait: pass x_ref and z_ref")
+        feats = self.reference_features(x_ref)
+        x = jax.nn.relu(self.conv_in(jnp.concatenate([z, z - jnp.broadcast_to(z_ref, z.shape)], -1)) + feats[0])
         for i, block in enumerate(self.blocks):
-            if i and feats[i] is not None:
-                x = x + feats[i]
-            x = block(x)
+            x = block(x + feats[i] if i else x)
             if i < len(self.ups):
                 x = self.ups[i](x)
-        return self.conv_out(x) + (0.0 if x_ref is None else x_ref)
+        return self.conv_out(x) + x_ref
 
 
 def conv_flops(cfg: FastDecoderConfig, latent_size: int) -> int:

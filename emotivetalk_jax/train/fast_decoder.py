@@ -152,14 +152,9 @@ def _to_unit(frames) -> jax.Array:
     return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
 
 
-def apply(model: FastDecoder, z, x_ref, z_ref) -> jax.Array:
-    """The decoder on z, with the portrait when it reads one."""
-    return model(z, x_ref, z_ref) if model.cfg.reference else model(z)
-
-
 @nnx.jit
 def _decode(model, z, x_ref, z_ref):
-    return apply(model, z, x_ref, z_ref)
+    return model(z, x_ref, z_ref)
 
 
 def decoded_uint8(model: FastDecoder, pairs: DecoderPairs, batch: int = 64) -> np.ndarray:
@@ -192,7 +187,7 @@ def make_train_step(face_weight: float = 1.0, edge_weight: float = 0.0):
         w = 1.0 + (face_weight - 1.0) * face[..., None]
 
         def loss_fn(m):
-            rec = apply(m, z, x_ref, z_ref)
+            rec = m(z, x_ref, z_ref)
             loss = reconstruction_l1(rec, target, w)
             return loss + edge_weight * edge_l1(rec, target, w) if edge_weight else loss
 
@@ -274,4 +269,4 @@ def load_fast_decoder(path: str | os.PathLike) -> FastDecoder:
 
 
 __all__ = ["DecoderPairs", "FastDecoderError", "decoder_pairs", "train_fast_decoder", "save_fast_decoder",
-           "load_fast_decoder", "decoded_uint8", "psnr_to", "make_train_step", "apply", "encode_mean"]
+           "load_fast_decoder", "decoded_uint8", "psnr_to", "make_train_step", "encode_mean"]

@@ -98,7 +98,8 @@ def run_fast_decoder_command(args) -> dict:
     if cfg.factor != vae_factor(pipe.bundle.vae):
         raise FastDecoderError(f"--widths {args.widths} has {len(cfg.widths)} levels; the checkpoint's VAE has "
                                f"{len(pipe.bundle.vae.config['block_out_channels'])}")
-    key = json.dumps(["pairs with portraits and face boxes", str(Path(ckpt).resolve()), args.clips, args.frames, args.sampled, args.noise, args.val_clips,
+    key = json.dumps(["pairs with portraits and face boxes", str(Path(ckpt).resolve()), args.clips, args.frames,
+                      args.sampled, args.noise, args.val_clips,
                       args.data_seed, args.seed])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cache = Path(args.out) / f".pairs-{zlib.crc32(key.encode()):08x}.npz"  # reruns with other training settings reuse it
