@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         row["text"] = read(pipe(portrait, audio, emotion=clip.emotion, **kw).frames, clip.identity)
         nearest = ((captured["e_dri"][:, None] - means[None]) ** 2).sum(-1).argmin(-1)
         row["dicte"] = float(np.mean(nearest == KEYWORDS.index(clip.emotion)))
-        e_truth = encode(gt.astype(np.float32) / 127.5 - 1.0)
+        e_truth = encode(gt.astype(np.float32) / 127.5 - 1.0, clip.landmarks(size=r))  # aligned encoders read them
         cond = EmotionCondition("video", e_v=e_truth)
         row["truth_ev"] = read(pipe(portrait, audio, emotion=cond, **kw).frames, clip.identity)
         for k in hits:
