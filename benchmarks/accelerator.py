@@ -305,7 +305,6 @@ def job_sampler(a, arg):
 
 def job_vae(a, arg):
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from emotivetalk_jax.bundle import BundleSettings, vae_factor
@@ -342,7 +341,6 @@ def job_audio(a, arg):
     import types
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 

@@ -5,10 +5,8 @@ and its compiled model: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 

@@ -37,7 +37,7 @@ from emotivetalk_jax.validate import (  # the audio errors live with the other i
     AudioTooLongError,
     AudioTooShortError,
     EmptyAudioError,
-    NonFiniteAudioError,
+    NonFiniteAudioError,  # noqa: F401 (re-exported: callers catch it from here)
 )
 from emotivetalk_jax.models.wav2vec2 import Wav2Vec2Model, conv_geometry, feature_lengths, select_layers
 

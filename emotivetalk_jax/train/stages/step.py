@@ -7,6 +7,7 @@ non-finite update) and counts the step in `skipped` / `bad_streak`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
