@@ -26,9 +26,10 @@ def add_fast_decoder_commands(sub) -> None:
     t.add_argument("out")
     t.add_argument("--checkpoint", metavar="DIR",
                    help="pipeline checkpoint whose decoder to distil (default: the demo)")
-    t.add_argument("--clips", type=int, default=96, help="training clips (clean and noisy latents of each)")
-    t.add_argument("--frames", type=int, default=16, help="consecutive frames per clip")
-    t.add_argument("--sampled", type=int, default=32, help="of those clips, how many also give the sampler's latents")
+    t.add_argument("--clips", type=int, default=768,
+                   help="training clips (clean and noisy latents of each; 96 overfit their identities)")
+    t.add_argument("--frames", type=int, default=8, help="consecutive frames per clip")
+    t.add_argument("--sampled", type=int, default=96, help="of those clips, how many also give the sampler's latents")
     t.add_argument("--noise", type=float, default=0.2, help="largest sigma of the noise added to the noisy latents")
     t.add_argument("--val-clips", type=int, default=8, help=f"validation clips (test split, from clip {VAL_FIRST})")
     t.add_argument("--widths", default="64,32,16", help="channels per level, coarsest first")
