@@ -99,22 +99,20 @@ class FastDecoder(nnx.Module):
         return out
 
     def __call__(self, z: jax.Array, x_ref: jax.Array | None = None, z_ref: jax.Array | None = None) -> jax.Array:
-        if not self.cfg.reference:
-            x = jax.nn.relu(self.conv_in(z))
-            for i, block in enumerate(self.blocks):
-                x = block(x)
-                if i < len(self.ups):
-                    x = self.ups[i](x)
-            return self.conv_out(x)
-        if x_ref is None or z_ref is None:
-            raise ValueError("this fast decoder reads the portrait: pass x_ref and z_ref")
-        feats = self.reference_features(x_ref)
-        x = jax.nn.relu(self.conv_in(jnp.concatenate([z, z - jnp.broadcast_to(z_ref, z.shape)], -1)) + feats[0])
+        feats = None
+        if self.cfg.reference:
+            if x_ref is None or z_ref is None:
+                raise ValueError("this fast decoder reads the portrait: pass x_ref and z_ref")
+            feats = self.reference_features(x_ref)
+            z = jnp.concatenate([z, z - jnp.broadcast_to(z_ref, z.shape)], -1)
+        x = self.conv_in(z)
+        x = jax.nn.relu(x if feats is None else x + feats[0])
         for i, block in enumerate(self.blocks):
-            x = block(x + feats[i] if i else x)
+            x = block(x + feats[i] if feats is not None and i else x)
             if i < len(self.ups):
                 x = self.ups[i](x)
-        return self.conv_out(x) + x_ref
+        out = self.conv_out(x)
+        return out if feats is None else out + x_ref
 
 
 def conv_flops(cfg: FastDecoderConfig, latent_size: int) -> int:
